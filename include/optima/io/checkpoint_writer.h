@@ -1,0 +1,53 @@
+// Writes a Hugging Face safetensors checkpoint tensor by tensor, in size-capped shards.
+//
+// Tensors are appended to per-shard staging files as they are produced (so a pruning run holds one block at a
+// time, never a whole shard); finish() lays each shard out as the reference writer does, writes the index when
+// there is more than one shard, and removes the staging files. The writer works inside a directory the caller
+// stages (see StagedDirectory), so nothing appears under the final name before the run completes.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace optima {
+
+struct CheckpointWriterOptions {
+  uint64_t max_shard_bytes = 5'000'000'000;  // transformers' default, "5GB"
+  std::map<std::string, std::string> metadata{{"format", "pt"}};
+};
+
+class CheckpointWriter {
+ public:
+  CheckpointWriter(std::filesystem::path dir, CheckpointWriterOptions options = {});
+  ~CheckpointWriter();
+  CheckpointWriter(const CheckpointWriter&) = delete;
+  CheckpointWriter& operator=(const CheckpointWriter&) = delete;
+
+  // Appends one tensor (any device; copied to CPU, dtype kept). Names must be unique.
+  void add(const std::string& name, const at::Tensor& tensor);
+  // Writes the shards and, when sharded, model.safetensors.index.json. Returns the weight files written.
+  std::vector<std::filesystem::path> finish();
+
+ private:
+  struct Shard;
+  std::filesystem::path dir_;
+  CheckpointWriterOptions options_;
+  std::vector<std::unique_ptr<Shard>> shards_;
+  std::map<std::string, size_t> shard_of_;
+  bool finished_ = false;
+};
+
+// Parses "5GB", "500MB", "2GiB", "1048576" into bytes (decimal units as transformers uses them, binary with "i").
+uint64_t parse_byte_size(std::string_view text);
+
+// Copies config.json and tokenizer files (model_side_files) from one model directory to another.
+void copy_model_side_files(const std::filesystem::path& from, const std::filesystem::path& to);
+
+}  // namespace optima

@@ -1,0 +1,160 @@
+// Sharded safetensors checkpoint writer (see checkpoint_writer.h).
+#include "optima/io/checkpoint_writer.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <nlohmann/json.hpp>
+
+#include "optima/core/error.h"
+#include "optima/io/checkpoint.h"
+#include "optima/io/output_dir.h"
+#include "optima/io/safetensors.h"
+#include "optima/io/tensor.h"
+
+namespace optima {
+namespace fs = std::filesystem;
+
+struct CheckpointWriter::Shard {
+  fs::path staging_path;
+  int fd = -1;
+  uint64_t bytes = 0;
+  struct Entry {
+    TensorBytes meta;  // data pointer unused; offset says where the bytes are in the staging file
+    uint64_t offset;
+  };
+  std::vector<Entry> entries;
+
+  ~Shard() {
+    if (fd >= 0) ::close(fd);
+    std::error_code ignored;
+    fs::remove(staging_path, ignored);
+  }
+};
+
+CheckpointWriter::CheckpointWriter(fs::path dir, CheckpointWriterOptions options)
+    : dir_(std::move(dir)), options_(std::move(options)) {
+  if (options_.max_shard_bytes == 0) fail_usage("maximum shard size must be positive");
+}
+
+CheckpointWriter::~CheckpointWriter() = default;
+
+void CheckpointWriter::add(const std::string& name, const at::Tensor& tensor) {
+  if (finished_) fail(ErrorKind::kInternal, name, "tensor added after the checkpoint was finished");
+  if (shard_of_.count(name)) fail(ErrorKind::kInternal, name, "tensor written twice");
+  const at::Tensor cpu = tensor.to(at::kCPU).contiguous();
+  TensorBytes bytes = tensor_bytes(name, cpu);
+  // Start a new shard when this tensor would push the current one past the cap (a tensor larger than the cap
+  // gets a shard of its own, as transformers does).
+  if (shards_.empty() ||
+      (shards_.back()->bytes > 0 && shards_.back()->bytes + bytes.nbytes > options_.max_shard_bytes)) {
+    auto shard = std::make_unique<Shard>();
+    shard->staging_path = dir_ / fmt::format(".shard-{}.staging", shards_.size());
+    shard->fd = ::open(shard->staging_path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (shard->fd < 0) fail_io_errno(shard->staging_path, "create staging file");
+    shards_.push_back(std::move(shard));
+  }
+  Shard& shard = *shards_.back();
+  const auto* data = static_cast<const char*>(bytes.data);
+  uint64_t left = bytes.nbytes, written = 0;
+  while (left > 0) {
+    const ssize_t n = ::pwrite(shard.fd, data + written, left, static_cast<off_t>(shard.bytes + written));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) fail_io_errno(shard.staging_path, fmt::format("write tensor '{}'", name));
+    written += static_cast<uint64_t>(n);
+    left -= static_cast<uint64_t>(n);
+  }
+  bytes.data = nullptr;
+  shard.entries.push_back({bytes, shard.bytes});
+  shard.bytes += bytes.nbytes;
+  shard_of_.emplace(name, shards_.size() - 1);
+}
+
+std::vector<fs::path> CheckpointWriter::finish() {
+  if (finished_) fail(ErrorKind::kInternal, dir_.string(), "checkpoint finished twice");
+  finished_ = true;
+  if (shards_.empty()) fail(ErrorKind::kInternal, dir_.string(), "checkpoint has no tensors");
+  const size_t count = shards_.size();
+  std::vector<fs::path> written;
+  nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
+  uint64_t total_size = 0;
+  for (size_t s = 0; s < count; ++s) {
+    Shard& shard = *shards_[s];
+    const std::string file_name =
+        count == 1 ? "model.safetensors" : fmt::format("model-{:05d}-of-{:05d}.safetensors", s + 1, count);
+    std::vector<TensorBytes> layout;
+    for (const auto& e : shard.entries) layout.push_back(e.meta);
+    sort_for_safetensors(layout);
+    std::map<std::string, uint64_t> offset_of;
+    for (const auto& e : shard.entries) offset_of.emplace(e.meta.name, e.offset);
+
+    const std::string header = make_safetensors_header(layout, options_.metadata);
+    OutputFile out(dir_ / file_name);
+    unsigned char length[8];
+    uint64_t n = header.size();
+    for (unsigned char& byte : length) {
+      byte = static_cast<unsigned char>(n & 0xff);
+      n >>= 8;
+    }
+    out.write(length, sizeof(length));
+    out.write(header);
+    for (const TensorBytes& t : layout) {
+      out.copy_from(shard.fd, offset_of.at(t.name), t.nbytes, shard.staging_path);
+      weight_map[t.name] = file_name;
+      total_size += t.nbytes;
+    }
+    out.commit();
+    written.push_back(dir_ / file_name);
+  }
+  if (count > 1) {
+    nlohmann::ordered_json index;
+    index["metadata"] = {{"total_size", total_size}};
+    // Sorted by name, as transformers writes it.
+    nlohmann::ordered_json sorted = nlohmann::ordered_json::object();
+    std::map<std::string, std::string> by_name;
+    for (const auto& [name, file] : weight_map.items()) by_name.emplace(name, file.get<std::string>());
+    for (const auto& [name, file] : by_name) sorted[name] = file;
+    index["weight_map"] = sorted;
+    write_text_file(dir_ / "model.safetensors.index.json", index.dump(2) + "\n");
+  }
+  shards_.clear();  // removes the staging files
+  return written;
+}
+
+uint64_t parse_byte_size(std::string_view text) {
+  size_t i = 0;
+  while (i < text.size() && (std::isdigit(static_cast<unsigned char>(text[i])) || text[i] == '.')) ++i;
+  const std::string number(text.substr(0, i));
+  std::string unit(text.substr(i));
+  for (char& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  double value = 0;
+  try {
+    size_t used = 0;
+    value = std::stod(number, &used);
+    if (used != number.size()) throw std::invalid_argument("trailing");
+  } catch (const std::exception&) {
+    fail_usage(fmt::format("cannot read size '{}' (expected e.g. 5GB, 500MB, 2GiB or a number of bytes)", text));
+  }
+  static const std::pair<const char*, double> kUnits[] = {
+      {"", 1},      {"B", 1},      {"KB", 1e3},        {"MB", 1e6},           {"GB", 1e9},
+      {"TB", 1e12}, {"KIB", 1024}, {"MIB", 1048576.0}, {"GIB", 1073741824.0}, {"TIB", 1099511627776.0}};
+  for (const auto& [name, scale] : kUnits)
+    if (unit == name) {
+      if (value <= 0) fail_usage(fmt::format("size '{}' must be positive", text));
+      return static_cast<uint64_t>(value * scale);
+    }
+  fail_usage(fmt::format("unknown size unit in '{}' (expected B, KB, MB, GB, TB, KiB, MiB, GiB or TiB)", text));
+}
+
+void copy_model_side_files(const fs::path& from, const fs::path& to) {
+  for (const std::string& name : model_side_files(from)) {
+    std::error_code ec;
+    fs::copy_file(from / name, to / name, fs::copy_options::overwrite_existing, ec);
+    if (ec)
+      throw Error(ErrorKind::kIo,
+                  describe((to / name).string(), "cannot copy from " + (from / name).string() + ": " + ec.message()));
+  }
+}
+
+}  // namespace optima

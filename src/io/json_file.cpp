@@ -1,0 +1,32 @@
+// JSON file reading with clear errors.
+#include "optima/io/json_file.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "optima/core/error.h"
+
+namespace optima {
+
+nlohmann::json read_json_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    std::error_code ec;
+    fail_input(path.string(), std::filesystem::exists(path, ec) ? "cannot read file" : "file does not exist");
+  }
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  try {
+    return nlohmann::json::parse(buffer.str());
+  } catch (const nlohmann::json::parse_error& e) {
+    fail_input(path.string(), fmt::format("malformed JSON: {}", e.what()));
+  }
+}
+
+std::string json_type_name(const nlohmann::json& value) {
+  if (value.is_number_integer()) return "integer";
+  if (value.is_number_float()) return "number";
+  return value.type_name();
+}
+
+}  // namespace optima

@@ -1,0 +1,60 @@
+// optima: one-shot pruning of large language models. This is the command-line front end of liboptima: it parses
+// the command line, configures logging, runs one subcommand, and maps errors to exit codes.
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+#include <exception>
+#include <vector>
+
+#include "commands.h"
+#include "optima/core/error.h"
+#include "optima/core/logging.h"
+#include "optima/core/version.h"
+
+namespace {
+
+std::string version_text() {
+  return fmt::format("optima {} ({}), LibTorch {}, CUDA {}", OPTIMA_VERSION, OPTIMA_GIT_DESCRIBE, OPTIMA_TORCH_VERSION,
+                     OPTIMA_BUILT_WITH_CUDA ? "built in" : "not built");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"optima: one-shot pruning of large language models with exact OPTIMA reconstruction", "optima"};
+  app.set_version_flag("--version", version_text());
+  app.require_subcommand(1);
+  app.fallthrough();
+  std::string log_level = "info";
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")->capture_default_str();
+
+  std::vector<optima::cli::Command> commands;
+  commands.push_back(optima::cli::add_inspect(app));
+  commands.push_back(optima::cli::add_make_random(app));
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "optima: %s\nRun 'optima --help' for usage.\n", e.what());
+    return optima::kExitUsage;
+  }
+
+  try {
+    optima::configure_logging(log_level);
+    for (const auto& command : commands)
+      if (command.app->parsed()) return command.run();
+    return optima::kExitUsage;
+  } catch (const optima::Error& e) {
+    std::fprintf(stderr, "optima: %s: %s\n", std::string(optima::to_string(e.kind())).c_str(), e.what());
+    return optima::exit_code_for(e.kind());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "optima: internal error: %s\n", e.what());
+    return optima::kExitInternal;
+  }
+}
