@@ -184,11 +184,15 @@ Checkpoint Checkpoint::open(const fs::path& dir) {
   }
   if (stored.empty()) fail_input(dir.string(), "checkpoint holds no tensors");
 
-  // Canonical names carry the base model prefix "model." (OPT's original .bin files store "decoder.layers...").
+  // Canonical names carry the base model prefix "model.". Checkpoints saved from the base model (OPT's original
+  // .bin files: "decoder.layers...", a bare LlamaModel: "layers...") omit it; transformers adds it on load.
   const bool has_prefix = std::any_of(stored.begin(), stored.end(),
                                       [](const CheckpointTensor& t) { return t.name.rfind("model.", 0) == 0; });
+  static const char* kBaseModelRoots[] = {"decoder.", "layers.", "embed_tokens.", "norm."};
   for (CheckpointTensor& t : stored) {
-    if (!has_prefix && t.name.rfind("lm_head.", 0) != 0) t.name = "model." + t.name;
+    const bool base_model_name = std::any_of(std::begin(kBaseModelRoots), std::end(kBaseModelRoots),
+                                             [&](const char* root) { return t.name.rfind(root, 0) == 0; });
+    if (!has_prefix && base_model_name) t.name = "model." + t.name;
     impl->add_tensor(std::move(t));
   }
   std::sort(impl->tensors.begin(), impl->tensors.end(),

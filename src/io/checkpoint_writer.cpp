@@ -147,6 +147,26 @@ uint64_t parse_byte_size(std::string_view text) {
   fail_usage(fmt::format("unknown size unit in '{}' (expected B, KB, MB, GB, TB, KiB, MiB, GiB or TiB)", text));
 }
 
+void rewrite_checkpoint(const Checkpoint& checkpoint, const fs::path& out, const RewriteOptions& options) {
+  StagedDirectory staged(out, options.overwrite, checkpoint.dir());
+  copy_model_side_files(checkpoint.dir(), staged.staging());
+  if (options.dtype) {
+    auto config = checkpoint.config().json();
+    config["torch_dtype"] = hf_dtype_name(*options.dtype);
+    write_text_file(staged.staging() / "config.json", config.dump(2) + "\n");
+  }
+  CheckpointWriterOptions writer_options;
+  writer_options.max_shard_bytes = options.max_shard_bytes;
+  CheckpointWriter writer(staged.staging(), writer_options);
+  for (const CheckpointTensor& t : checkpoint.tensors()) {
+    at::Tensor tensor = checkpoint.load(t.name);
+    if (options.dtype && is_floating(t.dtype)) tensor = tensor.to(*options.dtype);
+    writer.add(t.name, tensor);
+  }
+  writer.finish();
+  staged.commit();
+}
+
 void copy_model_side_files(const fs::path& from, const fs::path& to) {
   for (const std::string& name : model_side_files(from)) {
     std::error_code ec;

@@ -14,5 +14,6 @@ struct Command {
 
 Command add_inspect(CLI::App& root);
 Command add_make_random(CLI::App& root);
+Command add_convert(CLI::App& root);
 
 }  // namespace optima::cli

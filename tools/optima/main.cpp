@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
 
   std::vector<optima::cli::Command> commands;
   commands.push_back(optima::cli::add_inspect(app));
+  commands.push_back(optima::cli::add_convert(app));
   commands.push_back(optima::cli::add_make_random(app));
 
   try {

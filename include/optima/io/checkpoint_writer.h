@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -46,6 +47,17 @@ class CheckpointWriter {
 
 // Parses "5GB", "500MB", "2GiB", "1048576" into bytes (decimal units as transformers uses them, binary with "i").
 uint64_t parse_byte_size(std::string_view text);
+
+struct RewriteOptions {
+  uint64_t max_shard_bytes = 5'000'000'000;
+  std::optional<at::ScalarType> dtype;  // cast floating-point tensors; keep the stored types when absent
+  bool overwrite = false;
+};
+
+class Checkpoint;
+// Writes `checkpoint` as a (sharded) safetensors checkpoint at `out` with config and tokenizer files: converts
+// pytorch_model.bin checkpoints, reshards, or changes the floating-point dtype. One tensor in memory at a time.
+void rewrite_checkpoint(const Checkpoint& checkpoint, const std::filesystem::path& out, const RewriteOptions& options);
 
 // Copies config.json and tokenizer files (model_side_files) from one model directory to another.
 void copy_model_side_files(const std::filesystem::path& from, const std::filesystem::path& to);

@@ -1,0 +1,96 @@
+// config.json access, architecture parsing per family, and small parsers (sizes, dtypes).
+#include <fstream>
+
+#include "optima/io/checkpoint_writer.h"
+#include "optima/io/model_config.h"
+#include "optima/io/tensor.h"
+#include "optima/model/arch.h"
+#include "test_util.h"
+
+namespace optima::test {
+namespace {
+
+ModelConfig config_of(const nlohmann::json& json) {
+  return ModelConfig(json, "/models/x/config.json");
+}
+
+TEST(ModelConfig, RequireNamesKeyAndFile) {
+  const ModelConfig c = config_of({{"hidden_size", "768"}, {"n", 3}, {"nothing", nullptr}});
+  expect_error([&] { c.require<int64_t>("hidden_size"); }, ErrorKind::kInput,
+               {"/models/x/config.json", "'hidden_size'", "expected an integer", "found string \"768\""});
+  expect_error([&] { c.require<int64_t>("vocab_size"); }, ErrorKind::kInput, {"'vocab_size'", "missing"});
+  expect_error([&] { c.require<int64_t>("nothing"); }, ErrorKind::kInput, {"'nothing'", "missing"});
+  EXPECT_EQ(c.require<int64_t>("n"), 3);
+  EXPECT_EQ(c.value_or<int64_t>("absent", 7), 7);
+  EXPECT_DOUBLE_EQ(c.require<double>("n"), 3.0);  // integers are numbers too
+  EXPECT_FALSE(c.optional<double>("nothing").has_value());
+}
+
+TEST(ModelShape, Opt125mFromThePublishedConfig) {
+  const fs::path path = assets_dir() / "configs" / "opt-125m" / "config.json";
+  OPTIMA_REQUIRE_ASSET(path);
+  const ModelShape s = read_model_shape(ModelConfig::load(path));
+  EXPECT_EQ(s.family, Family::kOpt);
+  EXPECT_EQ(s.num_layers, 12);
+  EXPECT_EQ(s.hidden_size, 768);
+  EXPECT_EQ(s.intermediate_size, 3072);
+  EXPECT_EQ(s.head_dim, 64);
+  EXPECT_TRUE(s.tie_word_embeddings);
+  const auto layers = linear_layers(s);
+  ASSERT_EQ(layers.size(), 6u);
+  EXPECT_EQ(layers[0].input, layers[2].input);  // q, k, v share one input
+  EXPECT_NE(layers[3].input, layers[0].input);
+  // 12 blocks x 16 tensors + embeddings, positions, final norm (2)
+  EXPECT_EQ(expected_tensors(s).size(), 12u * 16u + 4u);
+  int64_t params = 0;
+  for (const auto& t : expected_tensors(s)) {
+    int64_t n = 1;
+    for (int64_t d : t.shape) n *= d;
+    params += n;
+  }
+  EXPECT_EQ(params, 125'239'296);  // the published OPT-125M parameter count
+}
+
+TEST(ModelShape, LlamaFamilyVariants) {
+  nlohmann::json base = {{"model_type", "llama"},    {"hidden_size", 64},
+                         {"intermediate_size", 100}, {"num_hidden_layers", 2},
+                         {"num_attention_heads", 8}, {"num_key_value_heads", 2},
+                         {"vocab_size", 10},         {"max_position_embeddings", 32}};
+  ModelShape s = read_model_shape(config_of(base));
+  EXPECT_EQ(s.head_dim, 8);
+  EXPECT_EQ(linear_layers(s)[1].out_features, 16);  // k_proj: 2 kv heads x 8
+  EXPECT_FALSE(linear_layers(s)[0].bias);
+  base["model_type"] = "qwen2";
+  s = read_model_shape(config_of(base));
+  EXPECT_TRUE(linear_layers(s)[0].bias);   // Qwen2 has q/k/v biases
+  EXPECT_FALSE(linear_layers(s)[3].bias);  // but none on o_proj
+  base["num_key_value_heads"] = 3;
+  expect_error([&] { read_model_shape(config_of(base)); }, ErrorKind::kInput,
+               {"'num_key_value_heads'", "divide", "found 3"});
+  base["model_type"] = "gpt_neox";
+  expect_error([&] { read_model_shape(config_of(base)); }, ErrorKind::kInput,
+               {"'model_type'", "unsupported", "opt, llama", "gpt_neox"});
+}
+
+TEST(Parsers, ByteSizes) {
+  EXPECT_EQ(parse_byte_size("5GB"), 5'000'000'000u);
+  EXPECT_EQ(parse_byte_size("500MB"), 500'000'000u);
+  EXPECT_EQ(parse_byte_size("2GiB"), 2147483648u);
+  EXPECT_EQ(parse_byte_size("1.5kb"), 1500u);
+  EXPECT_EQ(parse_byte_size("1234"), 1234u);
+  expect_error([] { parse_byte_size("12XB"); }, ErrorKind::kUsage, {"12XB", "unit"});
+  expect_error([] { parse_byte_size("GB"); }, ErrorKind::kUsage, {"GB"});
+  expect_error([] { parse_byte_size("0"); }, ErrorKind::kUsage, {"positive"});
+}
+
+TEST(Parsers, Dtypes) {
+  EXPECT_EQ(parse_float_dtype("bf16"), at::kBFloat16);
+  EXPECT_EQ(parse_float_dtype("float16"), at::kHalf);
+  expect_error([] { parse_float_dtype("int8"); }, ErrorKind::kUsage, {"int8"});
+  for (DType d : kAllDTypes) EXPECT_EQ(to_dtype(to_scalar_type(d), "x"), d);
+  EXPECT_EQ(parse_dtype("F8_E4M3"), DType::kF8E4M3);
+  EXPECT_FALSE(parse_dtype("F12").has_value());
+}
+
+}  // namespace
+}  // namespace optima::test

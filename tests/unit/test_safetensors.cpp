@@ -1,0 +1,212 @@
+// safetensors reader and writer: round trips for every dtype, and one test per malformed-file case, each checking
+// that the error names the file and the tensor and says what was expected and found.
+#include <ATen/ops/equal.h>
+#include <ATen/ops/randint.h>
+
+#include <cstring>
+#include <fstream>
+
+#include "optima/io/safetensors.h"
+#include "optima/io/tensor.h"
+#include "test_util.h"
+
+namespace optima::test {
+namespace {
+
+// Writes a file from a literal header and `data_size` bytes of data; `declared` overrides the length prefix.
+fs::path write_raw(const fs::path& path, const std::string& header, size_t data_size, int64_t declared = -1) {
+  std::ofstream out(path, std::ios::binary);
+  uint64_t n = declared >= 0 ? static_cast<uint64_t>(declared) : header.size();
+  for (int i = 0; i < 8; ++i) out.put(static_cast<char>((n >> (8 * i)) & 0xff));
+  out << header;
+  for (size_t i = 0; i < data_size; ++i) out.put(static_cast<char>(i));
+  return path;
+}
+
+void expect_input_error(const fs::path& file, const std::vector<std::string>& parts) {
+  std::vector<std::string> all = parts;
+  all.push_back(file.string());
+  expect_error([&] { SafetensorsFile::open(file); }, ErrorKind::kInput, all);
+}
+
+TEST(Safetensors, RoundTripEveryDtype) {
+  TempDir dir;
+  std::mt19937_64 rng(std::random_device{}());
+  std::vector<std::vector<unsigned char>> buffers;
+  std::vector<TensorBytes> tensors;
+  for (DType dtype : kAllDTypes) {
+    const std::vector<int64_t> shape = {static_cast<int64_t>(1 + rng() % 5), static_cast<int64_t>(1 + rng() % 7)};
+    std::vector<unsigned char> bytes(static_cast<size_t>(shape[0] * shape[1] * dtype_size(dtype)));
+    for (auto& b : bytes) b = static_cast<unsigned char>(dtype == DType::kBool ? rng() % 2 : rng());
+    buffers.push_back(std::move(bytes));
+    tensors.push_back(
+        {"t." + std::string(dtype_name(dtype)), dtype, shape, buffers.back().data(), buffers.back().size()});
+  }
+  tensors.push_back({"scalar", DType::kF32, {}, buffers[1].data(), 4});
+  tensors.push_back({"empty", DType::kF16, {0, 3}, nullptr, 0});
+  auto sorted = tensors;
+  sort_for_safetensors(sorted);
+  write_safetensors(dir / "m.safetensors", sorted, {{"format", "pt"}, {"note", "round trip"}});
+  EXPECT_FALSE(fs::exists(dir / "m.safetensors.partial"));
+
+  const auto file = SafetensorsFile::open(dir / "m.safetensors");
+  EXPECT_EQ(file->metadata().at("format"), "pt");
+  EXPECT_EQ(file->metadata().at("note"), "round trip");
+  ASSERT_EQ(file->tensors().size(), tensors.size());
+  for (const TensorBytes& t : tensors) {
+    const TensorInfo* info = file->find(t.name);
+    ASSERT_NE(info, nullptr) << t.name;
+    EXPECT_EQ(info->dtype, t.dtype);
+    EXPECT_EQ(info->shape, t.shape);
+    ASSERT_EQ(info->nbytes(), t.nbytes);
+    if (t.nbytes) {
+      EXPECT_EQ(std::memcmp(file->data(*info), t.data, t.nbytes), 0) << t.name;
+    }
+    // Wider types come first, so every tensor is aligned to its element size in the file.
+    EXPECT_EQ((file->data(*info) - file->mapping()->data()) % dtype_size(t.dtype), 0) << t.name;
+    const at::Tensor tensor = tensor_from_bytes(*info, file->data(*info), file->mapping());
+    EXPECT_EQ(tensor.scalar_type(), to_scalar_type(t.dtype));
+    EXPECT_EQ(tensor.sizes().vec(), t.shape);
+    if (t.nbytes) {
+      EXPECT_EQ(std::memcmp(tensor.data_ptr(), t.data, t.nbytes), 0) << t.name;
+    }
+  }
+}
+
+TEST(Safetensors, HeaderIsPaddedAndStartsDataAligned) {
+  TempDir dir;
+  float value = 1.5f;
+  write_safetensors(dir / "a.safetensors", {{"x", DType::kF32, {1}, &value, 4}});
+  const auto file = SafetensorsFile::open(dir / "a.safetensors");
+  EXPECT_EQ((file->data(file->tensors()[0]) - file->mapping()->data()) % 8, 0);
+  float read = 0;
+  std::memcpy(&read, file->data(file->tensors()[0]), 4);
+  EXPECT_EQ(read, 1.5f);
+}
+
+TEST(Safetensors, ZeroCopyTensorKeepsMappingAlive) {
+  TempDir dir;
+  std::vector<float> values = {1, 2, 3, 4};
+  write_safetensors(dir / "a.safetensors", {{"x", DType::kF32, {2, 2}, values.data(), 16}});
+  at::Tensor tensor;
+  {
+    const auto file = SafetensorsFile::open(dir / "a.safetensors");
+    const TensorInfo& info = file->tensors()[0];
+    tensor = tensor_from_bytes(info, file->data(info), file->mapping());
+    EXPECT_EQ(tensor.data_ptr(), static_cast<const void*>(file->data(info)));  // no copy
+  }
+  EXPECT_EQ(tensor[1][1].item<float>(), 4.0f);  // the file object is gone; the mapping is not
+  tensor.fill_(7.0f);                           // private mapping: the file itself is untouched
+  const auto again = SafetensorsFile::open(dir / "a.safetensors");
+  float first = 0;
+  std::memcpy(&first, again->data(again->tensors()[0]), 4);
+  EXPECT_EQ(first, 1.0f);
+}
+
+TEST(Safetensors, RejectsTooSmallFile) {
+  TempDir dir;
+  std::ofstream(dir / "tiny.safetensors") << "abc";
+  expect_input_error(dir / "tiny.safetensors", {"too small", "at least 8 bytes", "found 3 bytes"});
+}
+
+TEST(Safetensors, RejectsHeaderLengthBeyondFile) {
+  TempDir dir;
+  const auto f = write_raw(dir / "long.safetensors", "{}", 0, 4096);
+  expect_input_error(f, {"header length runs past the end", "4096"});
+}
+
+TEST(Safetensors, RejectsAbsurdHeaderLength) {
+  TempDir dir;
+  const auto f = write_raw(dir / "huge.safetensors", "{}", 0, int64_t{1} << 40);
+  expect_input_error(f, {"implausibly large"});
+}
+
+TEST(Safetensors, RejectsHeaderThatIsNotJson) {
+  TempDir dir;
+  expect_input_error(write_raw(dir / "bad.safetensors", "{\"a\": [1,", 0), {"not valid JSON"});
+}
+
+TEST(Safetensors, RejectsHeaderThatIsNotAnObject) {
+  TempDir dir;
+  expect_input_error(write_raw(dir / "arr.safetensors", "[1, 2, 3]", 0), {"not a JSON object", "expected an object"});
+}
+
+TEST(Safetensors, RejectsUnknownDtype) {
+  TempDir dir;
+  const auto f =
+      write_raw(dir / "dt.safetensors", R"({"w": {"dtype": "F12", "shape": [2], "data_offsets": [0, 4]}})", 4);
+  expect_input_error(f, {"tensor 'w'", "unknown dtype", "\"F12\""});
+}
+
+TEST(Safetensors, RejectsShapeThatDisagreesWithByteRange) {
+  TempDir dir;
+  const auto f =
+      write_raw(dir / "sz.safetensors", R"({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 16]}})", 16);
+  expect_input_error(f, {"tensor 'w'", "does not match dtype and shape", "expected 24 bytes", "found 16 bytes"});
+}
+
+TEST(Safetensors, RejectsRangeOutsideTheData) {
+  TempDir dir;
+  const auto f =
+      write_raw(dir / "trunc.safetensors", R"({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}})", 10);
+  expect_input_error(f, {"tensor 'w'", "outside the data", "end <= 10"});
+}
+
+TEST(Safetensors, RejectsOverlappingRanges) {
+  TempDir dir;
+  const auto f = write_raw(dir / "ov.safetensors",
+                           R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                               "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}})",
+                           12);
+  expect_input_error(f, {"tensor 'b'", "overlaps tensor 'a'", "begin >= 8", "[4, 12)"});
+}
+
+TEST(Safetensors, RejectsDuplicateNames) {
+  TempDir dir;
+  const auto f = write_raw(dir / "dup.safetensors",
+                           R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                               "a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}})",
+                           8);
+  expect_input_error(f, {"tensor 'a'", "more than once"});
+}
+
+TEST(Safetensors, RejectsGapsAndTrailingBytes) {
+  TempDir dir;
+  const auto gap =
+      write_raw(dir / "gap.safetensors", R"({"a": {"dtype": "U8", "shape": [4], "data_offsets": [4, 8]}})", 8);
+  expect_input_error(gap, {"tensor 'a'", "gap", "begin == 0"});
+  const auto tail =
+      write_raw(dir / "tail.safetensors", R"({"a": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]}})", 9);
+  expect_input_error(tail, {"bytes no tensor refers to", "4 bytes", "9 bytes"});
+}
+
+TEST(Safetensors, RejectsMalformedEntries) {
+  TempDir dir;
+  expect_input_error(write_raw(dir / "e1.safetensors", R"({"a": {"shape": [1], "data_offsets": [0, 4]}})", 4),
+                     {"tensor 'a'", "'dtype' is missing"});
+  expect_input_error(
+      write_raw(dir / "e2.safetensors", R"({"a": {"dtype": "U8", "shape": [-1], "data_offsets": [0, 0]}})", 0),
+      {"tensor 'a'", "non-negative", "-1"});
+  expect_input_error(
+      write_raw(dir / "e3.safetensors", R"({"a": {"dtype": "U8", "shape": [1], "data_offsets": [0]}})", 1),
+      {"tensor 'a'", "[begin, end]"});
+  expect_input_error(
+      write_raw(dir / "e4.safetensors", R"({"a": {"dtype": "U8", "shape": [1], "data_offsets": [1, 0]}})", 1),
+      {"tensor 'a'", "end before begin"});
+  expect_input_error(write_raw(dir / "e5.safetensors", R"({"a": 5})", 0), {"tensor 'a'", "not an object"});
+  expect_input_error(write_raw(dir / "e6.safetensors", R"({"__metadata__": {"k": 1}})", 0),
+                     {"__metadata__ key 'k'", "not a string"});
+  expect_input_error(
+      write_raw(dir / "e7.safetensors",
+                R"({"a": {"dtype": "F64", "shape": [4294967296, 4294967296], "data_offsets": [0, 8]}})", 8),
+      {"tensor 'a'", "too large"});
+}
+
+TEST(Safetensors, RejectsMissingFile) {
+  TempDir dir;
+  expect_error([&] { SafetensorsFile::open(dir / "absent.safetensors"); }, ErrorKind::kInput,
+               {"absent.safetensors", "cannot open"});
+}
+
+}  // namespace
+}  // namespace optima::test

@@ -1,0 +1,67 @@
+// Helpers shared by the unit tests: temporary directories, asset lookup, and error-message matchers.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "optima/core/error.h"
+
+namespace optima::test {
+
+namespace fs = std::filesystem;
+
+// A fresh directory under the system temp folder, removed with the object.
+class TempDir {
+ public:
+  TempDir() {
+    std::random_device rd;
+    path_ = fs::temp_directory_path() / ("optima-test-" + std::to_string(rd()) + std::to_string(rd()));
+    fs::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  const fs::path& path() const { return path_; }
+  fs::path operator/(const std::string& name) const { return path_ / name; }
+
+ private:
+  fs::path path_;
+};
+
+// The offline assets folder: $OPTIMA_ASSETS, else the shared/assets beside the repository.
+inline fs::path assets_dir() {
+  if (const char* env = std::getenv("OPTIMA_ASSETS")) return env;
+  return OPTIMA_ASSETS_DEFAULT;
+}
+
+inline fs::path test_data_dir() {
+  if (const char* env = std::getenv("OPTIMA_TEST_DATA")) return env;
+  return OPTIMA_TEST_DATA_DIR;
+}
+
+#define OPTIMA_REQUIRE_ASSET(path)                                                                         \
+  do {                                                                                                     \
+    if (!std::filesystem::exists(path)) GTEST_SKIP() << "asset not found (set OPTIMA_ASSETS): " << (path); \
+  } while (0)
+
+// Runs `body`, expects an optima::Error of `kind` whose message contains every string in `parts`.
+inline void expect_error(const std::function<void()>& body, ErrorKind kind, const std::vector<std::string>& parts) {
+  try {
+    body();
+  } catch (const Error& e) {
+    EXPECT_EQ(static_cast<int>(e.kind()), static_cast<int>(kind)) << "message: " << e.what();
+    for (const std::string& part : parts)
+      EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << "message lacks '" << part << "': " << e.what();
+    return;
+  }
+  ADD_FAILURE() << "expected an optima::Error";
+}
+
+}  // namespace optima::test
