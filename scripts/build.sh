@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Sets up (scripts/setup.sh) and builds optima with a CMake preset: release (default), debug or asan.
+# Under CI=true warnings are errors. Prints nothing on stdout but the build folder on its last line.
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+preset=${1:-release}
+python=$("$repo/scripts/setup.sh" | tail -n 1)
+export OPTIMA_PYTHON="$python"
+cd "$repo"
+extra=()
+[[ "${CI:-}" == true ]] && extra+=(-DOPTIMA_WERROR=ON)
+cmake --preset "$preset" -DOPTIMA_PYTHON="$python" "${extra[@]}" >&2
+cmake --build --preset "$preset" -j "${OPTIMA_JOBS:-$(nproc)}" >&2
+echo "$repo/build/$preset"
