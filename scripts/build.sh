@@ -6,6 +6,8 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 preset=${1:-release}
 python=$("$repo/scripts/setup.sh" | tail -n 1)
 export OPTIMA_PYTHON="$python"
+# Clones in different folders share ccache entries.
+export CCACHE_BASEDIR="$repo" CCACHE_NOHASHDIR=true
 cd "$repo"
 extra=()
 [[ "${CI:-}" == true ]] && extra+=(-DOPTIMA_WERROR=ON)

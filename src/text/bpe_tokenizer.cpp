@@ -5,10 +5,10 @@
 #include <fmt/format.h>
 #include <pcre2.h>
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 #include <mutex>
-#include <queue>
 #include <unordered_map>
 #include <utility>
 
@@ -22,8 +22,7 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 // GPT-2's pre-tokenizer (the one `tokenizers`' ByteLevel pre-tokenizer uses when use_regex is true).
-constexpr const char* kGpt2Pattern =
-    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+constexpr const char* kGpt2Pattern = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
 std::string utf8_encode(uint32_t cp) {
   std::string s;
@@ -151,8 +150,7 @@ class ByteLevelBpe final : public Tokenizer {
   std::unordered_map<std::string, int32_t> vocab_;  // piece (byte-to-unicode alphabet) -> id
   std::vector<std::string> pieces_;                 // id -> piece ("" for ids not in the vocabulary)
   std::vector<std::string> piece_bytes_;            // id -> the raw bytes the piece stands for
-  // (left id, right id) -> (rank, merged id); a lower rank merges first.
-  std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges_;
+  MergeTable merges_;
   std::array<int32_t, 256> byte_ids_{};  // id of the single-byte piece, -1 if the vocabulary lacks it
   std::optional<int32_t> unk_id_;
   bool fuse_unk_ = false;
@@ -169,10 +167,6 @@ class ByteLevelBpe final : public Tokenizer {
   mutable std::unordered_map<std::string, std::vector<int32_t>> cache_;
   static constexpr size_t kCacheLimit = 1 << 20;
   static constexpr size_t kCacheMaxKey = 256;
-
-  static uint64_t pair_key(int32_t a, int32_t b) {
-    return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
-  }
 
   void set_vocab(std::unordered_map<std::string, int32_t> vocab) {
     vocab_ = std::move(vocab);
@@ -204,7 +198,8 @@ class ByteLevelBpe final : public Tokenizer {
 
   int32_t id_of(const std::string& piece, const std::string& where) const {
     auto it = vocab_.find(piece);
-    if (it == vocab_.end()) fail_input(where, "merge uses a token that is not in the vocabulary", "a known token", piece);
+    if (it == vocab_.end())
+      fail_input(where, "merge uses a token that is not in the vocabulary", "a known token", piece);
     return it->second;
   }
 
@@ -264,59 +259,17 @@ class ByteLevelBpe final : public Tokenizer {
       auto it = vocab_.find(mapped);
       if (it != vocab_.end()) return {it->second};
     }
-    struct Sym {
-      int32_t id;
-      int32_t prev, next;
-    };
-    std::vector<Sym> syms;
+    std::vector<int32_t> syms;
     syms.reserve(word.size());
     for (char c : word) {
       const int32_t id = byte_ids_[static_cast<unsigned char>(c)];
-      if (id < 0) {
-        if (!unk_id_) continue;
-        if (fuse_unk_ && !syms.empty() && syms.back().id == *unk_id_) continue;
-        syms.push_back({*unk_id_, 0, 0});
-      } else {
-        syms.push_back({id, 0, 0});
+      if (id >= 0) {
+        syms.push_back(id);
+      } else if (unk_id_ && !(fuse_unk_ && !syms.empty() && syms.back() == *unk_id_)) {
+        syms.push_back(*unk_id_);
       }
     }
-    const int32_t n = static_cast<int32_t>(syms.size());
-    for (int32_t i = 0; i < n; ++i) {
-      syms[i].prev = i - 1;
-      syms[i].next = i + 1 < n ? i + 1 : -1;
-    }
-    // Lowest rank first, then leftmost, as `tokenizers`' BPE::merge_word orders its queue.
-    struct Cand {
-      int32_t rank, pos, left, right, merged;
-      bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
-    };
-    std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> queue;
-    auto consider = [&](int32_t pos) {
-      if (pos < 0) return;
-      const int32_t nx = syms[pos].next;
-      if (nx < 0) return;
-      auto it = merges_.find(pair_key(syms[pos].id, syms[nx].id));
-      if (it != merges_.end()) queue.push({it->second.first, pos, syms[pos].id, syms[nx].id, it->second.second});
-    };
-    for (int32_t i = 0; i + 1 < n; ++i) consider(i);
-    std::vector<bool> dead(static_cast<size_t>(n), false);
-    while (!queue.empty()) {
-      const Cand c = queue.top();
-      queue.pop();
-      // Skip entries made stale by earlier merges.
-      if (dead[c.pos] || syms[c.pos].id != c.left) continue;
-      const int32_t nx = syms[c.pos].next;
-      if (nx < 0 || syms[nx].id != c.right) continue;
-      syms[c.pos].id = c.merged;
-      dead[nx] = true;
-      syms[c.pos].next = syms[nx].next;
-      if (syms[nx].next >= 0) syms[syms[nx].next].prev = c.pos;
-      consider(syms[c.pos].prev);
-      consider(c.pos);
-    }
-    std::vector<int32_t> ids;
-    for (int32_t i = n > 0 ? 0 : -1; i >= 0; i = syms[i].next) ids.push_back(syms[i].id);
-    return ids;
+    return bpe_merge(syms, merges_);
   }
 
   // Applies splits_[level..] to `piece` and merges the resulting pre-tokens.
@@ -386,19 +339,19 @@ class ByteLevelBpe final : public Tokenizer {
   std::optional<int64_t> bos_id() const override { return bos_; }
   std::optional<int64_t> eos_id() const override { return eos_; }
   std::string describe() const override {
-    return fmt::format("byte-level BPE ({}, {} tokens{})", source_, vocab_size(), splits_.empty() || splits_[0]->jit()
-                                                                                     ? ""
-                                                                                     : ", regex without JIT");
+    return fmt::format("byte-level BPE ({}, {} tokens{})", source_, vocab_size(),
+                       splits_.empty() || splits_[0]->jit() ? "" : ", regex without JIT");
   }
 };
 
 // ---- tokenizer.json ----
 
-std::string key_where(const fs::path& file, const std::string& key) { return fmt::format("{}: {}", file.string(), key); }
+std::string key_where(const fs::path& file, const std::string& key) {
+  return fmt::format("{}: {}", file.string(), key);
+}
 
 const json& require(const json& j, const char* key, const fs::path& file, const std::string& prefix) {
-  if (!j.is_object() || !j.contains(key))
-    fail_input(key_where(file, prefix + key), "missing key", "present", "absent");
+  if (!j.is_object() || !j.contains(key)) fail_input(key_where(file, prefix + key), "missing key", "present", "absent");
   return j[key];
 }
 
@@ -409,7 +362,8 @@ std::string get_string(const json& j, const fs::path& file, const std::string& k
 
 bool get_bool(const json& parent, const char* key, bool fallback, const fs::path& file, const std::string& prefix) {
   if (!parent.contains(key) || parent[key].is_null()) return fallback;
-  if (!parent[key].is_boolean()) fail_input(key_where(file, prefix + key), "bad value", "true or false", parent[key].dump());
+  if (!parent[key].is_boolean())
+    fail_input(key_where(file, prefix + key), "bad value", "true or false", parent[key].dump());
   return parent[key].get<bool>();
 }
 
@@ -466,7 +420,8 @@ void read_pre_tokenizer(const json& pt, const fs::path& file, ByteLevelBpe& t) {
       } else if (ptype == "ByteLevel") {
         add_byte_level(list[i], key, i == 0);
       } else {
-        unsupported(file, key + ".type", "\"Split\" or \"ByteLevel\"", list[i].is_object() ? list[i].value("type", json()) : list[i]);
+        unsupported(file, key + ".type", "\"Split\" or \"ByteLevel\"",
+                    list[i].is_object() ? list[i].value("type", json()) : list[i]);
       }
     }
   } else {
@@ -521,13 +476,15 @@ void read_post_processor(const json& pp, const fs::path& file, const std::string
     read_template(pp, file, key, t);
   } else if (type == "Sequence") {
     const json& list = require(pp, "processors", file, key + ".");
-    for (size_t i = 0; i < list.size(); ++i) read_post_processor(list[i], file, fmt::format("{}.processors[{}]", key, i), t);
+    for (size_t i = 0; i < list.size(); ++i)
+      read_post_processor(list[i], file, fmt::format("{}.processors[{}]", key, i), t);
   } else {
     unsupported(file, key, "null, ByteLevel, TemplateProcessing or a Sequence of them", pp);
   }
 }
 
-std::unordered_map<std::string, int32_t> read_vocab_object(const json& v, const fs::path& file, const std::string& key) {
+std::unordered_map<std::string, int32_t> read_vocab_object(const json& v, const fs::path& file,
+                                                           const std::string& key) {
   if (!v.is_object()) fail_input(key_where(file, key), "bad vocabulary", "an object of token -> id", v.type_name());
   std::unordered_map<std::string, int32_t> vocab;
   vocab.reserve(v.size());
@@ -559,7 +516,8 @@ std::optional<int64_t> config_token_id(const std::optional<std::string>& name, c
   if (!name) return std::nullopt;
   auto id = t.lookup(*name);
   if (!id && required)
-    fail_input(key_where(c.dir / "tokenizer_config.json", key), "token is not in the vocabulary", "a known token", *name);
+    fail_input(key_where(c.dir / "tokenizer_config.json", key), "token is not in the vocabulary", "a known token",
+               *name);
   return id;
 }
 
@@ -606,7 +564,8 @@ std::unique_ptr<Tokenizer> make_bpe_from_tokenizer_json(const fs::path& file, co
   if (model.contains("unk_token") && !model["unk_token"].is_null()) {
     const std::string unk = get_string(model["unk_token"], file, "model.unk_token");
     auto it = t->vocab_.find(unk);
-    if (it == t->vocab_.end()) fail_input(key_where(file, "model.unk_token"), "token is not in the vocabulary", "a known token", unk);
+    if (it == t->vocab_.end())
+      fail_input(key_where(file, "model.unk_token"), "token is not in the vocabulary", "a known token", unk);
     t->unk_id_ = it->second;
   }
 

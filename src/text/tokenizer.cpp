@@ -5,7 +5,8 @@
 #include <fmt/format.h>
 
 #include <fstream>
-#include <iterator>
+#include <functional>
+#include <queue>
 #include <sstream>
 
 #include "optima/core/error.h"
@@ -70,7 +71,8 @@ namespace text_detail {
 
 std::string read_file(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) fail_input(path.string(), "cannot open file", "a readable file", fs::exists(path) ? "unreadable" : "missing");
+  if (!in)
+    fail_input(path.string(), "cannot open file", "a readable file", fs::exists(path) ? "unreadable" : "missing");
   std::ostringstream ss;
   ss << in.rdbuf();
   if (in.bad()) fail_input(path.string(), "read failed");
@@ -157,7 +159,8 @@ TokenizerConfig read_tokenizer_config(const fs::path& dir) {
         t.special = v.value("special", true);
         t.lstrip = v.value("lstrip", false);
         t.rstrip = v.value("rstrip", false);
-        if (v.value("single_word", false)) fail_input(where, "unsupported added-token option", "single_word false", "true");
+        if (v.value("single_word", false))
+          fail_input(where, "unsupported added-token option", "single_word false", "true");
         c.added_tokens.push_back(std::move(t));
       }
     }
@@ -217,6 +220,46 @@ void AddedTokenSplitter::split(std::string_view text, std::vector<Segment>& out)
     seg_start = i = match_end;
   }
   if (seg_start < text.size()) out.push_back({text.substr(seg_start), seg_start, -1});
+}
+
+std::vector<int32_t> bpe_merge(const std::vector<int32_t>& symbols, const MergeTable& merges) {
+  struct Sym {
+    int32_t id, prev, next;
+    bool dead;
+  };
+  const int32_t n = static_cast<int32_t>(symbols.size());
+  std::vector<Sym> syms(symbols.size());
+  for (int32_t i = 0; i < n; ++i) syms[i] = {symbols[i], i - 1, i + 1 < n ? i + 1 : -1, false};
+  struct Cand {
+    int32_t rank, pos, left, right, merged;
+    bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+  };
+  std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> queue;
+  auto consider = [&](int32_t pos) {
+    if (pos < 0) return;
+    const int32_t nx = syms[pos].next;
+    if (nx < 0) return;
+    auto it = merges.find(pair_key(syms[pos].id, syms[nx].id));
+    if (it != merges.end()) queue.push({it->second.first, pos, syms[pos].id, syms[nx].id, it->second.second});
+  };
+  for (int32_t i = 0; i + 1 < n; ++i) consider(i);
+  while (!queue.empty()) {
+    const Cand c = queue.top();
+    queue.pop();
+    // Entries made stale by earlier merges no longer describe the pair at `pos`; skip them.
+    if (syms[c.pos].dead || syms[c.pos].id != c.left) continue;
+    const int32_t nx = syms[c.pos].next;
+    if (nx < 0 || syms[nx].id != c.right) continue;
+    syms[c.pos].id = c.merged;
+    syms[nx].dead = true;
+    syms[c.pos].next = syms[nx].next;
+    if (syms[nx].next >= 0) syms[syms[nx].next].prev = c.pos;
+    consider(syms[c.pos].prev);
+    consider(c.pos);
+  }
+  std::vector<int32_t> ids;
+  for (int32_t i = n > 0 ? 0 : -1; i >= 0; i = syms[i].next) ids.push_back(syms[i].id);
+  return ids;
 }
 
 }  // namespace text_detail

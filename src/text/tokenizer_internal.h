@@ -3,14 +3,15 @@
 // that load_tokenizer() dispatches to.
 #pragma once
 
-#include <nlohmann/json.hpp>
-
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "optima/text/tokenizer.h"
@@ -64,6 +65,15 @@ class AddedTokenSplitter {
   std::vector<AddedToken> tokens_;
   bool first_byte_[256] = {};
 };
+
+// BPE merge table: (left id, right id) -> (rank, merged id); a lower rank merges first.
+using MergeTable = std::unordered_map<uint64_t, std::pair<int32_t, int32_t>>;
+inline uint64_t pair_key(int32_t a, int32_t b) {
+  return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
+}
+// Merges the symbols of one word by rank, lowest rank first and leftmost among equal ranks, as `tokenizers`'
+// BPE::merge_word does; O(n log n) so that long words (a whole SentencePiece segment) stay fast.
+std::vector<int32_t> bpe_merge(const std::vector<int32_t>& symbols, const MergeTable& merges);
 
 // Factories. `where` strings in errors name the files these are read from.
 std::unique_ptr<Tokenizer> make_bpe_from_tokenizer_json(const std::filesystem::path& json_path,
