@@ -43,6 +43,34 @@ void read_opt(const ModelConfig& config, ModelShape& s) {
   s.head_dim = s.hidden_size / s.num_heads;
 }
 
+// Rotary settings: transformers >= 5 writes "rope_parameters" {rope_type, rope_theta, ...}; older configs write
+// "rope_theta" and "rope_scaling" {type|rope_type, factor, ...}. Both are accepted.
+void read_rope(const ModelConfig& config, ModelShape& s) {
+  const auto& json = config.json();
+  const char* key =
+      json.contains("rope_parameters") && !json["rope_parameters"].is_null() ? "rope_parameters" : "rope_scaling";
+  if (!json.contains(key) || json[key].is_null()) return;
+  const std::string where = where_key(config, key);
+  const auto& rope = json[key];
+  if (!rope.is_object()) fail_input(where, "must be an object", "an object", rope.dump());
+  auto number = [&](const char* name, double fallback) {
+    if (!rope.contains(name) || rope[name].is_null()) return fallback;
+    if (!rope[name].is_number()) fail_input(where + "." + name, "wrong type", "a number", rope[name].dump());
+    return rope[name].get<double>();
+  };
+  s.rope_theta = number("rope_theta", s.rope_theta);
+  const auto& type = rope.contains("rope_type") ? rope["rope_type"] : rope.value("type", nlohmann::json("default"));
+  if (!type.is_string()) fail_input(where + ".rope_type", "wrong type", "a string", type.dump());
+  s.rope_type = type.get<std::string>();
+  if (s.rope_type != "default" && s.rope_type != "linear" && s.rope_type != "llama3")
+    fail_input(where + ".rope_type", "unsupported rotary scaling", "default, linear or llama3", s.rope_type);
+  s.rope_factor = number("factor", 1.0);
+  s.rope_low_freq_factor = number("low_freq_factor", 1.0);
+  s.rope_high_freq_factor = number("high_freq_factor", 4.0);
+  s.rope_original_max_positions = static_cast<int64_t>(number("original_max_position_embeddings", 8192));
+  if (s.rope_factor <= 0) fail_input(where + ".factor", "must be positive", "> 0", std::to_string(s.rope_factor));
+}
+
 void read_llama(const ModelConfig& config, ModelShape& s) {
   s.family = Family::kLlama;
   s.hidden_size = require_positive(config, "hidden_size");
@@ -59,6 +87,7 @@ void read_llama(const ModelConfig& config, ModelShape& s) {
   s.qkv_bias = s.model_type == "qwen2" || attention_bias;
   s.o_bias = attention_bias;
   s.mlp_bias = config.value_or<bool>("mlp_bias", false);
+  read_rope(config, s);
   const std::string act = config.value_or<std::string>("hidden_act", "silu");
   if (act != "silu") fail_input(where_key(config, "hidden_act"), "unsupported activation", "silu", act);
   if (s.num_kv_heads <= 0 || s.num_heads % s.num_kv_heads != 0)
@@ -144,7 +173,7 @@ std::vector<ExpectedTensor> block_tensors(const ModelShape& s, int64_t block) {
   return out;
 }
 
-std::vector<ExpectedTensor> expected_tensors(const ModelShape& s) {
+std::vector<ExpectedTensor> global_tensors(const ModelShape& s) {
   std::vector<ExpectedTensor> out;
   const int64_t h = s.hidden_size;
   if (s.family == Family::kOpt) {
@@ -166,6 +195,11 @@ std::vector<ExpectedTensor> expected_tensors(const ModelShape& s) {
     out.push_back({"model.norm.weight", {h}, TensorInit::kOnes});
     if (!s.tie_word_embeddings) out.push_back({"lm_head.weight", {s.vocab_size, h}, TensorInit::kNormal});
   }
+  return out;
+}
+
+std::vector<ExpectedTensor> expected_tensors(const ModelShape& s) {
+  std::vector<ExpectedTensor> out = global_tensors(s);
   for (int64_t b = 0; b < s.num_layers; ++b) {
     auto block = block_tensors(s, b);
     out.insert(out.end(), block.begin(), block.end());

@@ -188,7 +188,9 @@ const AddedToken* AddedTokenSplitter::find_id(int64_t id) const {
 }
 
 namespace {
-bool is_ascii_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
+bool is_ascii_space(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+}
 }  // namespace
 
 void AddedTokenSplitter::split(std::string_view text, std::vector<Segment>& out) const {

@@ -41,6 +41,11 @@ struct ModelShape {
   bool mlp_bias = false;
   double norm_eps = 1e-5;
   double rope_theta = 10000.0;
+  std::string rope_type = "default";  // "default", "linear" or "llama3"
+  double rope_factor = 1.0;
+  double rope_low_freq_factor = 1.0;           // llama3
+  double rope_high_freq_factor = 4.0;          // llama3
+  int64_t rope_original_max_positions = 8192;  // llama3
 };
 
 // Reads and checks the architecture keys of config.json; an unknown model_type or a missing or inconsistent key is
@@ -73,7 +78,9 @@ struct ExpectedTensor {
   TensorInit init = TensorInit::kNormal;  // how a random model of this shape initialises it
 };
 
-// Every tensor a checkpoint of this shape must hold: embeddings and heads, then each block.
+// Tensors outside the blocks: embeddings, positions, projections, final norm, an untied head.
+std::vector<ExpectedTensor> global_tensors(const ModelShape& shape);
+// Every tensor a checkpoint of this shape must hold: the global tensors, then each block's.
 std::vector<ExpectedTensor> expected_tensors(const ModelShape& shape);
 std::vector<ExpectedTensor> block_tensors(const ModelShape& shape, int64_t block);
 

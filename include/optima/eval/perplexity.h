@@ -1,0 +1,46 @@
+// Perplexity under the WikiText-2 protocol the pruning literature reports.
+//
+// Rows joined with "\n\n", tokenized once, cut into n = floor(T / seqlen) non-overlapping windows (the tail is
+// dropped); each window runs on its own; a window's loss is the mean cross-entropy of its seqlen - 1 next-token
+// predictions; perplexity = exp(mean over windows of that loss). The model runs block by block over all windows,
+// so memory holds one block plus the windows' activations, never the whole model.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "optima/core/progress.h"
+#include "optima/model/decoder.h"
+
+namespace optima {
+
+class Tokenizer;
+
+struct PerplexityOptions {
+  int64_t seqlen = 2048;
+  int64_t batch_size = 8;   // windows per forward call
+  int64_t max_windows = 0;  // 0: all
+};
+
+struct PerplexityResult {
+  double perplexity = 0;
+  double mean_nll = 0;
+  int64_t seqlen = 0;
+  int64_t windows = 0;
+  int64_t tokens = 0;       // tokens in the stream (before dropping the tail)
+  int64_t predictions = 0;  // windows * (seqlen - 1)
+  double seconds = 0;
+  std::vector<double> window_nll;
+};
+
+// Reads a text file the way the protocol expects: one row per line, CR stripped, empty rows dropped, rows joined
+// with "\n\n".
+std::string read_eval_text(const std::filesystem::path& path);
+
+// Runs the protocol on an already tokenized stream.
+PerplexityResult evaluate_perplexity(const DecoderModel& model, const std::vector<int64_t>& stream,
+                                     const PerplexityOptions& options, ProgressSink& progress);
+
+}  // namespace optima

@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""Writes the model golden files under tests/data/models/: small random checkpoints of each supported family made by
+`transformers`, and the logits (and a perplexity) `transformers` computes on fixed token ids.
+
+Development tool: needs torch and transformers (pinned in scripts/setup.sh; generated with transformers 5.23.0 and
+torch 2.12.0). The C++ tests (tests/unit/test_model.cpp) require optima's forward pass to match these logits within
+1e-4 absolute in fp32. Run from the repository root:  .venv/bin/python scripts/make_model_goldens.py
+
+Each folder NAME/ holds:
+  config.json, model.safetensors   the checkpoint, as save_pretrained writes it
+  golden.safetensors               "ids" int64 [2, 24], "logits" float32 [2, 24, vocab] (model in fp32, eager attention),
+                                   "stream" int64 [n] and "window_nll" float64 [windows]: the perplexity protocol
+                                   on a token stream (non-overlapping windows of `seqlen`, mean NLL of the
+                                   seqlen - 1 next-token predictions of each window)
+  golden.json                      {"seqlen": ..., "perplexity": ...} for that stream
+"""
+import json
+import math
+import os
+import shutil
+
+import torch
+import transformers
+from safetensors.torch import save_file
+
+OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "data", "models")
+VOCAB = 96
+
+
+def configs():
+    common = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, max_position_embeddings=64)
+    llama = dict(intermediate_size=48, num_attention_heads=4, num_key_value_heads=2, **common)
+    yield "opt", transformers.OPTConfig(ffn_dim=48, num_attention_heads=4, word_embed_proj_dim=32, **common)
+    # OPT-350M's shape: post-LayerNorm, no final norm, project_in/project_out around the blocks.
+    yield "opt-postln-proj", transformers.OPTConfig(ffn_dim=48, num_attention_heads=4, word_embed_proj_dim=16,
+                                                    do_layer_norm_before=False, **common)
+    yield "llama-gqa", transformers.LlamaConfig(tie_word_embeddings=False, rms_norm_eps=1e-5, **llama)
+    yield "llama3-rope", transformers.LlamaConfig(
+        tie_word_embeddings=True, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+        rope_theta=500000.0, **llama)
+    yield "mistral", transformers.MistralConfig(**llama)
+    yield "qwen2", transformers.Qwen2Config(tie_word_embeddings=True, **llama)
+
+
+def main():
+    torch.manual_seed(0)
+    for seed, (name, config) in enumerate(configs()):
+        config._attn_implementation = "eager"
+        torch.manual_seed(seed)
+        model = transformers.AutoModelForCausalLM.from_config(config).eval()
+        with torch.no_grad():  # non-trivial norms and biases, so a mix-up of them shows in the logits
+            for pname, p in model.named_parameters():
+                if p.ndim == 1:
+                    p.uniform_(-1, 1) if pname.endswith("bias") else p.uniform_(0.5, 1.5)
+        folder = os.path.join(OUT, name)
+        shutil.rmtree(folder, ignore_errors=True)
+        model.save_pretrained(folder)
+        generator = torch.Generator().manual_seed(100 + seed)
+        ids = torch.randint(0, VOCAB, (2, 24), generator=generator)
+        seqlen = 20
+        stream = torch.randint(0, VOCAB, (3 * seqlen + 7,), generator=generator)
+        with torch.no_grad():
+            logits = model(ids).logits.float()
+            windows = stream[: (len(stream) // seqlen) * seqlen].view(-1, seqlen)
+            window_logits = model(windows).logits.double()
+            nll = torch.nn.functional.cross_entropy(window_logits[:, :-1].reshape(-1, VOCAB),
+                                                    windows[:, 1:].reshape(-1), reduction="none")
+            window_nll = nll.view(windows.shape[0], -1).mean(1)
+        save_file({"ids": ids, "logits": logits.contiguous(), "stream": stream, "window_nll": window_nll},
+                  os.path.join(folder, "golden.safetensors"))
+        with open(os.path.join(folder, "golden.json"), "w") as f:
+            json.dump({"seqlen": seqlen, "perplexity": math.exp(window_nll.mean().item()),
+                       "transformers": transformers.__version__, "torch": torch.__version__}, f, indent=2)
+        size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
+        print(f"{name}: {size / 1024:.0f} KiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+// Perplexity evaluation, block by block (see perplexity.h).
+#include "optima/eval/perplexity.h"
+
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <cmath>
+#include <fstream>
+
+#include "optima/core/error.h"
+
+namespace optima {
+
+std::string read_eval_text(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail_input(path.string(), "cannot read evaluation text");
+  std::string line, text;
+  size_t rows = 0;
+  while (std::getline(in, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.empty()) continue;
+    if (rows++) text += "\n\n";
+    text += line;
+  }
+  if (rows == 0) fail_input(path.string(), "evaluation text is empty", "at least one non-empty line", "none");
+  return text;
+}
+
+PerplexityResult evaluate_perplexity(const DecoderModel& model, const std::vector<int64_t>& stream,
+                                     const PerplexityOptions& options, ProgressSink& progress) {
+  const auto start = std::chrono::steady_clock::now();
+  if (options.seqlen < 2) fail_usage(fmt::format("seqlen must be at least 2 (got {})", options.seqlen));
+  if (options.seqlen > model.shape().max_positions)
+    fail_usage(fmt::format("seqlen {} exceeds the model's {} positions", options.seqlen, model.shape().max_positions));
+  int64_t windows = static_cast<int64_t>(stream.size()) / options.seqlen;
+  if (options.max_windows > 0) windows = std::min(windows, options.max_windows);
+  if (windows == 0)
+    fail_input("evaluation text", "too short for one window", fmt::format("at least {} tokens", options.seqlen),
+               fmt::format("{} tokens", stream.size()));
+  const at::Tensor ids =
+      at::tensor(std::vector<int64_t>(stream.begin(), stream.begin() + windows * options.seqlen), at::kLong)
+          .view({windows, options.seqlen});
+  const int64_t batch = std::max<int64_t>(1, options.batch_size);
+  const int64_t layers = model.shape().num_layers;
+  const int64_t steps = layers + 1;
+
+  // Hidden states of all windows, kept on the CPU between blocks (they are the run's only large state).
+  std::vector<at::Tensor> hidden;
+  for (int64_t b = 0; b < windows; b += batch) hidden.push_back(model.embed(ids.slice(0, b, b + batch)).cpu());
+  for (int64_t layer = 0; layer < layers; ++layer) {
+    progress.update({"eval", layer, steps, fmt::format("block {}/{}", layer + 1, layers)});
+    const BlockWeights block = model.load_block(layer);
+    for (at::Tensor& h : hidden) h = model.block_forward(block, h).cpu();
+  }
+  progress.update({"eval", layers, steps, "head"});
+  PerplexityResult result;
+  for (size_t i = 0; i < hidden.size(); ++i) {
+    const at::Tensor logits = model.logits(hidden[i]).to(at::kDouble);
+    const at::Tensor targets = ids.slice(0, static_cast<int64_t>(i) * batch, static_cast<int64_t>(i + 1) * batch)
+                                   .slice(1, 1)
+                                   .to(logits.device());
+    const at::Tensor logprobs = at::log_softmax(logits.slice(1, 0, options.seqlen - 1), -1);
+    const at::Tensor nll = -logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).mean(1).cpu();
+    for (int64_t w = 0; w < nll.size(0); ++w) result.window_nll.push_back(nll[w].item<double>());
+  }
+  progress.update({"eval", steps, steps, "done"});
+  progress.finish();
+  double sum = 0;
+  for (double v : result.window_nll) sum += v;
+  result.mean_nll = sum / static_cast<double>(result.window_nll.size());
+  if (!std::isfinite(result.mean_nll))
+    throw Error(ErrorKind::kNumeric, "evaluation: the model produced non-finite losses (NaN or Inf in the weights?)");
+  result.perplexity = std::exp(result.mean_nll);
+  result.seqlen = options.seqlen;
+  result.windows = windows;
+  result.tokens = static_cast<int64_t>(stream.size());
+  result.predictions = windows * (options.seqlen - 1);
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return result;
+}
+
+}  // namespace optima

@@ -1,0 +1,145 @@
+// The forward pass against golden logits from transformers (tests/data/models, made by
+// scripts/make_model_goldens.py), the perplexity protocol against transformers' per-window losses, and the real
+// stories260k model against its published sanity figure.
+#include <ATen/ATen.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "optima/eval/perplexity.h"
+#include "optima/io/json_file.h"
+#include "optima/io/safetensors.h"
+#include "optima/io/tensor.h"
+#include "optima/model/decoder.h"
+#include "optima/text/tokenizer.h"
+#include "test_util.h"
+
+namespace optima::test {
+namespace {
+
+const char* kGoldenModels[] = {"opt", "opt-postln-proj", "llama-gqa", "llama3-rope", "mistral", "qwen2"};
+
+std::map<std::string, at::Tensor> read_golden(const fs::path& dir) {
+  const auto file = SafetensorsFile::open(dir / "golden.safetensors");
+  std::map<std::string, at::Tensor> out;
+  for (const TensorInfo& t : file->tensors())
+    out[t.name] = tensor_from_bytes(t, file->data(t), file->mapping()).clone();
+  return out;
+}
+
+class GoldenModel : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(GoldenModel, LogitsMatchTransformers) {
+  const fs::path dir = test_data_dir() / "models" / GetParam();
+  const Checkpoint checkpoint = Checkpoint::open(dir);
+  const DecoderModel model(checkpoint);
+  auto golden = read_golden(dir);
+  const at::Tensor logits = model.forward(golden["ids"]);
+  ASSERT_EQ(logits.sizes(), golden["logits"].sizes());
+  const double diff = (logits - golden["logits"]).abs().max().item<double>();
+  EXPECT_LE(diff, 1e-4) << GetParam() << ": max |logit difference| vs transformers";
+  // The test can fail: a perturbed weight moves the logits well past the tolerance.
+  EXPECT_GT(golden["logits"].abs().max().item<double>(), 1e-2);
+}
+
+TEST_P(GoldenModel, PerplexityMatchesTransformersWindowByWindow) {
+  const fs::path dir = test_data_dir() / "models" / GetParam();
+  const Checkpoint checkpoint = Checkpoint::open(dir);
+  const DecoderModel model(checkpoint);
+  auto golden = read_golden(dir);
+  const auto info = read_json_file(dir / "golden.json");
+  const at::Tensor stream = golden["stream"];
+  std::vector<int64_t> ids(stream.data_ptr<int64_t>(), stream.data_ptr<int64_t>() + stream.numel());
+  PerplexityOptions options;
+  options.seqlen = info["seqlen"].get<int64_t>();
+  options.batch_size = 2;  // uneven batches: 3 windows in batches of 2
+  auto progress = make_null_progress();
+  const PerplexityResult result = evaluate_perplexity(model, ids, options, *progress);
+  ASSERT_EQ(result.windows, golden["window_nll"].numel());
+  EXPECT_EQ(result.predictions, result.windows * (options.seqlen - 1));
+  for (int64_t w = 0; w < result.windows; ++w)
+    EXPECT_NEAR(result.window_nll[static_cast<size_t>(w)], golden["window_nll"][w].item<double>(), 1e-5)
+        << "window " << w;
+  EXPECT_NEAR(result.perplexity / info["perplexity"].get<double>(), 1.0, 1e-5);
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, GoldenModel, ::testing::ValuesIn(kGoldenModels), [](const auto& param_info) {
+  std::string name = param_info.param;
+  std::replace(name.begin(), name.end(), '-', '_');
+  return name;
+});
+
+TEST(Decoder, HooksSeeEveryLinearInput) {
+  const Checkpoint checkpoint = Checkpoint::open(test_data_dir() / "models" / "llama-gqa");
+  const DecoderModel model(checkpoint);
+  const BlockWeights block = model.load_block(1);
+  const at::Tensor hidden = at::randn({2, 7, 32});
+  std::map<std::string, at::Tensor> seen;
+  const at::Tensor out =
+      model.block_forward(block, hidden, [&](const std::string& site, const at::Tensor& x) { seen[site] = x.clone(); });
+  ASSERT_EQ(seen.size(), 4u);
+  // Each site's input, pushed through its linear layers, is what the block computed: check the MLP path exactly.
+  const at::Tensor mid = at::silu(at::linear(seen["mlp_in"], block.get("mlp.gate_proj.weight"))) *
+                         at::linear(seen["mlp_in"], block.get("mlp.up_proj.weight"));
+  EXPECT_TRUE(at::allclose(mid, seen["mlp_hidden"], 1e-5, 1e-6));
+  EXPECT_EQ(seen["attn_out"].sizes(), (std::vector<int64_t>{2, 7, 32}));
+  EXPECT_EQ(seen["mlp_hidden"].size(2), 48);
+  EXPECT_EQ(out.sizes(), hidden.sizes());
+}
+
+TEST(Decoder, ReducedPrecisionStaysCloseToFp32) {
+  const Checkpoint checkpoint = Checkpoint::open(test_data_dir() / "models" / "opt");
+  auto golden = read_golden(test_data_dir() / "models" / "opt");
+  RunOptions options;
+  options.dtype = at::kBFloat16;
+  const DecoderModel model(checkpoint, options);
+  const at::Tensor logits = model.forward(golden["ids"]);
+  EXPECT_EQ(logits.scalar_type(), at::kFloat);
+  const double scale = golden["logits"].abs().max().item<double>();
+  EXPECT_LE((logits - golden["logits"]).abs().max().item<double>(), 0.05 * scale);
+}
+
+// The stories260k README: BOS + at most 256 tokens of each of the first 12 non-empty lines of tiny.utf8, 1,110
+// predicted tokens, perplexity 6.76 from an independent float64 forward pass.
+TEST(Stories260k, SanityPerplexity) {
+  const fs::path model_dir = assets_dir() / "models" / "stories260k";
+  const fs::path text = assets_dir() / "text" / "tinystories" / "tiny.utf8";
+  OPTIMA_REQUIRE_ASSET(model_dir);
+  OPTIMA_REQUIRE_ASSET(text);
+  const Checkpoint checkpoint = Checkpoint::open(model_dir);
+  const DecoderModel model(checkpoint);
+  const auto tokenizer = load_tokenizer(model_dir);
+  std::ifstream in(text);
+  std::string line;
+  double nll = 0;
+  int64_t predicted = 0, lines = 0;
+  while (lines < 12 && std::getline(in, line)) {
+    if (line.empty()) continue;
+    ++lines;
+    std::vector<int64_t> ids = tokenizer->encode(line, /*add_special=*/true);
+    ASSERT_EQ(ids[0], 1);
+    if (ids.size() > 257) ids.resize(257);
+    const at::Tensor input = at::tensor(ids, at::kLong).unsqueeze(0);
+    const at::Tensor logprobs = at::log_softmax(model.forward(input).to(at::kDouble)[0], -1);
+    for (size_t t = 0; t + 1 < ids.size(); ++t) nll -= logprobs[static_cast<int64_t>(t)][ids[t + 1]].item<double>();
+    predicted += static_cast<int64_t>(ids.size()) - 1;
+  }
+  EXPECT_EQ(predicted, 1110);
+  EXPECT_NEAR(std::exp(nll / static_cast<double>(predicted)), 6.76, 0.005);
+}
+
+TEST(Perplexity, RefusesBadSettings) {
+  const Checkpoint checkpoint = Checkpoint::open(test_data_dir() / "models" / "opt");
+  const DecoderModel model(checkpoint);
+  auto progress = make_null_progress();
+  PerplexityOptions options;
+  options.seqlen = 65;  // the model has 64 positions
+  expect_error([&] { evaluate_perplexity(model, std::vector<int64_t>(200, 5), options, *progress); }, ErrorKind::kUsage,
+               {"seqlen 65", "64 positions"});
+  options.seqlen = 32;
+  expect_error([&] { evaluate_perplexity(model, std::vector<int64_t>(20, 5), options, *progress); }, ErrorKind::kInput,
+               {"too short", "at least 32 tokens", "20 tokens"});
+}
+
+}  // namespace
+}  // namespace optima::test
