@@ -1,6 +1,7 @@
 // DType <-> ScalarType mapping and zero-copy tensors over mapped checkpoint bytes.
 #include "optima/io/tensor.h"
 
+#include <ATen/Context.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 
@@ -44,6 +45,21 @@ at::ScalarType parse_float_dtype(std::string_view name) {
   if (name == "bfloat16" || name == "bf16") return at::kBFloat16;
   if (name == "float64" || name == "fp64" || name == "f64") return at::kDouble;
   fail_usage(fmt::format("unknown dtype '{}' (expected float32, float16, bfloat16 or float64)", name));
+}
+
+c10::Device parse_device(std::string_view name) {
+  c10::Device device(c10::kCPU);
+  try {
+    device = c10::Device(std::string(name));
+  } catch (const c10::Error&) {
+    fail_usage(fmt::format("unknown device '{}' (expected cpu, cuda or cuda:N)", name));
+  }
+  if (device.is_cuda() && !at::hasCUDA())
+    fail_usage(
+        fmt::format("device '{}' requested, but CUDA is not available here (no GPU, or a build without CUDA)", name));
+  if (!device.is_cpu() && !device.is_cuda())
+    fail_usage(fmt::format("unsupported device '{}' (expected cpu or cuda)", name));
+  return device;
 }
 
 std::string hf_dtype_name(at::ScalarType type) {

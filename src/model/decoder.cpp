@@ -95,6 +95,13 @@ at::Tensor DecoderModel::linear(const at::Tensor& x, const at::Tensor& weight, c
 
 at::Tensor DecoderModel::embed(const at::Tensor& ids) const {
   const at::Tensor tokens = ids.to(options_.device, at::kLong);
+  if (tokens.numel() > 0) {
+    const int64_t low = tokens.min().item<int64_t>(), high = tokens.max().item<int64_t>();
+    if (low < 0 || high >= shape_.vocab_size)
+      fail_input(checkpoint_.dir().string(),
+                 "token id outside the model's vocabulary (is the tokenizer or calibration file the model's own?)",
+                 fmt::format("ids in [0, {})", shape_.vocab_size), std::to_string(low < 0 ? low : high));
+  }
   if (shape_.family == Family::kOpt) {
     const std::string r = "model.decoder.";
     at::Tensor h = at::embedding(globals_.at(r + "embed_tokens.weight"), tokens);

@@ -68,6 +68,28 @@ class Cli(unittest.TestCase):
         self.assertEqual(report["prunable_linears"], 35)
         self.assertEqual(report["linears"][0]["name"], "model.layers.0.self_attn.q_proj")
 
+    def test_tokenize_and_eval(self):
+        model = os.path.join(ASSETS, "models", "stories260k")
+        if not os.path.isdir(model):
+            self.skipTest(f"asset missing: {model}")
+        result = optima("tokenize", "--model", model, "--text", "Once upon a time", "--json")
+        self.assertExit(result, EXIT_OK)
+        self.assertEqual(json.loads(result.stdout)["ids"], [1, 403, 407, 261, 378])
+        text = os.path.join(self.work, "eval.txt")
+        with open(text, "w") as f:
+            f.write("Once upon a time, there was a little girl named Lily.\r\n\r\nShe liked to play outside.\n" * 20)
+        result = optima("eval", "--model", model, "--dataset", text, "--seqlen", "64", "--json")
+        self.assertExit(result, EXIT_OK)
+        report = json.loads(result.stdout)
+        self.assertEqual(report["seqlen"], 64)
+        self.assertGreater(report["windows"], 3)
+        self.assertLess(report["perplexity"], 20)  # repeated in-domain text: a trained model predicts it well
+        # A tokenizer that does not fit the model is an input error, not a crash.
+        golden = os.path.join(os.path.dirname(__file__), "..", "data", "models", "opt")
+        opt_tokenizer = os.path.join(ASSETS, "tokenizers", "opt")
+        self.assertExit(optima("eval", "--model", golden, "--dataset", text, "--seqlen", "16", "--tokenizer",
+                               opt_tokenizer), EXIT_INPUT, "vocabulary")
+
     def test_outputs_are_all_or_nothing(self):
         out = os.path.join(self.work, "tiny")
         self.assertExit(optima("make-random", "--preset", "opt-tiny", "--out", out, "--max-shard-size", "4MB"), EXIT_OK)

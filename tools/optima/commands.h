@@ -15,5 +15,7 @@ struct Command {
 Command add_inspect(CLI::App& root);
 Command add_make_random(CLI::App& root);
 Command add_convert(CLI::App& root);
+Command add_eval(CLI::App& root);
+Command add_tokenize(CLI::App& root);
 
 }  // namespace optima::cli

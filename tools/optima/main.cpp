@@ -1,5 +1,6 @@
 // optima: one-shot pruning of large language models. This is the command-line front end of liboptima: it parses
 // the command line, configures logging, runs one subcommand, and maps errors to exit codes.
+#include <c10/util/Exception.h>
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
@@ -30,6 +31,8 @@ int main(int argc, char** argv) {
 
   std::vector<optima::cli::Command> commands;
   commands.push_back(optima::cli::add_inspect(app));
+  commands.push_back(optima::cli::add_eval(app));
+  commands.push_back(optima::cli::add_tokenize(app));
   commands.push_back(optima::cli::add_convert(app));
   commands.push_back(optima::cli::add_make_random(app));
 
@@ -54,6 +57,9 @@ int main(int argc, char** argv) {
   } catch (const optima::Error& e) {
     std::fprintf(stderr, "optima: %s: %s\n", std::string(optima::to_string(e.kind())).c_str(), e.what());
     return optima::exit_code_for(e.kind());
+  } catch (const c10::Error& e) {
+    std::fprintf(stderr, "optima: internal error in LibTorch: %s\n", e.what_without_backtrace());
+    return optima::kExitInternal;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "optima: internal error: %s\n", e.what());
     return optima::kExitInternal;

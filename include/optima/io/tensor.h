@@ -17,6 +17,9 @@ at::ScalarType to_scalar_type(DType dtype);
 DType to_dtype(at::ScalarType type, std::string_view where);
 // Parses a user-facing dtype name: float32|fp32|f32, float16|fp16|half, bfloat16|bf16, float64|fp64.
 at::ScalarType parse_float_dtype(std::string_view name);
+// Parses "cpu", "cuda" or "cuda:N"; a CUDA device on a build or machine without CUDA is a usage error.
+c10::Device parse_device(std::string_view name);
+
 // The name config.json uses for a floating type ("float32", "bfloat16", ...).
 std::string hf_dtype_name(at::ScalarType type);
 

@@ -1,0 +1,67 @@
+// `optima eval`: perplexity of a model on a text file under the WikiText-2 protocol.
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "optima/eval/perplexity.h"
+#include "optima/io/checkpoint.h"
+#include "optima/io/tensor.h"
+#include "optima/text/tokenizer.h"
+
+namespace optima::cli {
+
+Command add_eval(CLI::App& root) {
+  auto* app = root.add_subcommand("eval", "Perplexity on a text file (rows joined by blank lines, windows of seqlen)");
+  struct Options {
+    std::string model, dataset, tokenizer, device = "cpu", dtype;
+    int64_t seqlen = 2048, batch_size = 8, max_windows = 0;
+    bool json = false;
+  };
+  auto o = std::make_shared<Options>();
+  app->add_option("--model", o->model, "Model directory")->required();
+  app->add_option("--dataset", o->dataset, "Text file, one row per line (e.g. WikiText-2 wiki.test.raw)")->required();
+  app->add_option("--seqlen", o->seqlen, "Window length in tokens (capped by the model's positions)")
+      ->capture_default_str();
+  app->add_option("--tokenizer", o->tokenizer, "Tokenizer directory (default: the model directory)");
+  app->add_option("--device", o->device, "cpu, cuda or cuda:N")->capture_default_str();
+  app->add_option("--dtype", o->dtype, "Compute dtype (default: the checkpoint's)");
+  app->add_option("--batch-size", o->batch_size, "Windows per forward call")->capture_default_str();
+  app->add_option("--max-windows", o->max_windows, "Evaluate only the first N windows (0: all)")->capture_default_str();
+  app->add_flag("--json", o->json, "Print the result as JSON");
+  return {app, [o] {
+            const Checkpoint checkpoint = Checkpoint::open(o->model);
+            RunOptions run;
+            run.device = parse_device(o->device);
+            if (!o->dtype.empty()) run.dtype = parse_float_dtype(o->dtype);
+            const DecoderModel model(checkpoint, run);
+            PerplexityOptions options;
+            options.seqlen = o->seqlen;
+            if (options.seqlen > model.shape().max_positions) {
+              spdlog::info("seqlen {} capped at the model's {} positions", options.seqlen, model.shape().max_positions);
+              options.seqlen = model.shape().max_positions;
+            }
+            options.batch_size = o->batch_size;
+            options.max_windows = o->max_windows;
+            const auto tokenizer = load_tokenizer(o->tokenizer.empty() ? o->model : o->tokenizer);
+            const std::vector<int64_t> stream = tokenizer->encode(read_eval_text(o->dataset), /*add_special=*/true);
+            auto progress = make_console_progress();
+            const PerplexityResult r = evaluate_perplexity(model, stream, options, *progress);
+            if (o->json) {
+              const nlohmann::json j = {{"model", o->model},          {"dataset", o->dataset},
+                                        {"perplexity", r.perplexity}, {"mean_nll", r.mean_nll},
+                                        {"seqlen", r.seqlen},         {"windows", r.windows},
+                                        {"tokens", r.tokens},         {"predictions", r.predictions},
+                                        {"seconds", r.seconds},       {"device", o->device}};
+              std::printf("%s\n", j.dump(2).c_str());
+            } else {
+              std::printf("perplexity %.4f  (seqlen %lld, %lld windows, %lld predicted tokens of %lld, %.1f s)\n",
+                          r.perplexity, static_cast<long long>(r.seqlen), static_cast<long long>(r.windows),
+                          static_cast<long long>(r.predictions), static_cast<long long>(r.tokens), r.seconds);
+            }
+            return 0;
+          }};
+}
+
+}  // namespace optima::cli
