@@ -12,7 +12,10 @@ nothing here depends on optima's own idea of the layouts:
      logits equal the original model's exactly;
   2. `optima inspect --json` agrees with transformers on the parameter count and the linear layers;
   3. `optima make-random` models (sharded, float32 and bfloat16) load in transformers with no missing keys and
-     match the safetensors library tensor for tensor.
+     match the safetensors library tensor for tensor;
+  4. `optima prune` checkpoints of the real stories260k (magnitude, Wanda, SparseGPT; 50% and 2:4; with and
+     without OPTIMA) load in transformers and give the perplexity `optima eval` gives, and with --save-hessians
+     the written OPTIMA weights equal the float64 optimum of the QP built from the saved Hessians.
 
 Exit status 0 when every check passes, 1 on the first failure, 77 when the Python packages are missing (ctest
 reports that as skipped).
@@ -153,9 +156,93 @@ def check_make_random(optima, work):
             print(f"ok  make-random: {preset} {dtype} ({len(written)} tensors)")
 
 
+def transformers_perplexity(model, ids, seqlen):
+    """The WikiText-2 protocol on a token stream: non-overlapping windows, mean NLL per window, exp of the mean."""
+    windows = len(ids) // seqlen
+    nlls = []
+    with torch.no_grad():
+        for w in range(windows):
+            window = torch.tensor(ids[w * seqlen:(w + 1) * seqlen])[None]
+            logits = model(window).logits.double()
+            nlls.append(torch.nn.functional.cross_entropy(logits[0, :-1], window[0, 1:]).item())
+    return float(torch.tensor(nlls, dtype=torch.float64).mean().exp())
+
+
+def check_prune(optima, work, assets):
+    """Pruned stories260k checkpoints load in transformers and give optima's perplexity; with --save-hessians the
+    saved H and the written weights satisfy OPTIMA's optimality conditions, checked here in float64."""
+    model_dir = os.path.join(assets, "models", "stories260k")
+    if not os.path.isdir(model_dir):
+        print(f"skip prune: asset missing: {model_dir}")
+        return
+    calib = os.path.join(assets, "text", "tinystories", "tiny.utf8")
+    with open(calib, encoding="utf-8") as f:
+        rows = [line for line in f.read().splitlines() if line.strip()][-40:]
+    eval_rows = os.path.join(work, "eval-rows.txt")
+    with open(eval_rows, "w", encoding="utf-8") as f:
+        f.write("\n".join(rows) + "\n")
+    joined = os.path.join(work, "eval-joined.txt")
+    with open(joined, "w", encoding="utf-8") as f:
+        f.write("\n\n".join(rows))  # what `optima eval` tokenizes (algorithms.md section 2)
+    ids = json.loads(run(optima, "tokenize", "--model", model_dir, "--file", joined, "--json"))["ids"]
+    dense = load_file(os.path.join(model_dir, "model.safetensors"))
+    seqlen = 128
+    for method, pattern in (("magnitude", "unstructured"), ("wanda", "2:4"), ("sparsegpt", "unstructured"),
+                            ("sparsegpt", "2:4")):
+        for reconstruct in ("none", "optima"):
+            tag = f"{method}-{pattern.replace(':', 'of')}-{reconstruct}"
+            out, hessians = os.path.join(work, tag), os.path.join(work, tag + "-hessians")
+            run(optima, "prune", "--model", model_dir, "--out", out, "--calib", calib, "--nsamples", "16",
+                "--seqlen", "128", "--method", method, "--pattern", pattern, "--sparsity", "0.5",
+                "--reconstruct", reconstruct, "--save-hessians", hessians)
+            model = load_clean(out)
+            want = json.loads(run(optima, "eval", "--model", out, "--dataset", eval_rows, "--seqlen", str(seqlen),
+                                  "--json"))["perplexity"]
+            got = transformers_perplexity(model, ids, seqlen)
+            assert abs(got - want) <= 1e-4 * want, f"{tag}: perplexity {want} in optima, {got} in transformers"
+            if reconstruct == "optima":
+                check_optimality(tag, dense, load_file(os.path.join(out, "model.safetensors")), hessians,
+                                 os.path.join(out, "prune_report.json"))
+            print(f"ok  prune: {tag} loads in transformers, perplexity {got:.4f} (optima {want:.4f})")
+
+
+def check_optimality(tag, dense, pruned, hessian_dir, report_path):
+    """For every layer and row: the written weights are zero on the pruned set S and, on the kept set T, equal the
+    float64 solution of (H_TT + lambda I) w_T = (H_TT + lambda I) w_T_dense + H_TS w_S_dense, i.e. the exact
+    optimum of the QP with the damping the report names."""
+    with open(report_path) as f:
+        layers = json.load(f)["layers"]
+    saved = {}
+    for name in sorted(os.listdir(hessian_dir)):
+        saved.update(load_file(os.path.join(hessian_dir, name)))
+    worst = 0.0
+    for layer in layers:
+        h = saved[f"model.layers.{layer['block']}.{layer['input']}"].double()
+        h = (h + h.T) / 2
+        assert bool((torch.diagonal(h) > 0).all()), f"{tag}: {layer['name']} has dead inputs; check needs none"
+        h += layer["reconstruct_damping"] * torch.eye(h.shape[0], dtype=torch.float64)
+        w = dense[layer["name"] + ".weight"].double()
+        written = pruned[layer["name"] + ".weight"].double()
+        for r in range(w.shape[0]):
+            kept = written[r] != 0
+            pruned_set = ~kept
+            if not bool(kept.any()):
+                continue
+            h_tt = h[kept][:, kept]
+            rhs = h_tt @ w[r, kept] + h[kept][:, pruned_set] @ w[r, pruned_set]
+            exact = torch.linalg.solve(h_tt, rhs)
+            error = float((written[r, kept] - exact).norm() / exact.norm())
+            worst = max(worst, error)
+    # The written weights are float32: their rounding (6e-8) times H's conditioning bounds the agreement.
+    assert worst <= 1e-4, f"{tag}: written weights are {worst:.2e} (relative) from the exact QP optimum"
+    print(f"ok  prune: {tag} weights equal the float64 QP optimum to {worst:.1e} (relative)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--optima", required=True, help="path to the optima binary")
+    parser.add_argument("--assets", default=os.environ.get("OPTIMA_ASSETS", os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "assets")), help="offline assets folder")
     args = parser.parse_args()
     torch.set_num_threads(2)
     transformers.logging.set_verbosity_error()
@@ -164,6 +251,7 @@ def main():
         try:
             check_convert(args.optima, work)
             check_make_random(args.optima, work)
+            check_prune(args.optima, work, args.assets)
         except AssertionError as error:
             print(f"FAIL {error}", file=sys.stderr)
             return 1

@@ -16,6 +16,7 @@ Command add_inspect(CLI::App& root);
 Command add_make_random(CLI::App& root);
 Command add_convert(CLI::App& root);
 Command add_eval(CLI::App& root);
+Command add_prune(CLI::App& root);
 Command add_tokenize(CLI::App& root);
 
 }  // namespace optima::cli

@@ -31,6 +31,7 @@ int main(int argc, char** argv) {
 
   std::vector<optima::cli::Command> commands;
   commands.push_back(optima::cli::add_inspect(app));
+  commands.push_back(optima::cli::add_prune(app));
   commands.push_back(optima::cli::add_eval(app));
   commands.push_back(optima::cli::add_tokenize(app));
   commands.push_back(optima::cli::add_convert(app));

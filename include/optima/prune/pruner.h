@@ -1,0 +1,59 @@
+// The pruning pipeline: calibration windows flow through the model block by block; in each block the input
+// statistics of every linear site are accumulated, every prunable linear layer gets a mask (and new weights) from
+// the selector, and the pruned block produces the inputs of the next one. Only one block's weights, the
+// calibration activations and one block's statistics are in memory at a time. The pruned checkpoint, the report
+// and optional masks / Hessians are written under temporary names and renamed at the end.
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "optima/core/progress.h"
+#include "optima/prune/plan.h"
+
+namespace optima {
+
+struct LayerReport {
+  std::string name;  // e.g. "model.layers.3.mlp.down_proj"
+  int64_t block = 0;
+  std::string site;  // input site shared with other layers ("attn_in", ...)
+  std::vector<int64_t> shape;
+  bool skipped = false;         // left dense by --skip
+  double sparsity = 0;          // achieved fraction of zeros
+  bool pattern_ok = false;      // N:M groups all have N zeros / unstructured fraction as requested
+  double error_selector = 0;    // ||(W - W_sel) X||² / ||W X||² on the calibration data
+  double error_final = 0;       // the same for the written weights (after reconstruction, if any)
+  double kkt_residual = -1;     // reconstruction only: max_r ||(H(ŵ - w))_T|| / ||(H w)_T||
+  double damping = 0;           // damping added to diag(H) by the selector (SparseGPT)
+  int64_t damping_retries = 0;
+  double reconstruct_damping = 0;
+  double seconds_select = 0;
+  double seconds_reconstruct = 0;
+};
+
+struct PruneReport {
+  nlohmann::json settings;
+  std::string calibration;  // which sampling rule ran, on what
+  std::string model_type;
+  int64_t num_layers = 0;
+  std::vector<LayerReport> layers;
+  double overall_sparsity = 0;  // zeros over all prunable weights
+  double seconds_total = 0;
+  double seconds_calibration = 0;
+  double seconds_forward = 0;
+  double seconds_select = 0;
+  double seconds_reconstruct = 0;
+  double seconds_write = 0;
+  int64_t peak_rss_bytes = 0;
+
+  nlohmann::json to_json() const;
+  // A table for people: one row per layer and a total.
+  std::string summary() const;
+};
+
+// Runs the whole pipeline and writes plan.out (and plan.save_hessians). Throws optima::Error.
+PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress);
+
+}  // namespace optima

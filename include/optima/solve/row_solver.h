@@ -1,0 +1,109 @@
+// Exact OPTIMA reconstruction: the per-row masked least-squares solve that follows mask selection.
+//
+// Every row r of a linear layer's weight W [out, in] solves
+//   min over ŵ (ŵ − w)ᵀ H (ŵ − w)   subject to ŵ_i = 0 for every pruned i,
+// with w the DENSE row and H [in, in] the layer's Hessian, shared by all rows. With T the kept and S the pruned
+// columns of the row: ŵ_T = w_T + H_TT⁻¹ H_TS w_S, ŵ_S = 0; equivalently δ = ŵ − w = −G[:, S] (G_SS)⁻¹ w_S with
+// G = H⁻¹. Optimality: (H δ)_T = 0. See docs/algorithms.md §6.
+//
+// How the exact solver works (device-generic ATen code; the same path runs on CUDA through cuBLAS/cuSOLVER):
+// - H is symmetrised and converted to fp64; dead inputs (H_jj == 0, an input that is always zero) get H_jj = 1
+//   and their off-diagonal entries zeroed, as SparseGPT does; the row's weight on a dead input then has no effect
+//   on the layer's output and is kept as it is when not pruned. Then `damp · mean(diag H)` is added to diag H.
+// - Each row solves the smaller of its two systems: when |S| <= |T|, (G_SS) z = w_S with G = H⁻¹ (one Cholesky of
+//   H per layer); otherwise H_TT x = H_TS w_S. Rows are grouped by branch and sorted by system size; a chunk of
+//   rows (sized from `memory_budget_bytes`) gathers its systems into one batch [rows, m, m] and factors it with a
+//   batched Cholesky. Rows with fewer unknowns than the chunk's largest are padded with identity rows and columns
+//   and a zero right-hand side, which leaves their solution unchanged. When every row of a chunk has the same size
+//   (N:M masks, Wanda's per-row masks) the gather needs no padding.
+// - Each chunk is then refined against the true fp64 KKT residual (H δ)_T computed from the full H, reusing the
+//   chunk's factors, until the largest relative residual is at most `refinement_tolerance`, stops improving, or
+//   `max_refinement_steps` corrections were made. In fp64 this removes the error that an inaccurate G = H⁻¹
+//   leaves on ill-conditioned H; with kFloat32Refined it is classic mixed-precision iterative refinement (fp32
+//   factors, fp64 residuals). A chunk whose fp32 factorization fails, or whose refinement ends above the
+//   tolerance, is solved again in fp64 and counted in `fp64_fallback_rows`.
+// - A failed fp64 factorization (H, or a chunk's systems) raises the damping tenfold (starting from
+//   1e-10 · mean(diag H) when it was zero) and solves the layer again, at most `max_damping_retries` times and
+//   never past 1e-2 · mean(diag H) (SparseGPT's damping); each retry is counted in the result. Past that, or on
+//   non-finite inputs or a negative diagonal, an Error of kind kNumeric is thrown.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+namespace optima {
+
+// Relative damping used when none is given: 1e-6 · mean(diag H). Measured (bench/solver_cpu.json, "damping") on
+// LLM-like Hessians (outlier input features, correlated inputs; 768 inputs, 256 rows, 50% magnitude mask), as the
+// increase of the undamped objective over the undamped optimum:
+//   full rank (8192 tokens, cond 2.6e6):  1e-8: 7e-12   1e-6: 7e-8   1e-4: 3e-4   1e-2: 5e-2
+//   rank 512 (512 tokens, singular):      0 and 1e-8 need 4 and 1 damping retries and send half of the fp32 rows
+//                                         to fp64;   1e-6: 8e-5, no retry, no fallback   1e-4: 0.10   1e-2: 1.6
+// So 1e-6 keeps the paper's (undamped) optimum to 1e-7 where H has full rank, which is the usual case with 128 x 2048
+// calibration tokens, and makes singular H (dead or duplicated features) well-posed without retries; SparseGPT's
+// 1e-2 would give up percents of the objective that OPTIMA exists to win.
+inline constexpr double kDefaultRowSolveDamp = 1e-6;
+
+enum class SolvePrecision {
+  kFloat64,         // gathers, factorizations and solves in fp64
+  kFloat32Refined,  // fp32 gathers and factorizations; fp64 residuals drive iterative refinement
+};
+
+struct RowSolveOptions {
+  SolvePrecision precision = SolvePrecision::kFloat64;
+  // Relative damping: damp · mean(diag H) is added to diag H (after dead inputs are fixed) before solving.
+  double damp = kDefaultRowSolveDamp;
+  // Bounds the bytes of one chunk's gathered systems and factors (and its row-sized work tensors). At least one
+  // row is solved at a time whatever the budget.
+  int64_t memory_budget_bytes = 1LL << 30;
+  // Exact solver: refinement corrections per chunk. Iterative solver with kFloat32Refined: outer corrections.
+  int max_refinement_steps = 5;
+  // Refinement stops once every row's relative KKT residual is at most this.
+  double refinement_tolerance = 1e-11;
+  // Factorization failures that may each raise the damping tenfold before kNumeric is thrown.
+  int max_damping_retries = 8;
+};
+
+struct RowSolveResult {
+  // [out, in] in the dense weight's dtype and device; pruned entries are exactly 0. Computed in fp64 (both
+  // precisions) and cast at the end, so a half-precision weight carries that dtype's rounding.
+  at::Tensor weight;
+  // max over rows of ||(H (ŵ − w))_T|| / ||(H w)_T||, in fp64, with H the damped Hessian actually solved and ŵ the
+  // fp64 solution before the cast to the weight's dtype. Rows with an empty T count as 0; rows with (H w)_T = 0
+  // report the absolute ||(H (ŵ − w))_T||.
+  double kkt_residual = 0;
+  double damping = 0;              // absolute damping added to diag H
+  int64_t damping_retries = 0;     // fp64 factorizations that failed and were retried with more damping
+  int64_t dead_inputs = 0;         // inputs with H_jj == 0
+  double flops = 0;                // estimated flops: factorizations, triangular solves, matrix products
+  double factor_flops = 0;         // the factorizations' share of `flops` (m³/3 per system, n³ for H⁻¹)
+  double inverse_seconds = 0;      // wall time of the layer-wide Cholesky and H⁻¹ (exact solver, last attempt)
+  int64_t chunks = 0;              // batches of gathered systems (exact solver)
+  int64_t rows_via_inverse = 0;    // rows solved as G_SS z = w_S (|S| <= |T|)
+  int64_t rows_via_kept = 0;       // rows solved as H_TT x = H_TS w_S (|S| > |T|)
+  int64_t refinement_steps = 0;    // largest number of corrections any chunk needed (exact); outer steps (CG)
+  int64_t fp64_fallback_rows = 0;  // kFloat32Refined: rows solved again in fp64
+  int64_t iterations = 0;          // CG iterations (iterative solver)
+  bool converged = true;           // iterative solver: reached `tolerance`
+};
+
+// The exact solver. dense_weight [out, in] (floating point), pruned bool [out, in] (true where ŵ must be 0),
+// hessian [in, in] (symmetric positive semi-definite, floating point), all on one device. Rows with nothing pruned
+// keep w; rows with everything pruned become 0. Throws kInput on shape, dtype or device mismatches and kNumeric on
+// non-finite inputs or a factorization that no allowed damping rescues.
+RowSolveResult solve_rows_exact(const at::Tensor& dense_weight, const at::Tensor& pruned, const at::Tensor& hessian,
+                                const RowSolveOptions& options = {});
+
+// Iterative solver for layers too large to factor: Jacobi-preconditioned conjugate gradients on all rows at once,
+// one product with the shared H per iteration (masked to each row's kept set), warm-started from `start` [out, in]
+// (for example the selector's updated weights; its pruned entries are ignored). Stops when every row's relative
+// KKT residual is at most `tolerance` or after `max_iterations` iterations in all (then `converged` is false). In
+// kFloat64 the iterations run in fp64; in kFloat32Refined, fp32 CG solves correction equations whose right-hand
+// sides are fp64 residuals, for at most max_refinement_steps + 1 rounds. Same dead-input and damping rules as the
+// exact solver; no factorization, so no damping retries.
+RowSolveResult solve_rows_cg(const at::Tensor& dense_weight, const at::Tensor& pruned, const at::Tensor& hessian,
+                             const at::Tensor& start, double tolerance, int64_t max_iterations,
+                             const RowSolveOptions& options = {});
+
+}  // namespace optima

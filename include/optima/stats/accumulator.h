@@ -1,0 +1,38 @@
+// Statistics of one linear-layer input site, accumulated over calibration batches without keeping activations:
+// the Hessian H = XᵀX with SparseGPT's scaling and Wanda's per-column squared norms.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+namespace optima {
+
+class InputStatistics {
+ public:
+  // `hessian` / `column_norms` choose what is accumulated; `dtype` is fp32 (the reference) or fp64.
+  InputStatistics(int64_t features, c10::Device device, bool hessian, bool column_norms,
+                  c10::ScalarType dtype = c10::ScalarType::Float);
+
+  // x: [batch, seq, features] (or [tokens, features] as one sample). Follows the reference updates exactly:
+  //   H <- H * n / (n + b) + (sqrt(2 / (n + b)) x)ᵀ (sqrt(2 / (n + b)) x)   (n counts samples, b the batch's)
+  //   s <- s * n / (n + b) + ||x_j||² / (n + b)                              (Wanda, per column j)
+  void add(const at::Tensor& x);
+
+  int64_t samples() const { return samples_; }
+  int64_t tokens() const { return tokens_; }
+  const at::Tensor& hessian() const { return hessian_; }
+  const at::Tensor& column_sq_norms() const { return column_norms_; }
+  // True when an input value was NaN or Inf (checked on every batch: a poisoned Hessian is useless).
+  bool saw_non_finite() const { return non_finite_; }
+
+ private:
+  at::Tensor hessian_;
+  at::Tensor column_norms_;
+  int64_t samples_ = 0;
+  int64_t tokens_ = 0;
+  bool non_finite_ = false;
+  c10::ScalarType dtype_;
+};
+
+}  // namespace optima

@@ -1,0 +1,361 @@
+// The block-by-block pruning pipeline (see pruner.h).
+#include "optima/prune/pruner.h"
+
+#include <ATen/ATen.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <map>
+#include <regex>
+#include <set>
+
+#include "optima/core/error.h"
+#include "optima/core/resources.h"
+#include "optima/io/checkpoint.h"
+#include "optima/io/checkpoint_writer.h"
+#include "optima/io/output_dir.h"
+#include "optima/io/safetensors.h"
+#include "optima/io/tensor.h"
+#include "optima/model/decoder.h"
+#include "optima/select/selector.h"
+#include "optima/solve/row_solver.h"
+#include "optima/stats/accumulator.h"
+#include "optima/text/calibration.h"
+#include "optima/text/tokenizer.h"
+
+namespace optima {
+namespace fs = std::filesystem;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+// ||(W - V) X||² / ||W X||² from H ∝ XᵀX: tr(D H Dᵀ) / tr(W H Wᵀ), in fp64.
+double relative_error(const at::Tensor& dense, const at::Tensor& updated, const at::Tensor& hessian) {
+  const at::Tensor h = hessian.to(at::kDouble);
+  const at::Tensor w = dense.to(h.device(), at::kDouble);
+  const at::Tensor d = w - updated.to(h.device(), at::kDouble);
+  const double denominator = (w.mm(h) * w).sum().item<double>();
+  const double numerator = (d.mm(h) * d).sum().item<double>();
+  return denominator > 0 ? numerator / denominator : 0.0;
+}
+
+bool pattern_holds(const at::Tensor& zeros, const SparsityPattern& pattern) {
+  if (pattern.is_unstructured()) return true;  // the achieved fraction is reported; the quirks allow +-ties
+  const at::Tensor groups = zeros.reshape({zeros.size(0), -1, pattern.m()}).sum(-1);
+  return (groups >= pattern.n()).all().item<bool>();
+}
+
+// Masks packed 8 columns per byte along the input dimension, least significant bit first; 1 = pruned.
+at::Tensor pack_mask(const at::Tensor& pruned) {
+  const int64_t in = pruned.size(1), padded = (in + 7) / 8 * 8;
+  at::Tensor bits = at::zeros({pruned.size(0), padded}, pruned.options().dtype(at::kLong));
+  bits.slice(1, 0, in).copy_(pruned.to(at::kLong));
+  const at::Tensor weights = at::pow(2, at::arange(8, bits.options()));
+  return (bits.view({pruned.size(0), padded / 8, 8}) * weights).sum(-1).to(at::kByte).cpu();
+}
+
+// Distinct input sites of a block in forward order.
+std::vector<std::string> sites_in_order(const std::vector<LinearLayer>& layers) {
+  std::vector<std::string> sites;
+  for (const LinearLayer& l : layers)
+    if (std::find(sites.begin(), sites.end(), l.input) == sites.end()) sites.push_back(l.input);
+  return sites;
+}
+
+}  // namespace
+
+PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress) {
+  const auto start = Clock::now();
+  plan.validate();
+  PruneReport report;
+  report.settings = plan.to_json();
+
+  // --- model, settings that need it, and outputs ------------------------------------------------------------
+  const Checkpoint checkpoint = Checkpoint::open(plan.model);
+  RunOptions run;
+  run.device = parse_device(plan.device);
+  if (!plan.dtype.empty()) run.dtype = parse_float_dtype(plan.dtype);
+  const DecoderModel model(checkpoint, run);
+  const ModelShape& shape = model.shape();
+  report.model_type = shape.model_type;
+  report.num_layers = shape.num_layers;
+  const std::vector<LinearLayer> linears = linear_layers(shape);
+  const std::regex skip(plan.skip.empty() ? std::string("$^") : plan.skip);
+  for (const LinearLayer& l : linears)
+    if (plan.pattern.is_n_m()) plan.pattern.check_fits(l.in_features, block_prefix(shape, 0) + l.name);
+  if (plan.seqlen > shape.max_positions)
+    fail_usage(fmt::format("--seqlen {} exceeds the model's {} positions (max_position_embeddings in {})", plan.seqlen,
+                           shape.max_positions, checkpoint.config().path().string()));
+
+  SelectorOptions selector_options;
+  selector_options.pattern = plan.pattern;
+  selector_options.percdamp = plan.percdamp;
+  selector_options.blocksize = plan.blocksize;
+  const auto selector = make_selector(plan.method, selector_options);
+  const bool need_hessian = true;  // errors in the report and reconstruction need H whatever the selector
+  const bool need_norms = selector->needs_act_norms();
+  if (plan.reconstruct == "optima" && plan.calib.empty())
+    fail_usage("--reconstruct optima needs calibration data (--calib FILE): it solves against the Hessian");
+  RowSolveOptions solve_options;
+  solve_options.damp = plan.qp_damp;
+  solve_options.precision = plan.qp_precision == "fp32" ? SolvePrecision::kFloat32Refined : SolvePrecision::kFloat64;
+  solve_options.memory_budget_bytes = static_cast<int64_t>(parse_byte_size(plan.qp_memory));
+
+  StagedDirectory staged(plan.out, plan.overwrite, plan.model);
+  std::optional<StagedDirectory> hessian_dir;
+  if (!plan.save_hessians.empty()) hessian_dir.emplace(plan.save_hessians, plan.overwrite, plan.model);
+
+  // --- calibration -----------------------------------------------------------------------------------------
+  auto phase = Clock::now();
+  CalibrationSet calibration;
+  if (!plan.calib.empty()) {
+    const auto tokenizer = load_tokenizer(plan.tokenizer.empty() ? plan.model : plan.tokenizer);
+    calibration = load_calibration(plan.calib, *tokenizer, {plan.nsamples, plan.seqlen, plan.seed});
+  } else {
+    calibration.rule = "none";
+    calibration.description = "no calibration data (magnitude pruning needs none; errors are not measured)";
+  }
+  report.calibration = calibration.description;
+  spdlog::info("calibration: {}", calibration.description);
+  report.seconds_calibration = since(phase);
+
+  // Hidden states of every calibration window, kept on the CPU between blocks (batches of plan.batch_size).
+  std::vector<at::Tensor> hidden;
+  if (!calibration.ids.empty()) {
+    const at::Tensor ids = at::tensor(calibration.ids, at::kLong).view({calibration.nsamples, calibration.seqlen});
+    for (int64_t b = 0; b < calibration.nsamples; b += plan.batch_size)
+      hidden.push_back(model.embed(ids.slice(0, b, b + plan.batch_size)).cpu());
+  }
+  const bool calibrated = !hidden.empty();
+
+  CheckpointWriterOptions writer_options;
+  writer_options.max_shard_bytes = parse_byte_size(plan.max_shard_size);
+  CheckpointWriter writer(staged.staging(), writer_options);
+  copy_model_side_files(plan.model, staged.staging());
+  for (const ExpectedTensor& t : global_tensors(shape)) writer.add(t.name, checkpoint.load(t.name));
+  // A stored lm_head that the config ties to the embeddings is carried over unchanged too.
+  if (shape.tie_word_embeddings && checkpoint.find("lm_head.weight")) writer.add("lm_head.weight", checkpoint.load("lm_head.weight"));
+
+  std::map<std::string, at::Tensor> masks;
+  const std::vector<std::string> sites = sites_in_order(linears);
+  for (int64_t b = 0; b < shape.num_layers; ++b) {
+    const std::string prefix = block_prefix(shape, b);
+    BlockWeights block = model.load_block(b);
+    std::map<std::string, InputStatistics> stats;
+    std::map<std::string, at::Tensor> hessians_to_save;
+
+    // Runs every calibration batch through the block as it is now, accumulating statistics of `wanted` sites.
+    auto collect = [&](const std::set<std::string>& wanted) {
+      const auto t0 = Clock::now();
+      for (const std::string& site : wanted) {
+        const LinearLayer& first = *std::find_if(linears.begin(), linears.end(),
+                                                 [&](const LinearLayer& l) { return l.input == site; });
+        stats.erase(site);
+        stats.emplace(site, InputStatistics(first.in_features, run.device, need_hessian, need_norms));
+      }
+      for (const at::Tensor& h : hidden)
+        model.block_forward(block, h, [&](const std::string& site, const at::Tensor& x) {
+          if (wanted.count(site)) stats.at(site).add(x);
+        });
+      report.seconds_forward += since(t0);
+      for (const std::string& site : wanted)
+        if (stats.at(site).saw_non_finite() && !plan.allow_non_finite)
+          throw Error(ErrorKind::kNumeric, fmt::format("block {}: the input of '{}' holds NaN or Inf values (the "
+                                                       "activations entering this block are not finite)",
+                                                       b, site));
+    };
+
+    auto prune_site = [&](const std::string& site) {
+      for (const LinearLayer& layer : linears) {
+        if (layer.input != site) continue;
+        const std::string name = prefix + layer.name;
+        LayerReport lr;
+        lr.name = name;
+        lr.block = b;
+        lr.site = site;
+        lr.shape = {layer.out_features, layer.in_features};
+        const std::string key = layer.name + ".weight";
+        const at::Tensor dense = block.get(key);
+        if (!plan.allow_non_finite && !at::isfinite(dense).all().item<bool>())
+          throw Error(ErrorKind::kNumeric, fmt::format("{}: weight '{}.weight' holds NaN or Inf values",
+                                                       checkpoint.dir().string(), name));
+        if (std::regex_search(name, skip)) {
+          lr.skipped = true;
+          lr.sparsity = 1.0 - static_cast<double>(at::count_nonzero(dense).item<int64_t>()) /
+                                  static_cast<double>(dense.numel());
+          report.layers.push_back(lr);
+          continue;
+        }
+        LayerStats layer_stats;
+        if (calibrated) {
+          layer_stats.hessian = stats.at(site).hessian();
+          if (need_norms) layer_stats.act_sq_norm = stats.at(site).column_sq_norms();
+        }
+        auto t0 = Clock::now();
+        const Selection selection = selector->select(dense, layer_stats);
+        lr.seconds_select = since(t0);
+        lr.damping = selection.damping;
+        lr.damping_retries = selection.damping_retries;
+        at::Tensor final_weight = selection.weight;
+        if (calibrated) lr.error_selector = relative_error(dense, selection.weight, layer_stats.hessian);
+        if (plan.reconstruct == "optima") {
+          t0 = Clock::now();
+          // OPTIMA starts from the dense row w, not the selector's updated weights (algorithms.md §6).
+          const RowSolveResult r = solve_rows_exact(dense.to(at::kFloat), selection.pruned, layer_stats.hessian, solve_options);
+          lr.seconds_reconstruct = since(t0);
+          final_weight = r.weight;
+          lr.kkt_residual = r.kkt_residual;
+          lr.reconstruct_damping = r.damping;
+        }
+        lr.error_final = calibrated ? relative_error(dense, final_weight, layer_stats.hessian) : 0.0;
+        const at::Tensor written = final_weight.masked_fill(selection.pruned, 0).to(dense.scalar_type());
+        const at::Tensor zeros = written == 0;
+        lr.sparsity = zeros.to(at::kDouble).mean().item<double>();
+        lr.pattern_ok = pattern_holds(zeros, plan.pattern);
+        block.tensors[key] = written;
+        if (plan.save_masks) masks.emplace(name + ".mask", pack_mask(selection.pruned));
+        report.seconds_select += lr.seconds_select;
+        report.seconds_reconstruct += lr.seconds_reconstruct;
+        report.layers.push_back(lr);
+        progress.update({"prune", b, shape.num_layers,
+                         fmt::format("block {}/{} {} sparsity {:.3f} error {:.4f}", b + 1, shape.num_layers,
+                                     layer.name, lr.sparsity, lr.error_final)});
+      }
+      if (hessian_dir && calibrated) hessians_to_save.emplace(prefix + site, stats.at(site).hessian().cpu().contiguous());
+    };
+
+    progress.update({"prune", b, shape.num_layers, fmt::format("block {}/{} statistics", b + 1, shape.num_layers)});
+    if (!calibrated) {
+      for (const std::string& site : sites) prune_site(site);
+    } else if (plan.propagation == Propagation::kReference) {
+      collect({sites.begin(), sites.end()});
+      for (const std::string& site : sites) prune_site(site);
+    } else {
+      for (const std::string& site : sites) {
+        collect({site});
+        prune_site(site);
+      }
+    }
+
+    // The pruned block produces the next block's inputs.
+    const auto t0 = Clock::now();
+    for (at::Tensor& h : hidden) {
+      h = model.block_forward(block, h).cpu();
+      if (!plan.allow_non_finite && !at::isfinite(h).all().item<bool>())
+        throw Error(ErrorKind::kNumeric,
+                    fmt::format("block {}: the pruned block produced NaN or Inf activations; stopping", b));
+    }
+    report.seconds_forward += since(t0);
+
+    // Write the block: pruned linear weights in the stored dtype, everything else byte-identical.
+    const auto tw = Clock::now();
+    for (const ExpectedTensor& t : block_tensors(shape, b)) {
+      const std::string relative = t.name.substr(prefix.size());
+      const bool pruned_linear = std::any_of(linears.begin(), linears.end(), [&](const LinearLayer& l) {
+        return l.name + ".weight" == relative;
+      });
+      const CheckpointTensor* stored = checkpoint.find(t.name);
+      writer.add(t.name, pruned_linear ? block.get(relative).to(at::kCPU, to_scalar_type(stored->dtype))
+                                       : checkpoint.load(t.name));
+    }
+    if (hessian_dir && !hessians_to_save.empty()) {
+      std::vector<TensorBytes> bytes;
+      for (const auto& [name, h] : hessians_to_save) bytes.push_back(tensor_bytes(name, h));
+      write_safetensors(hessian_dir->staging() / fmt::format("hessians-block-{:04d}.safetensors", b), bytes,
+                        {{"format", "pt"}, {"scaling", "H = (2/n) sum over samples of X^T X, n = samples"}});
+    }
+    report.seconds_write += since(tw);
+    spdlog::debug("block {} done", b);
+  }
+  progress.update({"prune", shape.num_layers, shape.num_layers, "writing"});
+  progress.finish();
+
+  const auto tw = Clock::now();
+  writer.finish();
+  if (plan.save_masks && !masks.empty()) {
+    std::vector<TensorBytes> bytes;
+    for (const auto& [name, m] : masks) bytes.push_back(tensor_bytes(name, m));
+    write_safetensors(staged.staging() / "masks.safetensors", bytes,
+                      {{"format", "optima-masks"},
+                       {"packing", "uint8 [out, ceil(in/8)]: bit i of byte k is input column 8k+i; 1 = pruned"}});
+  }
+  report.seconds_write += since(tw);
+
+  int64_t zeros = 0, total = 0;
+  for (const LayerReport& l : report.layers) {
+    const int64_t n = l.shape[0] * l.shape[1];
+    total += n;
+    zeros += static_cast<int64_t>(l.sparsity * static_cast<double>(n) + 0.5);
+  }
+  report.overall_sparsity = total ? static_cast<double>(zeros) / static_cast<double>(total) : 0.0;
+  report.peak_rss_bytes = peak_rss_bytes();
+  report.seconds_total = since(start);
+  write_text_file(staged.staging() / "prune_report.json", report.to_json().dump(2) + "\n");
+  staged.commit();
+  if (hessian_dir) hessian_dir->commit();
+  return report;
+}
+
+nlohmann::json PruneReport::to_json() const {
+  nlohmann::json layers_json = nlohmann::json::array();
+  for (const LayerReport& l : layers) {
+    nlohmann::json j = {{"name", l.name},
+                        {"block", l.block},
+                        {"input", l.site},
+                        {"shape", l.shape},
+                        {"skipped", l.skipped},
+                        {"sparsity", l.sparsity},
+                        {"pattern_ok", l.pattern_ok},
+                        {"error_selector", l.error_selector},
+                        {"error_final", l.error_final},
+                        {"damping", l.damping},
+                        {"damping_retries", l.damping_retries},
+                        {"seconds_select", l.seconds_select}};
+    if (l.kkt_residual >= 0) {
+      j["kkt_residual"] = l.kkt_residual;
+      j["reconstruct_damping"] = l.reconstruct_damping;
+      j["seconds_reconstruct"] = l.seconds_reconstruct;
+    }
+    layers_json.push_back(j);
+  }
+  return {{"settings", settings},
+          {"calibration", calibration},
+          {"model_type", model_type},
+          {"num_layers", num_layers},
+          {"overall_sparsity", overall_sparsity},
+          {"timings", {{"total", seconds_total},
+                       {"calibration", seconds_calibration},
+                       {"forward", seconds_forward},
+                       {"select", seconds_select},
+                       {"reconstruct", seconds_reconstruct},
+                       {"write", seconds_write}}},
+          {"peak_rss_bytes", peak_rss_bytes},
+          {"layers", layers_json}};
+}
+
+std::string PruneReport::summary() const {
+  size_t width = 5;
+  for (const LayerReport& l : layers) width = std::max(width, l.name.size());
+  const bool reconstructed = !layers.empty() && layers.front().kkt_residual >= 0;
+  std::string out = fmt::format("{:<{}}  {:>11}  {:>8}  {:>7}  {:>11}", "layer", width, "shape", "sparsity", "pattern",
+                                "err(select)");
+  if (reconstructed) out += fmt::format("  {:>10}  {:>8}", "err(final)", "kkt");
+  out += "\n";
+  for (const LayerReport& l : layers) {
+    out += fmt::format("{:<{}}  {:>11}  {:>8.4f}  {:>7}  {:>11.5f}", l.name, width,
+                       fmt::format("{}x{}", l.shape[0], l.shape[1]), l.sparsity,
+                       l.skipped ? "skipped" : (l.pattern_ok ? "ok" : "BROKEN"), l.error_selector);
+    if (reconstructed) out += fmt::format("  {:>10.5f}  {:>8.1e}", l.error_final, l.kkt_residual);
+    out += "\n";
+  }
+  out += fmt::format("overall sparsity {:.4f} over {} linear layers; {:.1f} s (forward {:.1f}, select {:.1f}",
+                     overall_sparsity, layers.size(), seconds_total, seconds_forward, seconds_select);
+  if (reconstructed) out += fmt::format(", reconstruct {:.1f}", seconds_reconstruct);
+  out += fmt::format(", write {:.1f}); peak memory {:.0f} MiB\n", seconds_write,
+                     static_cast<double>(peak_rss_bytes) / 1048576.0);
+  return out;
+}
+
+}  // namespace optima

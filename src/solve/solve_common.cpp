@@ -1,0 +1,181 @@
+// Input checks, Hessian preparation, batched Cholesky and KKT residuals shared by the row solvers.
+#include "solve_common.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <exception>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "optima/core/error.h"
+
+namespace optima::solve_detail {
+
+namespace {
+
+std::string shape_of(const at::Tensor& t) {
+  std::string s = "[";
+  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
+  return s + "]";
+}
+
+std::string dtype_of(const at::Tensor& t) {
+  return std::string(c10::toString(t.scalar_type()));
+}
+
+}  // namespace
+
+void validate_inputs(std::string_view where, const at::Tensor& dense_weight, const at::Tensor& pruned,
+                     const at::Tensor& hessian, const at::Tensor& start) {
+  const std::string w(where);
+  if (!dense_weight.defined() || !pruned.defined() || !hessian.defined())
+    fail_input(w, "weight, mask and Hessian must all be given");
+  if (dense_weight.dim() != 2) fail_input(w + ": weight", "wrong rank", "[out, in]", shape_of(dense_weight));
+  if (!dense_weight.is_floating_point())
+    fail_input(w + ": weight", "wrong dtype", "a floating-point type", dtype_of(dense_weight));
+  const int64_t out = dense_weight.size(0), in = dense_weight.size(1);
+  const std::string wshape = shape_of(dense_weight);
+  if (pruned.sizes() != dense_weight.sizes())
+    fail_input(w + ": mask", "shape does not match the weight", wshape, shape_of(pruned));
+  if (pruned.scalar_type() != at::kBool) fail_input(w + ": mask", "wrong dtype", "Bool", dtype_of(pruned));
+  if (hessian.dim() != 2 || hessian.size(0) != in || hessian.size(1) != in)
+    fail_input(w + ": Hessian", "shape does not match the weight's input size",
+               fmt::format("[{}, {}]", in, in), shape_of(hessian));
+  if (!hessian.is_floating_point())
+    fail_input(w + ": Hessian", "wrong dtype", "a floating-point type", dtype_of(hessian));
+  if (pruned.device() != dense_weight.device() || hessian.device() != dense_weight.device())
+    fail_input(w, "weight, mask and Hessian are on different devices", dense_weight.device().str(),
+               pruned.device().str() + " (mask), " + hessian.device().str() + " (Hessian)");
+  if (start.defined()) {
+    if (start.sizes() != dense_weight.sizes())
+      fail_input(w + ": start", "shape does not match the weight", wshape, shape_of(start));
+    if (!start.is_floating_point()) fail_input(w + ": start", "wrong dtype", "a floating-point type", dtype_of(start));
+    if (start.device() != dense_weight.device())
+      fail_input(w + ": start", "on a different device from the weight", dense_weight.device().str(),
+                 start.device().str());
+  }
+  (void)out;
+}
+
+void require_finite(std::string_view where, std::string_view what, const at::Tensor& t) {
+  if (t.numel() == 0) return;
+  if (!at::isfinite(t).all().item<bool>())
+    fail(ErrorKind::kNumeric, where, std::string(what) + " holds NaN or infinite values", "finite values",
+         std::to_string(at::logical_not(at::isfinite(t)).sum().item<int64_t>()) + " non-finite");
+}
+
+PreparedHessian prepare_hessian(std::string_view where, const at::Tensor& hessian) {
+  PreparedHessian p;
+  require_finite(where, "Hessian", hessian);
+  // fp32 accumulation leaves H slightly asymmetric; the solvers read one triangle or the other, so make them equal.
+  at::Tensor h = hessian.to(at::kDouble);
+  h = (h + h.t()).mul_(0.5);
+  const at::Tensor dead = h.diagonal() == 0;
+  p.dead_inputs = dead.sum().item<int64_t>();
+  if (p.dead_inputs > 0) {
+    // An input that is always zero has H_jj = 0 and, for a Gram matrix, a zero row and column: the objective does
+    // not depend on that weight. A unit diagonal keeps the systems definite and leaves the other rows' answers
+    // unchanged (the dead unknown decouples, with zero right-hand side), as in SparseGPT.
+    h.masked_fill_(dead.unsqueeze(0) | dead.unsqueeze(1), 0.0);
+    h.diagonal().masked_fill_(dead, 1.0);
+  }
+  if (h.numel() > 0 && h.diagonal().min().item<double>() < 0)
+    fail(ErrorKind::kNumeric, where, "the Hessian has a negative diagonal entry: it is not positive semi-definite",
+         "diag(H) >= 0", fmt::format("min {:.3g}", h.diagonal().min().item<double>()));
+  p.mean_diag = h.numel() ? h.diagonal().mean().item<double>() : 0.0;
+  p.h = h;
+  return p;
+}
+
+at::Tensor relative_residual(const at::Tensor& rho_t, const at::Tensor& hw_t_norm) {
+  const at::Tensor num = at::linalg_vector_norm(rho_t, 2, {1});
+  return at::where(hw_t_norm > 0, num / hw_t_norm.clamp_min(1e-300), num);
+}
+
+namespace {
+
+// Restores ATen's (and so MKL's) thread count when it leaves scope, exceptions included.
+class ThreadCountGuard {
+ public:
+  explicit ThreadCountGuard(int threads) : saved_(at::get_num_threads()) { at::set_num_threads(threads); }
+  ~ThreadCountGuard() { at::set_num_threads(saved_); }
+  ThreadCountGuard(const ThreadCountGuard&) = delete;
+  ThreadCountGuard& operator=(const ThreadCountGuard&) = delete;
+
+ private:
+  int saved_;
+};
+
+}  // namespace
+
+void for_each_slice(bool cpu, int64_t count, const std::function<void(int64_t)>& fn) {
+  if (!cpu || count <= 1) {
+    for (int64_t i = 0; i < count; ++i) fn(i);
+    return;
+  }
+  // One OS thread per slice with LAPACK single-threaded. MKL does not drop to one thread inside ATen's own
+  // parallel_for, and its multi-threaded potrf on small matrices is up to 10x slower than one thread per matrix.
+  // The thread count is process-wide while this runs; the solver is the only ATen work at that point.
+  ThreadCountGuard single(1);
+  std::vector<std::exception_ptr> errors(count);
+  std::vector<std::thread> threads;
+  threads.reserve(count);
+  for (int64_t i = 0; i < count; ++i) {
+    threads.emplace_back([&, i] {
+      try {
+        fn(i);
+      } catch (...) {
+        errors[i] = std::current_exception();
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (const std::exception_ptr& e : errors)
+    if (e) std::rethrow_exception(e);
+}
+
+at::Tensor spd_inverse(const at::Tensor& h) {
+  // LAPACK's multi-threaded potrf/potri synchronise often; on a 2-core machine shared with other work they were
+  // measured 10-30x slower than one thread (0.02 s becoming 2 s on 768 columns), while one thread costs at most 2x
+  // when the machine is idle and the inverse is a small part of any layer whose rows need it.
+  std::optional<ThreadCountGuard> single;
+  if (h.is_cpu()) single.emplace(1);
+  auto [l, info] = at::linalg_cholesky_ex(h);
+  if (info.item<int64_t>() != 0) return at::Tensor();
+  return at::cholesky_inverse(l);
+}
+
+bool BatchedCholesky::factor(const at::Tensor& a) {
+  const int64_t b = a.size(0);
+  const bool cpu = a.is_cpu();
+  const int64_t slices = cpu ? std::min<int64_t>(b, std::max(1, at::get_num_threads())) : 1;
+  ranges_.clear();
+  for (int64_t s = 0; s < slices; ++s) ranges_.emplace_back(b * s / slices, b * (s + 1) / slices);
+  factors_.assign(slices, at::Tensor());
+  std::vector<at::Tensor> infos(slices);
+  for_each_slice(cpu, slices, [&](int64_t s) {
+    auto [l, info] = at::linalg_cholesky_ex(a.slice(0, ranges_[s].first, ranges_[s].second));
+    factors_[s] = l;
+    infos[s] = info;
+  });
+  for (const at::Tensor& info : infos)
+    if (info.ne(0).any().item<bool>()) return false;
+  return true;
+}
+
+at::Tensor BatchedCholesky::solve(const at::Tensor& rhs) const {
+  OPTIMA_ASSERT(!factors_.empty());
+  const at::Tensor r = rhs.to(factors_[0].scalar_type());
+  at::Tensor out = at::empty_like(r);
+  for_each_slice(r.is_cpu(), static_cast<int64_t>(ranges_.size()), [&](int64_t s) {
+    const auto [begin, end] = ranges_[s];
+    out.slice(0, begin, end).copy_(at::cholesky_solve(r.slice(0, begin, end).unsqueeze(2), factors_[s]).squeeze(2));
+  });
+  return out;
+}
+
+}  // namespace optima::solve_detail

@@ -1,0 +1,60 @@
+// Pieces shared by the exact and the iterative row solvers: input checks, Hessian preparation, batched
+// Cholesky factors and the KKT residual.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <functional>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace optima::solve_detail {
+
+// Throws kInput, naming `where` and expected vs found, unless the shapes, dtypes and devices fit together.
+// `start` may be undefined.
+void validate_inputs(std::string_view where, const at::Tensor& dense_weight, const at::Tensor& pruned,
+                     const at::Tensor& hessian, const at::Tensor& start);
+
+// Throws kNumeric naming `what` when `t` holds a NaN or an infinity.
+void require_finite(std::string_view where, std::string_view what, const at::Tensor& t);
+
+// The Hessian in fp64, symmetrised, with dead inputs fixed (H_jj == 0: row and column zeroed, H_jj = 1), before
+// damping. The weight needs no change for a dead input: its column has no effect on the objective.
+struct PreparedHessian {
+  at::Tensor h;          // [n, n] fp64
+  double mean_diag = 0;  // mean of diag H after the dead inputs were fixed: the damping's unit
+  int64_t dead_inputs = 0;
+};
+PreparedHessian prepare_hessian(std::string_view where, const at::Tensor& hessian);
+
+// Per-row relative KKT residual ||rho_T|| / ||(H w)_T|| from rho = (H δ) already masked to T and the row norms
+// ||(H w)_T||; rows whose denominator is 0 report ||rho_T|| itself.
+at::Tensor relative_residual(const at::Tensor& rho_t, const at::Tensor& hw_t_norm);
+
+// H⁻¹ of an SPD matrix from its Cholesky factor, with single-threaded LAPACK on CPU; undefined when the
+// factorization fails.
+at::Tensor spd_inverse(const at::Tensor& h);
+
+// Cholesky factors of a batch of SPD matrices [b, m, m]. On CPU the batch is split into one slice per ATen thread,
+// each factored on its own OS thread with single-threaded LAPACK: MKL's multi-threaded potrf on a few hundred
+// columns runs at a fraction of one core's speed (bench/solver_cpu.json, "rates"). On CUDA the whole batch goes to
+// one call (cuSOLVER's batched path).
+class BatchedCholesky {
+ public:
+  // Factors `a` (lower); returns false when any matrix is not positive definite to working precision.
+  bool factor(const at::Tensor& a);
+  // Solves A x = rhs for rhs [b, m] (cast to the factors' dtype); returns x [b, m] in the factors' dtype.
+  at::Tensor solve(const at::Tensor& rhs) const;
+
+ private:
+  std::vector<std::pair<int64_t, int64_t>> ranges_;
+  std::vector<at::Tensor> factors_;
+};
+
+// Runs fn(i) for i in [0, count): on CPU on `count` OS threads with ATen and LAPACK single-threaded meanwhile
+// (exceptions are rethrown here), in order on other devices.
+void for_each_slice(bool cpu, int64_t count, const std::function<void(int64_t)>& fn);
+
+}  // namespace optima::solve_detail

@@ -1,0 +1,448 @@
+// Tests of the OPTIMA row solvers against an independent per-row fp64 reference, on fresh random Hessians and
+// masks every run. Each test prints its seed on failure; OPTIMA_TEST_SEED=<seed> replays it.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <random>
+#include <string>
+
+#include "optima/solve/row_solver.h"
+#include "test_util.h"
+
+namespace optima {
+namespace {
+
+// Seeds ATen's generator from OPTIMA_TEST_SEED or a fresh random value; the seed shows in every failure.
+class SolveTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (const char* env = std::getenv("OPTIMA_TEST_SEED")) {
+      seed_ = std::strtoull(env, nullptr, 10);
+    } else {
+      seed_ = std::random_device{}();
+    }
+    at::manual_seed(seed_);
+    trace_ = std::make_unique<::testing::ScopedTrace>(__FILE__, __LINE__,
+                                                      "seed " + std::to_string(seed_) + " (OPTIMA_TEST_SEED)");
+  }
+  uint64_t seed_ = 0;
+  std::unique_ptr<::testing::ScopedTrace> trace_;
+};
+
+const at::TensorOptions kF64 = at::TensorOptions().dtype(at::kDouble);
+
+// SPD H = Q diag(λ) Qᵀ with eigenvalues spread geometrically from 1 down to 1/cond.
+at::Tensor spd_with_condition(int64_t n, double cond) {
+  const at::Tensor q = std::get<0>(at::linalg_qr(at::randn({n, n}, kF64)));
+  const at::Tensor eig = at::pow(cond, -at::linspace(0, 1, n, kF64));
+  at::Tensor h = at::matmul(q * eig.unsqueeze(0), q.t());
+  return (h + h.t()) / 2;
+}
+
+// A Gram matrix XᵀX / tokens like a layer's: correlated inputs with a few outlier features. Rank-deficient when
+// tokens < n.
+at::Tensor gram_hessian(int64_t n, int64_t tokens) {
+  const at::Tensor mix = at::eye(n, kF64) + 0.3 * at::randn({n, n}, kF64) / std::sqrt(static_cast<double>(n));
+  at::Tensor scale = at::exp(0.5 * at::randn({n}, kF64));
+  scale.narrow(0, 0, std::max<int64_t>(1, n / 32)).mul_(20);  // outlier features
+  const at::Tensor x = at::matmul(at::randn({tokens, n}, kF64), mix) * scale;
+  return at::matmul(x.t(), x) / static_cast<double>(tokens);
+}
+
+// Each row pruned with its own probability; row 0 keeps everything and row 1 prunes everything.
+at::Tensor variable_mask(int64_t out, int64_t n) {
+  const at::Tensor p = at::rand({out, 1}, kF64);
+  at::Tensor mask = at::rand({out, n}, kF64) < p;
+  mask[0].fill_(false);
+  mask[1].fill_(true);
+  return mask;
+}
+
+// Magnitude-style: one threshold for the whole matrix.
+at::Tensor matrix_threshold_mask(const at::Tensor& w, double sparsity) {
+  const at::Tensor a = w.abs().flatten();
+  const double threshold = std::get<0>(a.sort()).index({static_cast<int64_t>(a.numel() * sparsity)}).item<double>();
+  return w.abs() <= threshold;
+}
+
+// N zeros in every group of M consecutive columns: the N smallest |w|.
+at::Tensor n_m_mask(const at::Tensor& w, int64_t n_zero, int64_t m) {
+  const at::Tensor groups = w.abs().reshape({w.size(0), w.size(1) / m, m});
+  const at::Tensor smallest = std::get<1>(groups.topk(n_zero, 2, /*largest=*/false));
+  return at::zeros_like(groups, groups.options().dtype(at::kBool)).scatter_(2, smallest, true).reshape(w.sizes());
+}
+
+// The damped Hessian as the solver defines it: dead inputs get a unit diagonal, then damp · mean(diag) is added.
+at::Tensor damped(const at::Tensor& hessian, double damp) {
+  at::Tensor h = hessian.to(at::kDouble).clone();
+  const at::Tensor dead = h.diagonal() == 0;
+  h.diagonal().masked_fill_(dead, 1.0);
+  h.diagonal().add_(damp * h.diagonal().mean().item<double>());
+  return h;
+}
+
+// The reference: for each row, gather T and S and solve H_TT x = H_TS w_S with a dense fp64 solve.
+at::Tensor reference(const at::Tensor& w, const at::Tensor& pruned, const at::Tensor& h) {
+  const at::Tensor wd = w.to(at::kDouble);
+  at::Tensor out = at::zeros_like(wd);
+  for (int64_t r = 0; r < w.size(0); ++r) {
+    const at::Tensor t = at::nonzero(pruned[r].logical_not()).flatten();
+    const at::Tensor s = at::nonzero(pruned[r]).flatten();
+    if (t.numel() == 0) continue;
+    if (s.numel() == 0) {
+      out[r].copy_(wd[r]);
+      continue;
+    }
+    const at::Tensor htt = h.index_select(0, t).index_select(1, t);
+    const at::Tensor hts = h.index_select(0, t).index_select(1, s);
+    const at::Tensor x = at::linalg_solve(htt, at::matmul(hts, wd[r].index_select(0, s)));
+    out[r].index_put_({t}, wd[r].index_select(0, t) + x);
+  }
+  return out;
+}
+
+double rel_diff(const at::Tensor& a, const at::Tensor& b) {
+  const double denom = b.to(at::kDouble).norm().item<double>();
+  return (a.to(at::kDouble) - b.to(at::kDouble)).norm().item<double>() / (denom > 0 ? denom : 1.0);
+}
+
+// Per-row objective (ŵ − w)ᵀ H (ŵ − w).
+at::Tensor objective(const at::Tensor& what, const at::Tensor& w, const at::Tensor& h) {
+  const at::Tensor d = what.to(at::kDouble) - w.to(at::kDouble);
+  return (at::matmul(d, h) * d).sum(1);
+}
+
+// Solves with `options`, checks against the reference on the same damped H, and returns the result.
+RowSolveResult expect_matches_reference(const at::Tensor& w, const at::Tensor& pruned, const at::Tensor& hessian,
+                                        const RowSolveOptions& options, double tolerance, double kkt_tolerance) {
+  const RowSolveResult result = solve_rows_exact(w, pruned, hessian, options);
+  const at::Tensor ref = reference(w, pruned, damped(hessian, options.damp));
+  EXPECT_EQ(result.weight.scalar_type(), w.scalar_type());
+  EXPECT_EQ(result.weight.sizes(), w.sizes());
+  EXPECT_TRUE(result.weight.masked_select(pruned).eq(0).all().item<bool>()) << "pruned entries must be exactly 0";
+  const double diff = rel_diff(result.weight, ref);
+  EXPECT_LE(diff, tolerance) << "relative difference from the reference";
+  EXPECT_LE(result.kkt_residual, kkt_tolerance);
+  EXPECT_GT(result.flops, 0);
+  return result;
+}
+
+TEST_F(SolveTest, MatchesReferenceOnWellConditionedHessian) {
+  const int64_t out = 48, n = 80;
+  const at::Tensor h = spd_with_condition(n, 1e2);
+  const at::Tensor w = at::randn({out, n}, kF64);
+  const at::Tensor mask = variable_mask(out, n);
+  RowSolveOptions options;
+  options.damp = 0;
+  const RowSolveResult r64 = expect_matches_reference(w, mask, h, options, 1e-9, 1e-8);
+  EXPECT_GT(r64.rows_via_inverse, 0);
+  EXPECT_GT(r64.rows_via_kept, 0);
+  EXPECT_EQ(r64.damping_retries, 0);
+  EXPECT_EQ(r64.damping, 0);
+  options.precision = SolvePrecision::kFloat32Refined;
+  const RowSolveResult r32 = expect_matches_reference(w, mask, h, options, 1e-5, 1e-8);
+  EXPECT_EQ(r32.fp64_fallback_rows, 0) << "a cond-100 Hessian must not need fp64";
+}
+
+TEST_F(SolveTest, MatchesReferenceOnBadlyConditionedHessian) {
+  const int64_t out = 40, n = 72;
+  const at::Tensor h = spd_with_condition(n, 1e8);
+  const at::Tensor w = at::randn({out, n}, kF64);
+  const at::Tensor mask = variable_mask(out, n);
+  RowSolveOptions options;
+  options.damp = 0;
+  expect_matches_reference(w, mask, h, options, 1e-9, 1e-8);
+  options.precision = SolvePrecision::kFloat32Refined;
+  // fp32 cannot factor cond-1e8 systems reliably: refinement or the fp64 fallback must still deliver.
+  expect_matches_reference(w, mask, h, options, 1e-5, 1e-8);
+}
+
+TEST_F(SolveTest, MatchesReferenceOnRankDeficientGramWithDamping) {
+  const int64_t out = 32, n = 96;
+  const at::Tensor h = gram_hessian(n, /*tokens=*/40);  // rank 40 < 96: singular without damping
+  const at::Tensor w = at::randn({out, n}, kF64);
+  const at::Tensor mask = variable_mask(out, n);
+  RowSolveOptions options;
+  options.damp = 1e-2;
+  const RowSolveResult r = expect_matches_reference(w, mask, h, options, 1e-9, 1e-8);
+  EXPECT_NEAR(r.damping, 1e-2 * h.diagonal().mean().item<double>(), 1e-12 * r.damping);
+  options.precision = SolvePrecision::kFloat32Refined;
+  expect_matches_reference(w, mask, h, options, 1e-5, 1e-8);
+}
+
+struct MaskCase {
+  std::string name;
+  int kind;  // 0: per-matrix threshold, 1: N:M
+  int64_t n_zero, m;
+  double sparsity;
+};
+
+class SolveMaskTest : public SolveTest, public ::testing::WithParamInterface<MaskCase> {};
+
+TEST_P(SolveMaskTest, MatchesReferenceInBothPrecisions) {
+  const MaskCase& c = GetParam();
+  const int64_t out = 40, n = 64;
+  const at::Tensor h = gram_hessian(n, 400);
+  const at::Tensor w = at::randn({out, n}, kF64);
+  const at::Tensor mask = c.kind == 0 ? matrix_threshold_mask(w, c.sparsity) : n_m_mask(w, c.n_zero, c.m);
+  RowSolveOptions options;
+  options.damp = 1e-4;
+  for (SolvePrecision precision : {SolvePrecision::kFloat64, SolvePrecision::kFloat32Refined}) {
+    options.precision = precision;
+    const bool fp64 = precision == SolvePrecision::kFloat64;
+    const RowSolveResult r = expect_matches_reference(w, mask, h, options, fp64 ? 1e-9 : 1e-5, 1e-8);
+    if (c.kind == 1) {
+      EXPECT_EQ(r.chunks, 1) << "equal-size rows must share one chunk";
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Masks, SolveMaskTest,
+                         ::testing::Values(MaskCase{"matrix30", 0, 0, 0, 0.3}, MaskCase{"matrix50", 0, 0, 0, 0.5},
+                                           MaskCase{"matrix70", 0, 0, 0, 0.7}, MaskCase{"nm2of4", 1, 2, 4, 0.5},
+                                           MaskCase{"nm4of8", 1, 4, 8, 0.5}, MaskCase{"nm1of4", 1, 1, 4, 0.25},
+                                           MaskCase{"nm3of4", 1, 3, 4, 0.75}),
+                         [](const ::testing::TestParamInfo<MaskCase>& param_info) { return param_info.param.name; });
+
+TEST_F(SolveTest, BothBranchesAgreeWithTheReference) {
+  const int64_t out = 24, n = 60;
+  const at::Tensor h = spd_with_condition(n, 1e4);
+  const at::Tensor w = at::randn({out, n}, kF64);
+  RowSolveOptions options;
+  options.damp = 0;
+  // 25% pruned: every row through G = H⁻¹; 75% pruned: every row through H_TT.
+  const at::Tensor few = at::rand({out, n}, kF64).argsort(/*stable=*/false, /*dim=*/1) < n / 4;
+  const RowSolveResult via_g = expect_matches_reference(w, few, h, options, 1e-9, 1e-8);
+  EXPECT_EQ(via_g.rows_via_inverse, out);
+  EXPECT_EQ(via_g.rows_via_kept, 0);
+  const at::Tensor many = at::rand({out, n}, kF64).argsort(/*stable=*/false, /*dim=*/1) < 3 * n / 4;
+  const RowSolveResult via_h = expect_matches_reference(w, many, h, options, 1e-9, 1e-8);
+  EXPECT_EQ(via_h.rows_via_inverse, 0);
+  EXPECT_EQ(via_h.rows_via_kept, out);
+  // Exactly half pruned: |S| == |T| goes through G.
+  const at::Tensor half = at::rand({out, n}, kF64).argsort(/*stable=*/false, /*dim=*/1) < n / 2;
+  EXPECT_EQ(solve_rows_exact(w, half, h, options).rows_via_inverse, out);
+}
+
+TEST_F(SolveTest, ChunkingGivesTheSameAnswer) {
+  const int64_t out = 30, n = 48;
+  const at::Tensor h = gram_hessian(n, 200);
+  const at::Tensor w = at::randn({out, n}, kF64);
+  const at::Tensor mask = variable_mask(out, n);
+  for (SolvePrecision precision : {SolvePrecision::kFloat64, SolvePrecision::kFloat32Refined}) {
+    RowSolveOptions options;
+    options.precision = precision;
+    const RowSolveResult whole = solve_rows_exact(w, mask, h, options);
+    options.memory_budget_bytes = 1;  // one row per chunk
+    const RowSolveResult tiny = solve_rows_exact(w, mask, h, options);
+    const int64_t to_solve = at::logical_and(mask.any(1), mask.logical_not().any(1)).sum().item<int64_t>();
+    EXPECT_EQ(tiny.chunks, to_solve) << "every row with something to solve in its own chunk";
+    EXPECT_LT(whole.chunks, tiny.chunks);
+    // fp64: the same arithmetic per row. fp32: each chunk stops refining at its own point below the tolerance.
+    EXPECT_LE(rel_diff(tiny.weight, whole.weight), precision == SolvePrecision::kFloat64 ? 1e-12 : 1e-8);
+    EXPECT_LE(tiny.kkt_residual, 1e-8);
+  }
+}
+
+TEST_F(SolveTest, PaddingDoesNotChangeTheAnswer) {
+  // Rows of sizes 20 and 21 share a chunk (padded to 21); solved alone, each row needs no padding.
+  const int64_t out = 8, n = 48;
+  const at::Tensor h = spd_with_condition(n, 1e3);
+  const at::Tensor w = at::randn({out, n}, kF64);
+  at::Tensor mask = at::zeros({out, n}, at::TensorOptions().dtype(at::kBool));
+  for (int64_t r = 0; r < out; ++r) {
+    const at::Tensor cols = at::randperm(n).narrow(0, 0, 20 + r % 2);
+    mask[r].index_fill_(0, cols, true);
+  }
+  RowSolveOptions options;
+  const RowSolveResult together = solve_rows_exact(w, mask, h, options);
+  EXPECT_EQ(together.chunks, 1);
+  // Refinement would repair a wrong padding; on a well-conditioned H the first fp64 solve must already be exact.
+  EXPECT_EQ(together.refinement_steps, 0);
+  options.memory_budget_bytes = 1;
+  const RowSolveResult alone = solve_rows_exact(w, mask, h, options);
+  EXPECT_EQ(alone.chunks, out);
+  EXPECT_EQ(alone.refinement_steps, 0);
+  EXPECT_LE(rel_diff(together.weight, alone.weight), 1e-12);
+  EXPECT_LE(rel_diff(together.weight, reference(w, mask, damped(h, options.damp))), 1e-9);
+}
+
+TEST_F(SolveTest, SolutionMinimisesTheObjective) {
+  const int64_t out = 32, n = 64;
+  const at::Tensor h = gram_hessian(n, 300);
+  const at::Tensor w = at::randn({out, n}, kF64);
+  const at::Tensor mask = variable_mask(out, n);
+  RowSolveOptions options;
+  options.damp = 0;
+  const RowSolveResult r = solve_rows_exact(w, mask, h, options);
+  const at::Tensor best = objective(r.weight, w, h);
+  const at::Tensor slack = 1e-10 * best.abs() + 1e-12;
+  // Any other feasible point costs at least as much: the masked dense weights, and perturbations on T.
+  EXPECT_TRUE((best <= objective(w.masked_fill(mask, 0), w, h) + slack).all().item<bool>());
+  for (double scale : {1e-6, 1e-3, 1.0}) {
+    const at::Tensor other = (r.weight + scale * at::randn_like(w)).masked_fill(mask, 0);
+    EXPECT_TRUE((best <= objective(other, w, h) + slack).all().item<bool>()) << "perturbation scale " << scale;
+  }
+  // The per-row KKT condition holds: (H δ)_T ≈ 0 relative to (H w)_T.
+  const at::Tensor kept = mask.logical_not();
+  const at::Tensor rho = at::matmul(r.weight - w, h) * kept;
+  const at::Tensor hw = at::matmul(w, h) * kept;
+  const at::Tensor rel = rho.norm(2, {1}) / hw.norm(2, {1}).clamp_min(1e-300);
+  EXPECT_LE(rel.max().item<double>(), 1e-8);
+  EXPECT_NEAR(rel.max().item<double>(), r.kkt_residual, 1e-9);
+}
+
+TEST_F(SolveTest, DeadInputsAreHandled) {
+  const int64_t out = 20, n = 40;
+  at::Tensor h = gram_hessian(n, 200);
+  const at::Tensor dead = at::randperm(n).narrow(0, 0, 5);
+  h.index_fill_(0, dead, 0.0);
+  h.index_fill_(1, dead, 0.0);
+  const at::Tensor w = at::randn({out, n}, kF64);
+  const at::Tensor mask = variable_mask(out, n);
+  RowSolveOptions options;
+  options.damp = 0;  // singular without the dead-input rule
+  const RowSolveResult r = expect_matches_reference(w, mask, h, options, 1e-9, 1e-8);
+  EXPECT_EQ(r.dead_inputs, 5);
+  EXPECT_EQ(r.damping_retries, 0);
+  // A kept weight on a dead input does not affect the output: it stays as it was.
+  const at::Tensor kept_dead = mask.index_select(1, dead).logical_not();
+  EXPECT_TRUE(
+      r.weight.index_select(1, dead).masked_select(kept_dead).equal(w.index_select(1, dead).masked_select(kept_dead)));
+}
+
+TEST_F(SolveTest, FailedFactorizationRaisesTheDampingAndIsReported) {
+  const int64_t out = 16, n = 48;
+  const at::Tensor h = gram_hessian(n, 12);  // rank 12: H and most H_TT are singular
+  const at::Tensor w = at::randn({out, n}, kF64);
+  const at::Tensor mask = variable_mask(out, n);
+  RowSolveOptions options;
+  options.damp = 0;
+  const RowSolveResult r = solve_rows_exact(w, mask, h, options);
+  EXPECT_GT(r.damping_retries, 0);
+  EXPECT_GT(r.damping, 0);
+  // The answer is the exact one for the damping reported.
+  const at::Tensor hd = h.clone();
+  hd.diagonal().add_(r.damping);
+  EXPECT_LE(rel_diff(r.weight, reference(w, mask, hd)), 1e-6);
+  EXPECT_LE(r.kkt_residual, 1e-8);
+}
+
+TEST_F(SolveTest, IndefiniteHessianIsANumericError) {
+  const int64_t n = 16;
+  at::Tensor h = spd_with_condition(n, 10);
+  h = h - 2 * at::outer(at::ones({n}, kF64), at::ones({n}, kF64)) / n * 5;  // a negative eigenvalue, diag > 0
+  h.diagonal().clamp_min_(0.1);
+  const at::Tensor w = at::randn({4, n}, kF64);
+  const at::Tensor mask = at::rand({4, n}, kF64) < 0.3;
+  test::expect_error([&] { solve_rows_exact(w, mask, h); }, ErrorKind::kNumeric,
+                     {"solve_rows_exact", "factorization failed at every damping", "not positive semi-definite"});
+  at::Tensor negative = spd_with_condition(n, 10);
+  negative[3][3] = -1.0;
+  test::expect_error([&] { solve_rows_exact(w, mask, negative); }, ErrorKind::kNumeric, {"negative diagonal"});
+  at::Tensor nan_h = spd_with_condition(n, 10);
+  nan_h[2][5] = NAN;
+  test::expect_error([&] { solve_rows_exact(w, mask, nan_h); }, ErrorKind::kNumeric, {"Hessian", "NaN"});
+}
+
+TEST_F(SolveTest, KeepsTheWeightDtype) {
+  const int64_t out = 16, n = 32;
+  const at::Tensor h = gram_hessian(n, 100).to(at::kFloat);
+  const at::Tensor w = at::randn({out, n}, kF64);
+  const at::Tensor mask = n_m_mask(w, 2, 4);
+  for (at::ScalarType type : {at::kFloat, at::kBFloat16}) {
+    const RowSolveResult r = solve_rows_exact(w.to(type), mask, h);
+    EXPECT_EQ(r.weight.scalar_type(), type);
+    EXPECT_TRUE(r.weight.masked_select(mask).eq(0).all().item<bool>());
+    const at::Tensor ref = reference(w.to(type), mask, damped(h, kDefaultRowSolveDamp));
+    EXPECT_LE(rel_diff(r.weight, ref), type == at::kFloat ? 1e-6 : 1e-2);
+  }
+}
+
+TEST_F(SolveTest, ConjugateGradientsReachTheExactSolution) {
+  const int64_t out = 32, n = 64;
+  const at::Tensor h = spd_with_condition(n, 1e3);
+  const at::Tensor w = at::randn({out, n}, kF64);
+  const at::Tensor mask = variable_mask(out, n);
+  RowSolveOptions options;
+  options.damp = 0;
+  const at::Tensor exact = reference(w, mask, h);
+  const double tolerance = 1e-10;
+  // The error in the H-norm is bounded by the residual; with cond(H) = 1e3 the weights agree to about
+  // cond · tolerance relative to the update.
+  for (SolvePrecision precision : {SolvePrecision::kFloat64, SolvePrecision::kFloat32Refined}) {
+    options.precision = precision;
+    const at::Tensor start = w.masked_fill(mask, 0) + 0.1 * at::randn_like(w);
+    const RowSolveResult r = solve_rows_cg(w, mask, h, start, tolerance, 5000, options);
+    EXPECT_TRUE(r.converged);
+    EXPECT_LE(r.kkt_residual, tolerance);
+    EXPECT_GT(r.iterations, 0);
+    EXPECT_TRUE(r.weight.masked_select(mask).eq(0).all().item<bool>());
+    EXPECT_LE(rel_diff(r.weight, exact), 1e3 * tolerance);
+  }
+  // An iteration budget too small to converge is reported, not hidden.
+  options.precision = SolvePrecision::kFloat64;
+  const RowSolveResult short_run = solve_rows_cg(w, mask, h, w.masked_fill(mask, 0), 1e-12, 2, options);
+  EXPECT_FALSE(short_run.converged);
+  EXPECT_EQ(short_run.iterations, 2);
+  EXPECT_GT(short_run.kkt_residual, 1e-12);
+}
+
+TEST_F(SolveTest, ConjugateGradientsFromTheExactSolutionStopAtOnce) {
+  const int64_t out = 8, n = 32;
+  const at::Tensor h = gram_hessian(n, 200);
+  const at::Tensor w = at::randn({out, n}, kF64);
+  const at::Tensor mask = n_m_mask(w, 2, 4);
+  const RowSolveResult exact = solve_rows_exact(w, mask, h);
+  const RowSolveResult r = solve_rows_cg(w, mask, h, exact.weight, 1e-8, 100);
+  EXPECT_EQ(r.iterations, 0);
+  EXPECT_TRUE(r.converged);
+}
+
+TEST_F(SolveTest, InputsAreValidated) {
+  const at::Tensor w = at::randn({4, 6}, kF64);
+  const at::Tensor mask = at::zeros({4, 6}, at::TensorOptions().dtype(at::kBool));
+  const at::Tensor h = at::eye(6, kF64);
+  test::expect_error([&] { solve_rows_exact(w, mask, at::eye(5, kF64)); }, ErrorKind::kInput,
+                     {"solve_rows_exact: Hessian", "expected [6, 6]", "found [5, 5]"});
+  test::expect_error(
+      [&] {
+        solve_rows_exact(w, at::zeros({4, 5}, mask.options()), h);
+      },
+      ErrorKind::kInput, {"mask", "expected [4, 6]", "found [4, 5]"});
+  test::expect_error([&] { solve_rows_exact(w, mask.to(at::kFloat), h); }, ErrorKind::kInput,
+                     {"mask", "expected Bool", "found Float"});
+  test::expect_error([&] { solve_rows_exact(w.flatten(), mask, h); }, ErrorKind::kInput,
+                     {"weight", "expected [out, in]", "found [24]"});
+  test::expect_error([&] { solve_rows_exact(w.to(at::kInt), mask, h); }, ErrorKind::kInput, {"weight", "Int"});
+  test::expect_error(
+      [&] {
+        solve_rows_cg(w, mask, h, at::zeros({3, 6}, kF64), 1e-6, 10);
+      },
+      ErrorKind::kInput, {"solve_rows_cg: start", "expected [4, 6]", "found [3, 6]"});
+  at::Tensor bad = w.clone();
+  bad[1][2] = INFINITY;
+  test::expect_error([&] { solve_rows_exact(bad, mask, h); }, ErrorKind::kNumeric, {"weight", "infinite"});
+  RowSolveOptions options;
+  options.damp = -1;
+  test::expect_error([&] { solve_rows_exact(w, mask, h, options); }, ErrorKind::kUsage, {"damping"});
+}
+
+TEST_F(SolveTest, TrivialRowsAndEmptyLayers) {
+  const int64_t out = 6, n = 10;
+  const at::Tensor h = gram_hessian(n, 50);
+  const at::Tensor w = at::randn({out, n}, kF64);
+  const at::Tensor none = at::zeros({out, n}, at::TensorOptions().dtype(at::kBool));
+  const RowSolveResult keep = solve_rows_exact(w, none, h);
+  EXPECT_TRUE(keep.weight.equal(w));
+  EXPECT_EQ(keep.chunks, 0);
+  const RowSolveResult all = solve_rows_exact(w, none.logical_not(), h);
+  EXPECT_TRUE(all.weight.eq(0).all().item<bool>());
+  EXPECT_EQ(all.kkt_residual, 0);
+  const at::Tensor empty = at::zeros({0, n}, kF64);
+  EXPECT_EQ(solve_rows_exact(empty, at::zeros({0, n}, none.options()), h).weight.size(0), 0);
+}
+
+}  // namespace
+}  // namespace optima

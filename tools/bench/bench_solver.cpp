@@ -1,0 +1,287 @@
+// Benchmark of the exact OPTIMA row solver (not a test): the machine's ATen matmul and batched Cholesky rates,
+// a damping study that justifies the default, and solve_rows_exact on the layer shapes of OPT-125M and LLaMA-7B
+// (50% unstructured and 2:4, fp64 and fp32-refined), extrapolated from a chunk of rows where a whole layer would
+// take too long. Writes one JSON document to the path given as its argument (stdout when none).
+//
+// Built by scripts/bench_solver with g++ (no CMake target): it links the solver sources directly.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "optima/solve/row_solver.h"
+#include "solve/solve_common.h"
+
+namespace {
+
+using nlohmann::json;
+using optima::RowSolveOptions;
+using optima::RowSolveResult;
+using optima::SolvePrecision;
+
+double seconds_of(const std::function<void()>& fn) {
+  const auto t0 = std::chrono::steady_clock::now();
+  fn();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Best of `reps` runs after one warm-up.
+double best_seconds(const std::function<void()>& fn, int reps) {
+  fn();
+  double best = 1e300;
+  for (int i = 0; i < reps; ++i) best = std::min(best, seconds_of(fn));
+  return best;
+}
+
+void note(const std::string& line) {
+  std::cerr << "[bench_solver] " << line << std::endl;
+}
+
+json machine_rates() {
+  json rates = json::object();
+  for (at::ScalarType type : {at::kDouble, at::kFloat}) {
+    const std::string name = type == at::kDouble ? "fp64" : "fp32";
+    const int64_t n = 2048;
+    const at::Tensor a = at::randn({n, n}, at::TensorOptions().dtype(type));
+    const double t = best_seconds([&] { (void)at::matmul(a, a); }, 3);
+    rates["matmul_" + name + "_gflops"] = 2.0 * n * n * n / t / 1e9;
+    const int64_t big = 4096;
+    const at::Tensor x = at::randn({big, big}, at::TensorOptions().dtype(type));
+    const at::Tensor spd = at::matmul(x, x.t()) + big * at::eye(big, x.options());
+    const double tc = best_seconds([&] { (void)at::linalg_cholesky_ex(spd); }, 1);
+    rates["cholesky_single_4096_" + name + "_gflops"] = big * 1.0 * big * big / 3 / tc / 1e9;
+    json batched = json::array();
+    for (auto [m, b] : std::vector<std::pair<int64_t, int64_t>>{{192, 128}, {384, 64}, {1536, 4}, {2048, 2}}) {
+      const at::Tensor y = at::randn({b, m, m}, x.options());
+      const at::Tensor batch = at::matmul(y, y.transpose(1, 2)) + m * at::eye(m, x.options());
+      const double flops = b * 1.0 * m * m * m / 3;
+      const double t_aten = best_seconds([&] { (void)at::linalg_cholesky_ex(batch); }, 2);
+      optima::solve_detail::BatchedCholesky split;
+      const double t_split = best_seconds([&] { (void)split.factor(batch); }, 2);
+      const double t_bmm = best_seconds([&] { (void)at::bmm(batch, batch); }, 2);
+      batched.push_back({{"m", m},
+                         {"batch", b},
+                         {"aten_one_call_gflops", flops / t_aten / 1e9},
+                         {"per_thread_slices_gflops", flops / t_split / 1e9},
+                         {"bmm_gflops", 6 * flops / t_bmm / 1e9}});
+    }
+    rates["batched_cholesky_" + name] = batched;
+    note("rates " + name + ": " + rates.dump());
+  }
+  return rates;
+}
+
+// LLM-like Hessian: correlated inputs with a few outlier features, scaled like SparseGPT's 2/n Σ xxᵀ. Up to 4096
+// inputs it is a Gram matrix of `tokens` samples (rank-deficient when tokens < n); wider, where forming a full-rank
+// Gram matrix would take minutes, diag(s) (I + 0.3 U Uᵀ / k) diag(s) with the same feature scales.
+at::Tensor llm_like_hessian(int64_t n, int64_t tokens, at::ScalarType type) {
+  const auto opts = at::TensorOptions().dtype(at::kFloat);
+  at::Tensor scale = at::exp(0.7 * at::randn({n}, opts));
+  scale.narrow(0, 0, std::max<int64_t>(1, n / 128)).mul_(30);
+  const int64_t k = std::min<int64_t>(64, n);
+  if (n > 4096) {
+    const at::Tensor u = at::randn({n, k}, opts);
+    at::Tensor c = at::matmul(u, u.t()).mul_(0.3 / k);
+    c.diagonal().add_(1.0);
+    return (c * scale.unsqueeze(0) * scale.unsqueeze(1)).to(type);
+  }
+  const at::Tensor x =
+      (at::randn({tokens, n}, opts) + at::matmul(at::randn({tokens, k}, opts), at::randn({k, n}, opts)) * 0.3) * scale;
+  return (at::matmul(x.t(), x) * (2.0 / tokens)).to(type);
+}
+
+at::Tensor matrix_magnitude_mask(const at::Tensor& w, double sparsity) {
+  const at::Tensor a = w.abs().flatten();
+  const int64_t index = static_cast<int64_t>(a.numel() * sparsity);
+  const double threshold = std::get<0>(at::kthvalue(a, index + 1)).item<double>();
+  return w.abs() <= threshold;
+}
+
+at::Tensor two_four_mask(const at::Tensor& w) {
+  const at::Tensor groups = w.abs().reshape({w.size(0), w.size(1) / 4, 4});
+  const at::Tensor smallest = std::get<1>(groups.topk(2, 2, /*largest=*/false));
+  return at::zeros_like(groups, groups.options().dtype(at::kBool)).scatter_(2, smallest, true).reshape(w.sizes());
+}
+
+double objective(const at::Tensor& what, const at::Tensor& w, const at::Tensor& h) {
+  const at::Tensor d = what.to(at::kDouble) - w.to(at::kDouble);
+  return (at::matmul(d, h.to(at::kDouble)) * d).sum().item<double>();
+}
+
+// Objective under the undamped Hessian, retries and fp32 behaviour as the damping grows.
+json damping_study() {
+  json study = json::array();
+  const int64_t n = 768, out = 256;
+  for (int64_t tokens : {8192, 512}) {
+    const at::Tensor h = llm_like_hessian(n, tokens, at::kFloat);
+    const at::Tensor w = at::randn({out, n}) * 0.02;
+    const at::Tensor mask = matrix_magnitude_mask(w, 0.5);
+    const double pruned_only = objective(w.masked_fill(mask, 0), w, h);
+    json rows = json::array();
+    double best = 1e300;
+    std::vector<json> entries;
+    for (double damp : {0.0, 1e-8, 1e-6, 1e-4, 1e-2}) {
+      json e = {{"damp", damp}};
+      for (SolvePrecision precision : {SolvePrecision::kFloat64, SolvePrecision::kFloat32Refined}) {
+        const std::string name = precision == SolvePrecision::kFloat64 ? "fp64" : "fp32_refined";
+        RowSolveOptions options;
+        options.damp = damp;
+        options.precision = precision;
+        RowSolveResult r;
+        const double t = seconds_of([&] { r = optima::solve_rows_exact(w, mask, h, options); });
+        const double obj = objective(r.weight, w, h);
+        if (precision == SolvePrecision::kFloat64) best = std::min(best, obj);
+        e[name] = {{"seconds", t},
+                   {"objective", obj},
+                   {"damping_retries", r.damping_retries},
+                   {"damping_used_relative", r.damping / h.diagonal().to(at::kDouble).mean().item<double>()},
+                   {"kkt_residual", r.kkt_residual},
+                   {"refinement_steps", r.refinement_steps},
+                   {"fp64_fallback_rows", r.fp64_fallback_rows}};
+      }
+      entries.push_back(e);
+    }
+    for (json& e : entries) {
+      for (const char* name : {"fp64", "fp32_refined"})
+        e[name]["objective_excess_vs_best"] = e[name]["objective"].get<double>() / best - 1;
+      rows.push_back(e);
+    }
+    const at::Tensor eig = at::linalg_eigvalsh(h.to(at::kDouble));
+    study.push_back({{"n", n},
+                     {"rows", out},
+                     {"tokens", tokens},
+                     {"hessian_cond", eig.max().item<double>() / std::max(eig.min().item<double>(), 1e-300)},
+                     {"eig_max_over_mean_diag", eig.max().item<double>() / h.diagonal().mean().item<double>()},
+                     {"objective_masked_dense", pruned_only},
+                     {"by_damp", rows}});
+    note("damping tokens=" + std::to_string(tokens) + ": " + study.back().dump());
+  }
+  return study;
+}
+
+struct Shape {
+  std::string model, name;
+  int64_t out, in;
+  int64_t rows;  // rows timed (all when == out); 0: reuse the previous shape's per-row timing (same input size)
+  std::vector<std::string> variants;
+};
+
+json layer_benchmarks() {
+  const std::vector<std::string> all = {"unstructured50/fp64", "unstructured50/fp32_refined", "2:4/fp64",
+                                        "2:4/fp32_refined"};
+  const std::vector<Shape> shapes = {
+      {"OPT-125M", "self_attn.{q,k,v,out}_proj", 768, 768, 768, all},
+      {"OPT-125M", "fc1", 3072, 768, 3072, all},
+      {"OPT-125M", "fc2", 768, 3072, 96, all},
+      {"LLaMA-7B", "self_attn.{q,k,v,o}_proj", 4096, 4096, 8, all},
+      {"LLaMA-7B", "mlp.{gate,up}_proj", 11008, 4096, 0, all},
+      {"LLaMA-7B", "mlp.down_proj", 4096, 11008, 2, {"2:4/fp32_refined"}},
+  };
+  json results = json::array();
+  at::Tensor h;
+  int64_t h_in = 0;
+  for (const Shape& s : shapes) {
+    if (s.rows == 0) {
+      // Same input size as the shape before: the per-row cost and H⁻¹ are the same; only the row count differs.
+      const size_t count = results.size();
+      for (size_t i = count - s.variants.size(); i < count; ++i) {
+        json e = results[i];
+        const double per_row = e["per_row_seconds"].get<double>();
+        e["layer"] = s.name;
+        e["shape"] = {s.out, s.in};
+        e["layer_seconds"] = e["inverse_seconds"].get<double>() + per_row * s.out;
+        e["extrapolated"] = true;
+        e["timing_from"] = results[i]["layer"];
+        note(e.dump());
+        results.push_back(e);
+      }
+      continue;
+    }
+    if (h_in != s.in) {
+      h = at::Tensor();
+      h = llm_like_hessian(s.in, 2 * s.in, at::kFloat);
+      h_in = s.in;
+    }
+    const at::Tensor w = at::randn({s.rows, s.in}) * 0.02;
+    for (const std::string& variant : s.variants) {
+      const bool nm = variant.rfind("2:4", 0) == 0;
+      const bool fp32 = variant.find("fp32") != std::string::npos;
+      // The per-matrix threshold of the full layer is about the median of |w| for Gaussian weights, which the
+      // subset's own median estimates.
+      const at::Tensor mask = nm ? two_four_mask(w) : matrix_magnitude_mask(w, 0.5);
+      RowSolveOptions options;
+      options.precision = fp32 ? SolvePrecision::kFloat32Refined : SolvePrecision::kFloat64;
+      RowSolveResult r;
+      const double t = seconds_of([&] { r = optima::solve_rows_exact(w, mask, h, options); });
+      // The layer-wide part (H⁻¹, timed by the solver) is paid once; the rest scales with the rows.
+      const double t_inverse = r.inverse_seconds;
+      const double per_row = std::max(0.0, t - t_inverse) / s.rows;
+      const double layer_seconds = s.rows == s.out ? t : t_inverse + per_row * s.out;
+      json e = {{"model", s.model},
+                {"layer", s.name},
+                {"shape", {s.out, s.in}},
+                {"variant", variant},
+                {"rows_timed", s.rows},
+                {"seconds", t},
+                {"inverse_seconds", t_inverse},
+                {"per_row_seconds", per_row},
+                {"layer_seconds", layer_seconds},
+                {"extrapolated", s.rows != s.out},
+                {"gflops_achieved", r.flops / t / 1e9},
+                {"factor_gflops_achieved", r.factor_flops / t / 1e9},
+                {"flops", r.flops},
+                {"kkt_residual", r.kkt_residual},
+                {"refinement_steps", r.refinement_steps},
+                {"fp64_fallback_rows", r.fp64_fallback_rows},
+                {"damping_relative", r.damping / h.diagonal().to(at::kDouble).mean().item<double>()},
+                {"chunks", r.chunks},
+                {"rows_via_inverse", r.rows_via_inverse},
+                {"rows_via_kept", r.rows_via_kept}};
+      note(e.dump());
+      results.push_back(e);
+    }
+  }
+  return results;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const char* threads = std::getenv("OPTIMA_BENCH_THREADS");
+  if (threads) at::set_num_threads(std::atoi(threads));
+  at::manual_seed(0);
+  json doc;
+  doc["what"] = "optima exact row solver (solve_rows_exact) on CPU; see scripts/bench_solver";
+  doc["threads"] = at::get_num_threads();
+  {
+    // Other work on the machine slows every number here: record the load the run started under.
+    std::ifstream load("/proc/loadavg");
+    std::string line;
+    if (std::getline(load, line)) doc["loadavg_at_start"] = line;
+  }
+  const std::string config = at::show_config();
+  const size_t blas = config.find("BLAS_INFO=");
+  doc["blas"] = blas == std::string::npos ? "unknown" : config.substr(blas, config.find(',', blas) - blas);
+  const auto start = std::chrono::steady_clock::now();
+  doc["rates"] = machine_rates();
+  doc["damping"] = damping_study();
+  doc["layers"] = layer_benchmarks();
+  doc["total_seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const std::string text = doc.dump(2) + "\n";
+  if (argc > 1) {
+    std::ofstream(argv[1]) << text;
+  } else {
+    std::cout << text;
+  }
+  return 0;
+}
