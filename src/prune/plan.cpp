@@ -27,7 +27,7 @@ void PrunePlan::validate() const {
   for (std::string_view name : kSelectorNames) known = known || name == method;
   if (!known) fail_usage(fmt::format("unknown method '{}' (expected magnitude, wanda or sparsegpt)", method));
   if (nsamples <= 0) fail_usage(fmt::format("--nsamples must be positive (got {})", nsamples));
-  if (seqlen <= 1) fail_usage(fmt::format("--seqlen must be at least 2 (got {})", seqlen));
+  if (seqlen < 0 || seqlen == 1) fail_usage(fmt::format("--seqlen must be at least 2 (got {})", seqlen));
   if (percdamp < 0) fail_usage(fmt::format("--percdamp must be >= 0 (got {})", percdamp));
   if (blocksize <= 0) fail_usage(fmt::format("--blocksize must be positive (got {})", blocksize));
   if (batch_size <= 0) fail_usage(fmt::format("--batch-size must be positive (got {})", batch_size));

@@ -88,6 +88,11 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress) {
   if (plan.seqlen > shape.max_positions)
     fail_usage(fmt::format("--seqlen {} exceeds the model's {} positions (max_position_embeddings in {})", plan.seqlen,
                            shape.max_positions, checkpoint.config().path().string()));
+  const int64_t seqlen = plan.seqlen > 0 ? plan.seqlen : std::min(kDefaultSeqlen, shape.max_positions);
+  if (plan.seqlen == 0 && seqlen < kDefaultSeqlen)
+    spdlog::info("calibration windows of {} tokens: the model's max_position_embeddings (default {})", seqlen,
+                 kDefaultSeqlen);
+  report.settings["seqlen"] = seqlen;
 
   SelectorOptions selector_options;
   selector_options.pattern = plan.pattern;
@@ -112,7 +117,7 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress) {
   CalibrationSet calibration;
   if (!plan.calib.empty()) {
     const auto tokenizer = load_tokenizer(plan.tokenizer.empty() ? plan.model : plan.tokenizer);
-    calibration = load_calibration(plan.calib, *tokenizer, {plan.nsamples, plan.seqlen, plan.seed});
+    calibration = load_calibration(plan.calib, *tokenizer, {plan.nsamples, seqlen, plan.seed});
   } else {
     calibration.rule = "none";
     calibration.description = "no calibration data (magnitude pruning needs none; errors are not measured)";

@@ -124,7 +124,6 @@ class Prune(unittest.TestCase):
         for layer in report["layers"]:
             self.assertTrue(layer["pattern_ok"], layer["name"])
             self.assertTrue(math.isfinite(layer["error_final"]), layer["name"])
-        self.assertEqual(report["settings"]["nsamples"], 16)
         # The input model is never modified, and no temporary output is left behind.
         self.assertEqual(read_checkpoint(self.model), self.dense)
         self.assertEqual([f for f in os.listdir(self.work) if "partial" in f or f.startswith(".")], [])
@@ -209,16 +208,19 @@ class Prune(unittest.TestCase):
             (["--pattern", "two:four"], "two:four"),
             (["--method", "obs"], "obs"),
             (["--nsamples", "0"], "nsamples"),
-            (["--seqlen", "4096"], "max_position_embeddings"),
             (["--reconstruct", "lbfgs"], "lbfgs"),
         ]
         for args, fragment in cases:
             with self.subTest(args=args):
                 self.assertExit(self.prune(out, *args), EXIT_USAGE, fragment)
                 self.assertFalse(os.path.exists(out))
+        self.assertExit(optima("prune", "--model", self.model, "--out", out, "--calib", self.calib, "--seqlen",
+                               "4096"), EXIT_USAGE, "4096", "512 positions", "max_position_embeddings")
         self.assertExit(optima("prune", "--model", self.model, "--out", out, "--calib",
                                os.path.join(self.work, "no-such-file.txt"), "--method", "wanda"), EXIT_INPUT,
                         "no-such-file.txt")
+        self.assertExit(optima("prune", "--model", self.model, "--out", out, "--config",
+                               os.path.join(self.work, "no-such-config.toml")), EXIT_INPUT, "no-such-config.toml")
         self.assertFalse(os.path.exists(out))
         # An existing output is refused unless --overwrite; the input model is never a valid output.
         os.makedirs(out)
@@ -236,6 +238,13 @@ class Prune(unittest.TestCase):
         self.assertIn('method="wanda"', result.stdout.replace(" ", ""))
         self.assertIn("nsamples=4", result.stdout.replace(" ", ""))  # the command line wins over the file
         self.assertFalse(os.path.exists(os.path.join(self.work, "d")))
+        # The file's settings are used; the default window length is capped at the model's 512 positions.
+        out = os.path.join(self.work, "from-config")
+        self.assertExit(optima("prune", "--config", config, "--model", self.model, "--out", out, "--calib",
+                               self.calib, "--nsamples", "2"), EXIT_OK)
+        report = self.check_pruned(out, "2:4", 0.5)
+        self.assertEqual((report["settings"]["method"], report["settings"]["pattern"]), ("wanda", "2:4"))
+        self.assertEqual((report["settings"]["nsamples"], report["settings"]["seqlen"]), (2, 512))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
-// `optima prune`: the main job. Settings come from defaults, then a TOML config file (--config), then the command
-// line; --dump-config prints the resolved settings as a config file and exits.
+// `optima prune`: the main job. Settings come from defaults, then a TOML config file (--config, read by main.cpp for
+// whichever subcommand runs), then the command line; --dump-config prints the resolved settings as a config file
+// and exits without checking that they are complete (a template to edit).
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
 
 #include "commands.h"
 #include "optima/core/error.h"
+#include "optima/prune/plan.h"
 #include "optima/prune/pruner.h"
 
 namespace optima::cli {
@@ -20,7 +22,6 @@ Command add_prune(CLI::App& root) {
   };
   auto o = std::make_shared<Options>();
   PrunePlan& p = o->plan;
-  app->set_config("--config", "", "Read settings from a TOML file (command-line flags win)");
   app->add_flag("--dump-config", o->dump_config, "Print the resolved settings as a config file and exit")->configurable(false);
   app->add_option("--model", o->model, "Model directory (Hugging Face layout)")->required();
   app->add_option("--out", o->out, "Output directory for the pruned checkpoint and prune_report.json")->required();
@@ -32,7 +33,9 @@ Command add_prune(CLI::App& root) {
   app->add_option("--calib", o->calib, "Calibration data: text (a document per line), .jsonl, or .npy token ids");
   app->add_option("--tokenizer", o->tokenizer, "Tokenizer directory (default: the model directory)");
   app->add_option("--nsamples", p.nsamples, "Calibration windows")->capture_default_str();
-  app->add_option("--seqlen", p.seqlen, "Tokens per calibration window")->capture_default_str();
+  app->add_option("--seqlen", p.seqlen,
+                  fmt::format("Tokens per calibration window (0: {}, capped at the model's positions)", kDefaultSeqlen))
+      ->capture_default_str();
   app->add_option("--seed", p.seed, "Sampling seed")->capture_default_str();
   app->add_option("--percdamp", p.percdamp, "SparseGPT damping, fraction of mean diag(H)")->capture_default_str();
   app->add_option("--blocksize", p.blocksize, "SparseGPT columns per block")->capture_default_str();
@@ -61,11 +64,11 @@ Command add_prune(CLI::App& root) {
             plan.pattern = SparsityPattern::parse(o->pattern, o->pattern == "unstructured" && !o->sparsity
                                                                   ? std::optional<double>(0.5)
                                                                   : o->sparsity);
-            plan.validate();
             if (o->dump_config) {
               std::printf("%s", app->config_to_str(/*default_also=*/true, /*write_description=*/true).c_str());
               return 0;
             }
+            plan.validate();
             auto progress = make_console_progress();
             const PruneReport report = prune_model(plan, *progress);
             std::printf("%s", report.summary().c_str());

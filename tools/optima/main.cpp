@@ -19,6 +19,28 @@ std::string version_text() {
                      OPTIMA_BUILT_WITH_CUDA ? "built in" : "not built");
 }
 
+// Reads `--config FILE` (TOML) for the subcommand being run: keys outside a [section] belong to that subcommand, so
+// `optima prune --config sparsegpt.toml` takes the bare `method = "sparsegpt"` lines that --dump-config prints.
+// (CLI11 only reads a config option of the root app, so the option lives there and subcommands fall through to it.)
+class SubcommandConfig : public CLI::ConfigTOML {
+ public:
+  explicit SubcommandConfig(const CLI::App& root) : root_(root) {}
+
+  std::vector<CLI::ConfigItem> from_config(std::istream& input) const override {
+    std::vector<CLI::ConfigItem> items = CLI::ConfigTOML::from_config(input);
+    const std::vector<CLI::App*> active = root_.get_subcommands();
+    if (active.empty()) return items;
+    for (CLI::ConfigItem& item : items)
+      if (item.parents.empty() && item.name != "++" && item.name != "--" &&
+          root_.get_option_no_throw("--" + item.name) == nullptr)
+        item.parents = {active.front()->get_name()};
+    return items;
+  }
+
+ private:
+  const CLI::App& root_;
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -28,6 +50,8 @@ int main(int argc, char** argv) {
   app.fallthrough();
   std::string log_level = "info";
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")->capture_default_str();
+  app.set_config("--config", "", "Read the subcommand's settings from a TOML file (command-line flags win)");
+  app.config_formatter(std::make_shared<SubcommandConfig>(app));
 
   std::vector<optima::cli::Command> commands;
   commands.push_back(optima::cli::add_inspect(app));
@@ -45,6 +69,10 @@ int main(int argc, char** argv) {
     return app.exit(e);
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
+  } catch (const CLI::FileError& e) {  // a --config file that cannot be read
+    std::fprintf(stderr, "optima: %s: %s\n", std::string(optima::to_string(optima::ErrorKind::kInput)).c_str(),
+                 e.what());
+    return optima::exit_code_for(optima::ErrorKind::kInput);
   } catch (const CLI::ParseError& e) {
     std::fprintf(stderr, "optima: %s\nRun 'optima --help' for usage.\n", e.what());
     return optima::kExitUsage;

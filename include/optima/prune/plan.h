@@ -33,7 +33,7 @@ struct PrunePlan {
   std::string method = "sparsegpt";
   SparsityPattern pattern;
   int64_t nsamples = kDefaultNsamples;
-  int64_t seqlen = kDefaultSeqlen;
+  int64_t seqlen = 0;  // 0: kDefaultSeqlen, capped at the model's positions (an explicit value is never capped)
   uint64_t seed = kDefaultSeed;
   double percdamp = kDefaultPercdamp;
   int64_t blocksize = kDefaultBlocksize;
