@@ -34,6 +34,12 @@ void PrunePlan::validate() const {
   if (reconstruct != "none" && reconstruct != "optima")
     fail_usage(fmt::format("unknown --reconstruct '{}' (expected none or optima)", reconstruct));
   if (qp_damp < 0) fail_usage(fmt::format("--qp-damp must be >= 0 (got {})", qp_damp));
+  if (qp_solver != "exact" && qp_solver != "cg")
+    fail_usage(fmt::format("unknown --qp-solver '{}' (expected exact or cg)", qp_solver));
+  if (!(qp_tol > 0) || qp_tol >= 1) fail_usage(fmt::format("--qp-tol must be in (0, 1) (got {})", qp_tol));
+  if (qp_max_iter <= 0) fail_usage(fmt::format("--qp-max-iter must be positive (got {})", qp_max_iter));
+  if (hessian_dtype != "fp32" && hessian_dtype != "fp64")
+    fail_usage(fmt::format("unknown --hessian-dtype '{}' (expected fp32 or fp64)", hessian_dtype));
   if (qp_precision != "fp64" && qp_precision != "fp32")
     fail_usage(fmt::format("unknown --qp-precision '{}' (expected fp64 or fp32)", qp_precision));
   if (!skip.empty()) {
@@ -63,6 +69,10 @@ nlohmann::json PrunePlan::to_json() const {
           {"qp_damp", qp_damp},
           {"qp_precision", qp_precision},
           {"qp_memory", qp_memory},
+          {"qp_solver", qp_solver},
+          {"qp_tol", qp_tol},
+          {"qp_max_iter", qp_max_iter},
+          {"hessian_dtype", hessian_dtype},
           {"device", device},
           {"dtype", dtype.empty() ? "checkpoint" : dtype},
           {"skip", skip},

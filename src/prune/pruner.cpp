@@ -29,7 +29,9 @@ namespace fs = std::filesystem;
 namespace {
 
 using Clock = std::chrono::steady_clock;
-double since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+double since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
 
 // ||(W - V) X||² / ||W X||² from H ∝ XᵀX: tr(D H Dᵀ) / tr(W H Wᵀ), in fp64.
 double relative_error(const at::Tensor& dense, const at::Tensor& updated, const at::Tensor& hessian) {
@@ -108,6 +110,8 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress) {
   solve_options.precision = plan.qp_precision == "fp32" ? SolvePrecision::kFloat32Refined : SolvePrecision::kFloat64;
   solve_options.memory_budget_bytes = static_cast<int64_t>(parse_byte_size(plan.qp_memory));
 
+  const at::ScalarType hessian_dtype = plan.hessian_dtype == "fp64" ? at::kDouble : at::kFloat;
+
   StagedDirectory staged(plan.out, plan.overwrite, plan.model);
   std::optional<StagedDirectory> hessian_dir;
   if (!plan.save_hessians.empty()) hessian_dir.emplace(plan.save_hessians, plan.overwrite, plan.model);
@@ -141,7 +145,8 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress) {
   copy_model_side_files(plan.model, staged.staging());
   for (const ExpectedTensor& t : global_tensors(shape)) writer.add(t.name, checkpoint.load(t.name));
   // A stored lm_head that the config ties to the embeddings is carried over unchanged too.
-  if (shape.tie_word_embeddings && checkpoint.find("lm_head.weight")) writer.add("lm_head.weight", checkpoint.load("lm_head.weight"));
+  if (shape.tie_word_embeddings && checkpoint.find("lm_head.weight"))
+    writer.add("lm_head.weight", checkpoint.load("lm_head.weight"));
 
   std::map<std::string, at::Tensor> masks;
   const std::vector<std::string> sites = sites_in_order(linears);
@@ -155,10 +160,10 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress) {
     auto collect = [&](const std::set<std::string>& wanted) {
       const auto t0 = Clock::now();
       for (const std::string& site : wanted) {
-        const LinearLayer& first = *std::find_if(linears.begin(), linears.end(),
-                                                 [&](const LinearLayer& l) { return l.input == site; });
+        const LinearLayer& first =
+            *std::find_if(linears.begin(), linears.end(), [&](const LinearLayer& l) { return l.input == site; });
         stats.erase(site);
-        stats.emplace(site, InputStatistics(first.in_features, run.device, need_hessian, need_norms));
+        stats.emplace(site, InputStatistics(first.in_features, run.device, need_hessian, need_norms, hessian_dtype));
       }
       for (const at::Tensor& h : hidden)
         model.block_forward(block, h, [&](const std::string& site, const at::Tensor& x) {
@@ -184,12 +189,12 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress) {
         const std::string key = layer.name + ".weight";
         const at::Tensor dense = block.get(key);
         if (!plan.allow_non_finite && !at::isfinite(dense).all().item<bool>())
-          throw Error(ErrorKind::kNumeric, fmt::format("{}: weight '{}.weight' holds NaN or Inf values",
-                                                       checkpoint.dir().string(), name));
+          throw Error(ErrorKind::kNumeric,
+                      fmt::format("{}: weight '{}.weight' holds NaN or Inf values", checkpoint.dir().string(), name));
         if (std::regex_search(name, skip)) {
           lr.skipped = true;
-          lr.sparsity = 1.0 - static_cast<double>(at::count_nonzero(dense).item<int64_t>()) /
-                                  static_cast<double>(dense.numel());
+          lr.sparsity =
+              1.0 - static_cast<double>(at::count_nonzero(dense).item<int64_t>()) / static_cast<double>(dense.numel());
           report.layers.push_back(lr);
           continue;
         }
@@ -208,7 +213,19 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress) {
         if (plan.reconstruct == "optima") {
           t0 = Clock::now();
           // OPTIMA starts from the dense row w, not the selector's updated weights (algorithms.md §6).
-          const RowSolveResult r = solve_rows_exact(dense.to(at::kFloat), selection.pruned, layer_stats.hessian, solve_options);
+          const at::Tensor w = dense.to(at::kFloat);
+          const RowSolveResult r =
+              plan.qp_solver == "cg"
+                  ? solve_rows_cg(w, selection.pruned, layer_stats.hessian, selection.weight.to(at::kFloat),
+                                  plan.qp_tol, plan.qp_max_iter, solve_options)
+                  : solve_rows_exact(w, selection.pruned, layer_stats.hessian, solve_options);
+          lr.qp_iterations = r.iterations;
+          lr.qp_converged = r.converged;
+          if (!r.converged)
+            spdlog::warn(
+                "{}: conjugate gradients stopped after {} iterations at relative KKT residual {:.2e} "
+                "(--qp-tol {:.1e}; raise --qp-max-iter, or use --qp-solver exact)",
+                name, r.iterations, r.kkt_residual, plan.qp_tol);
           lr.seconds_reconstruct = since(t0);
           final_weight = r.weight;
           lr.kkt_residual = r.kkt_residual;
@@ -225,10 +242,11 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress) {
         report.seconds_reconstruct += lr.seconds_reconstruct;
         report.layers.push_back(lr);
         progress.update({"prune", b, shape.num_layers,
-                         fmt::format("block {}/{} {} sparsity {:.3f} error {:.4f}", b + 1, shape.num_layers,
-                                     layer.name, lr.sparsity, lr.error_final)});
+                         fmt::format("block {}/{} {} sparsity {:.3f} error {:.4f}", b + 1, shape.num_layers, layer.name,
+                                     lr.sparsity, lr.error_final)});
       }
-      if (hessian_dir && calibrated) hessians_to_save.emplace(prefix + site, stats.at(site).hessian().cpu().contiguous());
+      if (hessian_dir && calibrated)
+        hessians_to_save.emplace(prefix + site, stats.at(site).hessian().cpu().contiguous());
     };
 
     progress.update({"prune", b, shape.num_layers, fmt::format("block {}/{} statistics", b + 1, shape.num_layers)});
@@ -258,9 +276,8 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress) {
     const auto tw = Clock::now();
     for (const ExpectedTensor& t : block_tensors(shape, b)) {
       const std::string relative = t.name.substr(prefix.size());
-      const bool pruned_linear = std::any_of(linears.begin(), linears.end(), [&](const LinearLayer& l) {
-        return l.name + ".weight" == relative;
-      });
+      const bool pruned_linear = std::any_of(linears.begin(), linears.end(),
+                                             [&](const LinearLayer& l) { return l.name + ".weight" == relative; });
       const CheckpointTensor* stored = checkpoint.find(t.name);
       writer.add(t.name, pruned_linear ? block.get(relative).to(at::kCPU, to_scalar_type(stored->dtype))
                                        : checkpoint.load(t.name));
@@ -321,6 +338,8 @@ nlohmann::json PruneReport::to_json() const {
     if (l.kkt_residual >= 0) {
       j["kkt_residual"] = l.kkt_residual;
       j["reconstruct_damping"] = l.reconstruct_damping;
+      j["qp_iterations"] = l.qp_iterations;
+      j["qp_converged"] = l.qp_converged;
       j["seconds_reconstruct"] = l.seconds_reconstruct;
     }
     layers_json.push_back(j);
@@ -330,12 +349,13 @@ nlohmann::json PruneReport::to_json() const {
           {"model_type", model_type},
           {"num_layers", num_layers},
           {"overall_sparsity", overall_sparsity},
-          {"timings", {{"total", seconds_total},
-                       {"calibration", seconds_calibration},
-                       {"forward", seconds_forward},
-                       {"select", seconds_select},
-                       {"reconstruct", seconds_reconstruct},
-                       {"write", seconds_write}}},
+          {"timings",
+           {{"total", seconds_total},
+            {"calibration", seconds_calibration},
+            {"forward", seconds_forward},
+            {"select", seconds_select},
+            {"reconstruct", seconds_reconstruct},
+            {"write", seconds_write}}},
           {"peak_rss_bytes", peak_rss_bytes},
           {"layers", layers_json}};
 }

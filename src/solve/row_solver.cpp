@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "gather_systems.h"
 #include "optima/core/error.h"
 #include "solve_common.h"
 
@@ -80,33 +81,22 @@ ChunkOutcome solve_chunk(const Layer& layer, const Chunk& chunk, bool fp32, cons
   const bool padded = std::any_of(chunk.sizes.begin(), chunk.sizes.end(), [m](int64_t s) { return s != m; });
 
   // idx[r, :] lists row r's unknowns (pruned columns through G, kept ones through H) in ascending order; padded
-  // positions hold column 0 and are masked out by `valid`. Built by a scatter to each column's rank in its set.
+  // positions hold column 0 and are masked out by `invalid`. Built by a scatter to each column's rank in its set.
   const at::Tensor selected = chunk.through_g ? pruned : kept;
   at::Tensor rank = selected.to(at::kLong).cumsum(1).sub_(1);
   rank = at::where(selected, rank, at::full_like(rank, m));  // everything else lands in a dropped column
   at::Tensor idx = at::zeros({b, m + 1}, rank.options());
   idx.scatter_(1, rank, at::arange(n, rank.options()).unsqueeze(0).expand({b, n}));
   idx = idx.narrow(1, 0, m).contiguous();
-  at::Tensor valid, invalid;
-  if (padded) {
-    valid = at::arange(m, rank.options()).unsqueeze(0) < index_tensor(chunk.sizes, device).unsqueeze(1);
-    invalid = valid.logical_not();
-  }
+  at::Tensor invalid;
+  if (padded) invalid = at::arange(m, rank.options()).unsqueeze(0) >= index_tensor(chunk.sizes, device).unsqueeze(1);
 
   const at::Tensor& source = chunk.through_g ? (fp32 ? layer.g32 : layer.g) : (fp32 ? layer.h32 : layer.h);
   BatchedCholesky factor;
-  {
-    at::Tensor a = at::index(source, {idx.unsqueeze(2), idx.unsqueeze(1)});
-    if (padded) {
-      // Identity rows and columns with a zero right-hand side: the padded unknowns solve to 0 and, the matrix being
-      // block diagonal, leave the real ones untouched.
-      // Two broadcast products instead of a [b, m, m] mask: the padding is a suffix of each row's unknowns.
-      const at::Tensor keep = valid.to(a.scalar_type());
-      a.mul_(keep.unsqueeze(2)).mul_(keep.unsqueeze(1));
-      a.diagonal(0, 1, 2).masked_fill_(invalid, 1.0);
-    }
-    outcome.factored = factor.factor(a);
-  }
+  // Padded positions become identity rows and columns with a zero right-hand side: the padded unknowns solve to 0
+  // and, the matrix being block diagonal, leave the real ones untouched. The Cholesky reads the lower triangle only.
+  outcome.factored = factor.factor(solve_detail::gather_systems(
+      source, idx, padded ? index_tensor(chunk.sizes, device) : at::Tensor(), /*lower_only=*/true));
   const double fm = static_cast<double>(m);
   result.factor_flops += b * fm * fm * fm / 3;
   result.flops += b * fm * fm * fm / 3;
@@ -259,8 +249,8 @@ RowSolveResult solve_rows_exact(const at::Tensor& dense_weight, const at::Tensor
       result.inverse_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     }
     if (fp32) {
-      layer.h32 = layer.h.to(at::kFloat);
-      if (layer.g.defined()) layer.g32 = layer.g.to(at::kFloat);
+      layer.h32 = layer.h.to(at::kFloat).contiguous();
+      if (layer.g.defined()) layer.g32 = layer.g.to(at::kFloat).contiguous();
     }
     result.chunks = 0;
     result.rows_via_inverse = result.rows_via_kept = 0;

@@ -18,9 +18,8 @@ InputStatistics::InputStatistics(int64_t features, c10::Device device, bool hess
 void InputStatistics::add(const at::Tensor& x) {
   const at::Tensor batch3 = x.dim() == 2 ? x.unsqueeze(0) : x;
   const int64_t b = batch3.size(0);
-  const at::Tensor rows = batch3.reshape({-1, batch3.size(-1)}).to(hessian_.defined() ? hessian_.device()
-                                                                                       : column_norms_.device(),
-                                                                   dtype_);
+  const at::Tensor rows =
+      batch3.reshape({-1, batch3.size(-1)}).to(hessian_.defined() ? hessian_.device() : column_norms_.device(), dtype_);
   if (!at::isfinite(rows).all().item<bool>()) non_finite_ = true;
   const double old_weight = static_cast<double>(samples_) / static_cast<double>(samples_ + b);
   samples_ += b;

@@ -194,6 +194,27 @@ class Prune(unittest.TestCase):
         report = self.check_pruned(out, "unstructured", 0.5)
         self.assertEqual(report["settings"]["propagation"], "true-sequential")
 
+    def test_iterative_solver_and_fp64_statistics_agree_with_the_exact_path(self):
+        runs = {}
+        for tag, extra in (("exact", []), ("cg", ["--qp-solver", "cg", "--qp-tol", "1e-9"]),
+                           ("fp64", ["--hessian-dtype", "fp64"])):
+            out = os.path.join(self.work, f"solver-{tag}")
+            self.assertExit(self.prune(out, "--method", "sparsegpt", "--sparsity", "0.5", "--reconstruct", "optima",
+                                       *extra), EXIT_OK)
+            runs[tag] = self.check_pruned(out, "unstructured", 0.5)
+        self.assertEqual(runs["cg"]["settings"]["qp_solver"], "cg")
+        self.assertEqual(runs["fp64"]["settings"]["hessian_dtype"], "fp64")
+        for exact, cg, fp64 in zip(runs["exact"]["layers"], runs["cg"]["layers"], runs["fp64"]["layers"]):
+            self.assertTrue(cg["qp_converged"], cg["name"])
+            self.assertGreater(cg["qp_iterations"], 0, cg["name"])
+            self.assertLessEqual(cg["kkt_residual"], 1e-9, cg["name"])
+            # Same masks and Hessians (the selector sees the same inputs): the same optimum, whichever solver.
+            self.assertAlmostEqual(cg["error_final"], exact["error_final"], delta=1e-6 * exact["error_final"] + 1e-12,
+                                   msg=cg["name"])
+            # fp64 accumulation changes H by fp32 rounding only: masks may flip at ties, errors stay close.
+            self.assertAlmostEqual(fp64["error_final"], exact["error_final"], delta=0.05 * exact["error_final"],
+                                   msg=fp64["name"])
+
     def test_bad_settings_are_refused_and_leave_no_output(self):
         out = os.path.join(self.work, "refused")
         cases = [
@@ -209,6 +230,9 @@ class Prune(unittest.TestCase):
             (["--method", "obs"], "obs"),
             (["--nsamples", "0"], "nsamples"),
             (["--reconstruct", "lbfgs"], "lbfgs"),
+            (["--qp-solver", "pdhg"], "pdhg"),
+            (["--qp-tol", "0"], "qp-tol"),
+            (["--hessian-dtype", "fp16"], "fp16"),
         ]
         for args, fragment in cases:
             with self.subTest(args=args):

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "optima/solve/row_solver.h"
+#include "solve/gather_systems.h"
 #include "test_util.h"
 
 namespace optima {
@@ -442,6 +443,75 @@ TEST_F(SolveTest, TrivialRowsAndEmptyLayers) {
   EXPECT_EQ(all.kkt_residual, 0);
   const at::Tensor empty = at::zeros({0, n}, kF64);
   EXPECT_EQ(solve_rows_exact(empty, at::zeros({0, n}, none.options()), h).weight.size(0), 0);
+}
+
+// The gather reference: ATen's two-index gather, then identity rows and columns past each row's size.
+at::Tensor reference_gather(const at::Tensor& source, const at::Tensor& idx, const at::Tensor& sizes) {
+  at::Tensor a = at::index(source, {idx.unsqueeze(2), idx.unsqueeze(1)});
+  if (!sizes.defined()) return a;
+  const at::Tensor valid = at::arange(idx.size(1), idx.options()).unsqueeze(0) < sizes.unsqueeze(1);
+  const at::Tensor keep = valid.to(a.scalar_type());
+  a = a * keep.unsqueeze(2) * keep.unsqueeze(1);
+  a.diagonal(0, 1, 2).masked_fill_(valid.logical_not(), 1.0);
+  return a;
+}
+
+// Random systems: each row picks `size` distinct sorted columns of n; positions past it hold arbitrary columns.
+std::pair<at::Tensor, at::Tensor> random_systems(int64_t b, int64_t m, int64_t n, bool padded) {
+  at::Tensor idx = at::randint(n, {b, m}, at::TensorOptions().dtype(at::kLong));
+  at::Tensor sizes = padded ? at::randint(0, m + 1, {b}, idx.options()) : at::Tensor();
+  for (int64_t r = 0; r < b; ++r) {
+    const at::Tensor cols = std::get<0>(at::randperm(n, idx.options()).narrow(0, 0, m).sort());
+    idx[r].copy_(cols);
+  }
+  return {idx, sizes};
+}
+
+void expect_gather_matches(const at::Tensor& source, const at::Tensor& idx, const at::Tensor& sizes,
+                           const std::string& what) {
+  const at::Tensor want = reference_gather(source.cpu(), idx.cpu(), sizes.defined() ? sizes.cpu() : sizes);
+  const at::Tensor full = solve_detail::gather_systems(source, idx, sizes, /*lower_only=*/false).cpu();
+  EXPECT_TRUE(at::equal(full, want)) << what << ": full matrices";
+  const at::Tensor lower = solve_detail::gather_systems(source, idx, sizes, /*lower_only=*/true).cpu();
+  EXPECT_TRUE(at::equal(lower.tril(), want.tril())) << what << ": lower triangles";
+}
+
+TEST_F(SolveTest, GatherKernelMatchesTheIndexReference) {
+  for (at::ScalarType type : {at::kFloat, at::kDouble})
+    for (bool padded : {false, true})
+      for (auto [b, m, n] :
+           {std::tuple<int64_t, int64_t, int64_t>{7, 13, 40}, {33, 64, 64}, {1, 1, 3}, {0, 5, 9}, {5, 0, 9}}) {
+        const at::Tensor source = at::randn({n, n}, at::TensorOptions().dtype(type));
+        const auto [idx, sizes] = random_systems(b, m, n, padded);
+        expect_gather_matches(source, idx, sizes,
+                              fmt::format("{} b={} m={} n={} padded={}", c10::toString(type), b, m, n, padded));
+      }
+}
+
+// The CUDA twin of the gather kernel and the whole solver on CUDA give the CPU's answers.
+TEST_F(SolveTest, CudaMatchesCpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  for (at::ScalarType type : {at::kFloat, at::kDouble})
+    for (bool padded : {false, true}) {
+      const at::Tensor source = at::randn({300, 300}, at::TensorOptions().dtype(type));
+      const auto [idx, sizes] = random_systems(40, 150, 300, padded);
+      expect_gather_matches(source.to(at::kCUDA), idx.to(at::kCUDA), sizes.defined() ? sizes.to(at::kCUDA) : sizes,
+                            fmt::format("cuda {} padded={}", c10::toString(type), padded));
+    }
+  const int64_t out = 96, n = 256;
+  const at::Tensor h = gram_hessian(n, 4 * n);
+  const at::Tensor w = at::randn({out, n}, kF64);
+  const at::Tensor mask = variable_mask(out, n);
+  for (SolvePrecision precision : {SolvePrecision::kFloat64, SolvePrecision::kFloat32Refined}) {
+    RowSolveOptions options;
+    options.precision = precision;
+    options.memory_budget_bytes = 4 << 20;  // several chunks
+    const RowSolveResult cpu = solve_rows_exact(w, mask, h, options);
+    const RowSolveResult cuda = solve_rows_exact(w.to(at::kCUDA), mask.to(at::kCUDA), h.to(at::kCUDA), options);
+    EXPECT_TRUE(cuda.weight.is_cuda());
+    EXPECT_LE(rel_diff(cuda.weight.cpu(), cpu.weight), precision == SolvePrecision::kFloat64 ? 1e-10 : 1e-6);
+    EXPECT_LE(cuda.kkt_residual, precision == SolvePrecision::kFloat64 ? 1e-8 : 1e-6);
+  }
 }
 
 }  // namespace

@@ -22,7 +22,8 @@ Command add_prune(CLI::App& root) {
   };
   auto o = std::make_shared<Options>();
   PrunePlan& p = o->plan;
-  app->add_flag("--dump-config", o->dump_config, "Print the resolved settings as a config file and exit")->configurable(false);
+  app->add_flag("--dump-config", o->dump_config, "Print the resolved settings as a config file and exit")
+      ->configurable(false);
   app->add_option("--model", o->model, "Model directory (Hugging Face layout)")->required();
   app->add_option("--out", o->out, "Output directory for the pruned checkpoint and prune_report.json")->required();
   app->add_option("--sparsity", o->sparsity, "Fraction of weights to zero, in (0, 1) (N:M implies N/M)");
@@ -44,6 +45,12 @@ Command add_prune(CLI::App& root) {
   app->add_option("--qp-precision", p.qp_precision, "OPTIMA solve precision: fp64 or fp32 (refined)")
       ->capture_default_str();
   app->add_option("--qp-memory", p.qp_memory, "OPTIMA memory budget per chunk of rows")->capture_default_str();
+  app->add_option("--qp-solver", p.qp_solver, "OPTIMA solver: exact (batched Cholesky) or cg (for layers too large)")
+      ->capture_default_str();
+  app->add_option("--qp-tol", p.qp_tol, "cg: relative KKT residual to reach on every row")->capture_default_str();
+  app->add_option("--qp-max-iter", p.qp_max_iter, "cg: iteration budget per layer")->capture_default_str();
+  app->add_option("--hessian-dtype", p.hessian_dtype, "Accumulate H in fp32 (the reference) or fp64")
+      ->capture_default_str();
   app->add_option("--device", p.device, "cpu, cuda or cuda:N")->capture_default_str();
   app->add_option("--dtype", p.dtype, "Forward-pass dtype (default: the checkpoint's)");
   app->add_option("--batch-size", p.batch_size, "Calibration windows per forward call")->capture_default_str();
@@ -61,9 +68,8 @@ Command add_prune(CLI::App& root) {
             plan.tokenizer = o->tokenizer;
             plan.save_hessians = o->save_hessians;
             plan.propagation = parse_propagation(o->propagation);
-            plan.pattern = SparsityPattern::parse(o->pattern, o->pattern == "unstructured" && !o->sparsity
-                                                                  ? std::optional<double>(0.5)
-                                                                  : o->sparsity);
+            plan.pattern = SparsityPattern::parse(
+                o->pattern, o->pattern == "unstructured" && !o->sparsity ? std::optional<double>(0.5) : o->sparsity);
             if (o->dump_config) {
               std::printf("%s", app->config_to_str(/*default_also=*/true, /*write_description=*/true).c_str());
               return 0;

@@ -20,15 +20,17 @@ struct LayerReport {
   int64_t block = 0;
   std::string site;  // input site shared with other layers ("attn_in", ...)
   std::vector<int64_t> shape;
-  bool skipped = false;         // left dense by --skip
-  double sparsity = 0;          // achieved fraction of zeros
-  bool pattern_ok = false;      // N:M groups all have N zeros / unstructured fraction as requested
-  double error_selector = 0;    // ||(W - W_sel) X||² / ||W X||² on the calibration data
-  double error_final = 0;       // the same for the written weights (after reconstruction, if any)
-  double kkt_residual = -1;     // reconstruction only: max_r ||(H(ŵ - w))_T|| / ||(H w)_T||
-  double damping = 0;           // damping added to diag(H) by the selector (SparseGPT)
+  bool skipped = false;       // left dense by --skip
+  double sparsity = 0;        // achieved fraction of zeros
+  bool pattern_ok = false;    // N:M groups all have N zeros / unstructured fraction as requested
+  double error_selector = 0;  // ||(W - W_sel) X||² / ||W X||² on the calibration data
+  double error_final = 0;     // the same for the written weights (after reconstruction, if any)
+  double kkt_residual = -1;   // reconstruction only: max_r ||(H(ŵ - w))_T|| / ||(H w)_T||
+  double damping = 0;         // damping added to diag(H) by the selector (SparseGPT)
   int64_t damping_retries = 0;
   double reconstruct_damping = 0;
+  int64_t qp_iterations = 0;  // cg only
+  bool qp_converged = true;   // cg only: every row reached --qp-tol
   double seconds_select = 0;
   double seconds_reconstruct = 0;
 };
