@@ -38,10 +38,9 @@ void gather_rows(const T* source, int64_t n, const int64_t* idx, const int64_t* 
 
 }  // namespace
 
-at::Tensor gather_systems_cpu(const at::Tensor& source, const at::Tensor& idx, const at::Tensor& sizes,
-                              bool lower_only) {
+void gather_systems_cpu(const at::Tensor& source, const at::Tensor& idx, const at::Tensor& sizes, bool lower_only,
+                        at::Tensor& out) {
   const int64_t n = source.size(0), b = idx.size(0), m = idx.size(1);
-  at::Tensor out = at::empty({b, m, m}, source.options());
   const at::Tensor index = idx.contiguous();
   const at::Tensor count = sizes.defined() ? sizes.contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(source.scalar_type(), "gather_systems_cpu", [&] {
@@ -49,10 +48,10 @@ at::Tensor gather_systems_cpu(const at::Tensor& source, const at::Tensor& idx, c
                           count.defined() ? count.data_ptr<int64_t>() : nullptr, b, m, lower_only,
                           out.data_ptr<scalar_t>());
   });
-  return out;
 }
 
-at::Tensor gather_systems(const at::Tensor& source, const at::Tensor& idx, const at::Tensor& sizes, bool lower_only) {
+at::Tensor gather_systems(const at::Tensor& source, const at::Tensor& idx, const at::Tensor& sizes, bool lower_only,
+                          at::Tensor* workspace) {
   constexpr const char* where = "gather_systems";
   if (source.dim() != 2 || source.size(0) != source.size(1) || !source.is_contiguous())
     fail(ErrorKind::kInternal, where, "source must be a contiguous square matrix", "[n, n]", source.toString());
@@ -63,13 +62,27 @@ at::Tensor gather_systems(const at::Tensor& source, const at::Tensor& idx, const
   if (sizes.defined() && (sizes.dim() != 1 || sizes.size(0) != idx.size(0) || sizes.scalar_type() != at::kLong ||
                           sizes.device() != source.device()))
     fail(ErrorKind::kInternal, where, "sizes must be int64 [b] on the source's device", "Long [b]", sizes.toString());
-  if (source.is_cpu()) return gather_systems_cpu(source, idx, sizes, lower_only);
-  if (source.is_cuda()) return gather_systems_cuda(source, idx, sizes, lower_only);
-  fail(ErrorKind::kInternal, where, "unsupported device", "cpu or cuda", source.device().str());
+  if (!source.is_cpu() && !source.is_cuda())
+    fail(ErrorKind::kInternal, where, "unsupported device", "cpu or cuda", source.device().str());
+  const int64_t b = idx.size(0), m = idx.size(1), needed = b * m * m;
+  at::Tensor out;
+  if (workspace && workspace->defined() && workspace->dim() == 1 && workspace->numel() >= needed &&
+      workspace->scalar_type() == source.scalar_type() && workspace->device() == source.device()) {
+    out = workspace->narrow(0, 0, needed).view({b, m, m});
+  } else {
+    out = at::empty({needed}, source.options());
+    if (workspace) *workspace = out;
+    out = out.view({b, m, m});
+  }
+  if (source.is_cpu())
+    gather_systems_cpu(source, idx, sizes, lower_only, out);
+  else
+    gather_systems_cuda(source, idx, sizes, lower_only, out);
+  return out;
 }
 
 #ifndef OPTIMA_WITH_CUDA
-at::Tensor gather_systems_cuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, bool) {
+void gather_systems_cuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, at::Tensor&) {
   fail(ErrorKind::kInternal, "gather_systems", "this optima was built without CUDA sources", "a CUDA build",
        "a CPU-only build");
 }

@@ -1,10 +1,12 @@
 // Gather of a chunk's linear systems on CUDA: the twin of gather_systems_cpu.cpp (see gather_systems.h), checked
 // against it by tests/unit/test_solve.cpp where a GPU is present.
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+
+#include <cstdint>
+#include <limits>
 
 #include "gather_systems.h"
 
@@ -36,6 +38,7 @@ void launch(const at::Tensor& source, const at::Tensor& idx, const at::Tensor& s
             at::Tensor& out) {
   const int64_t b = idx.size(0), m = idx.size(1);
   if (b * m == 0) return;
+  TORCH_CHECK(b * m <= std::numeric_limits<int32_t>::max(), "gather_systems_cuda: too many rows in one chunk");
   const int threads = m >= 256 ? 256 : (m >= 64 ? 64 : 32);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(source.device().index()).stream();
   gather_rows_kernel<T><<<static_cast<unsigned>(b * m), threads, 0, stream>>>(
@@ -46,18 +49,15 @@ void launch(const at::Tensor& source, const at::Tensor& idx, const at::Tensor& s
 
 }  // namespace
 
-at::Tensor gather_systems_cuda(const at::Tensor& source, const at::Tensor& idx, const at::Tensor& sizes,
-                               bool lower_only) {
+void gather_systems_cuda(const at::Tensor& source, const at::Tensor& idx, const at::Tensor& sizes, bool lower_only,
+                         at::Tensor& out) {
   const c10::cuda::CUDAGuard guard(source.device());
-  const int64_t b = idx.size(0), m = idx.size(1);
-  at::Tensor out = at::empty({b, m, m}, source.options());
   const at::Tensor index = idx.contiguous();
   const at::Tensor count = sizes.defined() ? sizes.contiguous() : at::Tensor();
   if (source.scalar_type() == at::kDouble)
     launch<double>(source, index, count, lower_only, out);
   else
     launch<float>(source, index, count, lower_only, out);
-  return out;
 }
 
 }  // namespace optima::solve_detail

@@ -69,7 +69,7 @@ int64_t bytes_per_row(int64_t m, int64_t n, bool fp32) {
 
 // Solves one chunk in the given precision, writes its rows into `out` and returns its KKT residual.
 ChunkOutcome solve_chunk(const Layer& layer, const Chunk& chunk, bool fp32, const RowSolveOptions& options,
-                         at::Tensor& out, RowSolveResult& result) {
+                         at::Tensor& workspace, at::Tensor& out, RowSolveResult& result) {
   ChunkOutcome outcome;
   const at::Device device = layer.weight.device();
   const int64_t b = static_cast<int64_t>(chunk.rows.size()), n = layer.n, m = chunk.m;
@@ -96,7 +96,7 @@ ChunkOutcome solve_chunk(const Layer& layer, const Chunk& chunk, bool fp32, cons
   // Padded positions become identity rows and columns with a zero right-hand side: the padded unknowns solve to 0
   // and, the matrix being block diagonal, leave the real ones untouched. The Cholesky reads the lower triangle only.
   outcome.factored = factor.factor(solve_detail::gather_systems(
-      source, idx, padded ? index_tensor(chunk.sizes, device) : at::Tensor(), /*lower_only=*/true));
+      source, idx, padded ? index_tensor(chunk.sizes, device) : at::Tensor(), /*lower_only=*/true, &workspace));
   const double fm = static_cast<double>(m);
   result.factor_flops += b * fm * fm * fm / 3;
   result.flops += b * fm * fm * fm / 3;
@@ -222,6 +222,14 @@ RowSolveResult solve_rows_exact(const at::Tensor& dense_weight, const at::Tensor
   bool any_through_g = false;
   const std::vector<Chunk> chunks = plan_chunks(pruned, options, &any_through_g);
 
+  // One buffer for every chunk's gathered systems, sized for the largest, reused across chunks and damping attempts
+  // (see gather_systems.h for why). The fp64 one serves fp64 solves and fp32 chunks that fall back to fp64.
+  int64_t capacity = 0;
+  for (const Chunk& c : chunks) capacity = std::max(capacity, static_cast<int64_t>(c.rows.size()) * c.m * c.m);
+  at::Tensor workspace32, workspace64;
+  (fp32 ? workspace32 : workspace64) =
+      at::empty({capacity}, dense_weight.options().dtype(fp32 ? at::kFloat : at::kDouble));
+
   RowSolveResult result;
   result.dead_inputs = prepared.dead_inputs;
   double damping = options.damp * prepared.mean_diag;
@@ -257,12 +265,12 @@ RowSolveResult solve_rows_exact(const at::Tensor& dense_weight, const at::Tensor
     for (const Chunk& c : chunks)
       (c.through_g ? result.rows_via_inverse : result.rows_via_kept) += static_cast<int64_t>(c.rows.size());
     for (size_t c = 0; factored && c < chunks.size(); ++c) {
-      ChunkOutcome o = solve_chunk(layer, chunks[c], fp32, options, out, result);
+      ChunkOutcome o = solve_chunk(layer, chunks[c], fp32, options, fp32 ? workspace32 : workspace64, out, result);
       ++result.chunks;
       if (fp32 && (!o.factored || !(o.kkt <= options.refinement_tolerance))) {
         // fp32 could not hold this chunk's conditioning: the same systems in fp64, so the answer does not change.
         fallback_rows += static_cast<int64_t>(chunks[c].rows.size());
-        o = solve_chunk(layer, chunks[c], false, options, out, result);
+        o = solve_chunk(layer, chunks[c], false, options, workspace64, out, result);
       }
       factored = o.factored;
       kkt = std::max(kkt, o.kkt);

@@ -4,14 +4,29 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <ATen/Dispatch.h>
+
 #include <algorithm>
 #include <exception>
+#include <limits>
 #include <optional>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "optima/core/error.h"
+
+// LAPACK's Cholesky factorization and solve (LP64), as LibTorch's CPU library exports them from the BLAS/LAPACK it
+// bundles. Weak: a LibTorch that exports none leaves them null, and the solver uses ATen's own path instead.
+extern "C" {
+void spotrf_(const char* uplo, const int* n, float* a, const int* lda, int* info) __attribute__((weak));
+void dpotrf_(const char* uplo, const int* n, double* a, const int* lda, int* info) __attribute__((weak));
+void spotrs_(const char* uplo, const int* n, const int* nrhs, const float* a, const int* lda, float* b, const int* ldb,
+             int* info) __attribute__((weak));
+void dpotrs_(const char* uplo, const int* n, const int* nrhs, const double* a, const int* lda, double* b,
+             const int* ldb, int* info) __attribute__((weak));
+}
 
 namespace optima::solve_detail {
 
@@ -149,12 +164,59 @@ at::Tensor spd_inverse(const at::Tensor& h) {
   return at::cholesky_inverse(l).contiguous();  // row-major for the system gathers
 }
 
-bool BatchedCholesky::factor(const at::Tensor& a) {
-  const int64_t b = a.size(0);
+namespace {
+
+// A row-major [m, m] buffer whose lower triangle holds A is, read column-major, a matrix whose upper triangle holds
+// A (A is symmetric): potrf('U') leaves U with A = UᵀU there, which row-major is the lower factor L = Uᵀ.
+template <typename T>
+bool potrf_row_major_lower(T* a, int m) {
+  const char uplo = 'U';
+  int info = 0;
+  if constexpr (std::is_same_v<T, float>)
+    spotrf_(&uplo, &m, a, &m, &info);
+  else
+    dpotrf_(&uplo, &m, a, &m, &info);
+  return info == 0;
+}
+
+template <typename T>
+void potrs_row_major_lower(const T* a, int m, T* x) {
+  const char uplo = 'U';
+  const int nrhs = 1;
+  int info = 0;
+  if constexpr (std::is_same_v<T, float>)
+    spotrs_(&uplo, &m, &nrhs, a, &m, x, &m, &info);
+  else
+    dpotrs_(&uplo, &m, &nrhs, a, &m, x, &m, &info);
+  OPTIMA_ASSERT(info == 0);
+}
+
+}  // namespace
+
+bool BatchedCholesky::uses_lapack_in_place() {
+  return spotrf_ != nullptr && dpotrf_ != nullptr && spotrs_ != nullptr && dpotrs_ != nullptr;
+}
+
+bool BatchedCholesky::factor(at::Tensor a) {
+  const int64_t b = a.size(0), m = a.size(1);
   const bool cpu = a.is_cpu();
   const int64_t slices = cpu ? std::min<int64_t>(b, std::max(1, at::get_num_threads())) : 1;
   ranges_.clear();
   for (int64_t s = 0; s < slices; ++s) ranges_.emplace_back(b * s / slices, b * (s + 1) / slices);
+  in_place_ = cpu && uses_lapack_in_place() && a.is_contiguous() && m <= std::numeric_limits<int>::max() &&
+              (a.scalar_type() == at::kFloat || a.scalar_type() == at::kDouble);
+  if (in_place_) {
+    std::vector<char> ok(static_cast<size_t>(slices), 1);
+    AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "BatchedCholesky::factor", [&] {
+      scalar_t* data = a.data_ptr<scalar_t>();
+      for_each_slice(true, slices, [&](int64_t s) {
+        for (int64_t k = ranges_[s].first; k < ranges_[s].second && ok[s]; ++k)
+          ok[s] = potrf_row_major_lower(data + k * m * m, static_cast<int>(m));
+      });
+    });
+    factors_.assign(1, a);
+    return std::all_of(ok.begin(), ok.end(), [](char v) { return v != 0; });
+  }
   factors_.assign(slices, at::Tensor());
   std::vector<at::Tensor> infos(slices);
   for_each_slice(cpu, slices, [&](int64_t s) {
@@ -170,6 +232,20 @@ bool BatchedCholesky::factor(const at::Tensor& a) {
 at::Tensor BatchedCholesky::solve(const at::Tensor& rhs) const {
   OPTIMA_ASSERT(!factors_.empty());
   const at::Tensor r = rhs.to(factors_[0].scalar_type());
+  if (in_place_) {
+    const at::Tensor& a = factors_[0];
+    const int64_t m = a.size(1);
+    at::Tensor out = r.contiguous().clone();
+    AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "BatchedCholesky::solve", [&] {
+      const scalar_t* factor_data = a.data_ptr<scalar_t>();
+      scalar_t* x = out.data_ptr<scalar_t>();
+      for_each_slice(true, static_cast<int64_t>(ranges_.size()), [&](int64_t s) {
+        for (int64_t k = ranges_[s].first; k < ranges_[s].second; ++k)
+          potrs_row_major_lower(factor_data + k * m * m, static_cast<int>(m), x + k * m);
+      });
+    });
+    return out;
+  }
   at::Tensor out = at::empty_like(r);
   for_each_slice(r.is_cpu(), static_cast<int64_t>(ranges_.size()), [&](int64_t s) {
     const auto [begin, end] = ranges_[s];

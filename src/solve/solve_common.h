@@ -39,18 +39,25 @@ at::Tensor spd_inverse(const at::Tensor& h);
 
 // Cholesky factors of a batch of SPD matrices [b, m, m]. On CPU the batch is split into one slice per ATen thread,
 // each factored on its own OS thread with single-threaded LAPACK: MKL's multi-threaded potrf on a few hundred
-// columns runs at a fraction of one core's speed (bench/solver_cpu.json, "rates"). On CUDA the whole batch goes to
-// one call (cuSOLVER's batched path).
+// columns runs at a fraction of one core's speed (bench/solver_cpu.json, "rates"). There, a contiguous fp32/fp64
+// batch is factored in place by LAPACK's potrf (which LibTorch's CPU library exports), reading the lower triangle
+// only: ATen's linalg_cholesky_ex first copies every matrix into column-major order and zeroes the other triangle
+// afterwards, memory traffic that cost more than the factorization itself on these machines. Where LibTorch exports
+// no LAPACK, and on CUDA (one cuSOLVER batched call), ATen's path is used.
 class BatchedCholesky {
  public:
-  // Factors `a` (lower); returns false when any matrix is not positive definite to working precision.
-  bool factor(const at::Tensor& a);
+  // Factors `a` (reading its lower triangle); returns false when any matrix is not positive definite to working
+  // precision. `a` may be overwritten by its factor: pass a tensor the caller no longer needs.
+  bool factor(at::Tensor a);
   // Solves A x = rhs for rhs [b, m] (cast to the factors' dtype); returns x [b, m] in the factors' dtype.
   at::Tensor solve(const at::Tensor& rhs) const;
+  // True when factor() factors CPU batches in place through LAPACK (for benchmarks and their reports).
+  static bool uses_lapack_in_place();
 
  private:
   std::vector<std::pair<int64_t, int64_t>> ranges_;
-  std::vector<at::Tensor> factors_;
+  std::vector<at::Tensor> factors_;  // ATen path: lower factors per slice; LAPACK path: the batch, factored in place
+  bool in_place_ = false;
 };
 
 // Runs fn(i) for i in [0, count): on CPU on `count` OS threads with ATen and LAPACK single-threaded meanwhile

@@ -66,8 +66,11 @@ json machine_rates() {
       const at::Tensor batch = at::matmul(y, y.transpose(1, 2)) + m * at::eye(m, x.options());
       const double flops = b * 1.0 * m * m * m / 3;
       const double t_aten = best_seconds([&] { (void)at::linalg_cholesky_ex(batch); }, 2);
+      // The solver's factorization (in place where LibTorch exports LAPACK): a fresh copy for each of the 3 runs.
       optima::solve_detail::BatchedCholesky split;
-      const double t_split = best_seconds([&] { (void)split.factor(batch); }, 2);
+      std::vector<at::Tensor> copies = {batch.clone(), batch.clone(), batch.clone()};
+      size_t next = 0;
+      const double t_split = best_seconds([&] { (void)split.factor(copies.at(next++)); }, 2);
       const double t_bmm = best_seconds([&] { (void)at::bmm(batch, batch); }, 2);
       batched.push_back({{"m", m},
                          {"batch", b},
@@ -76,6 +79,7 @@ json machine_rates() {
                          {"bmm_gflops", 6 * flops / t_bmm / 1e9}});
     }
     rates["batched_cholesky_" + name] = batched;
+    rates["solver_factors_in_place_with_lapack"] = optima::solve_detail::BatchedCholesky::uses_lapack_in_place();
     note("rates " + name + ": " + rates.dump());
   }
   return rates;
@@ -176,7 +180,7 @@ struct Shape {
   std::vector<std::string> variants;
 };
 
-json layer_benchmarks() {
+json layer_benchmarks(const std::string& only_model) {
   const std::vector<std::string> all = {"unstructured50/fp64", "unstructured50/fp32_refined", "2:4/fp64",
                                         "2:4/fp32_refined"};
   const std::vector<Shape> shapes = {
@@ -191,6 +195,7 @@ json layer_benchmarks() {
   at::Tensor h;
   int64_t h_in = 0;
   for (const Shape& s : shapes) {
+    if (!only_model.empty() && s.model != only_model) continue;
     if (s.rows == 0) {
       // Same input size as the shape before: the per-row cost and H⁻¹ are the same; only the row count differs.
       const size_t count = results.size();
@@ -273,9 +278,13 @@ int main(int argc, char** argv) {
   const size_t blas = config.find("BLAS_INFO=");
   doc["blas"] = blas == std::string::npos ? "unknown" : config.substr(blas, config.find(',', blas) - blas);
   const auto start = std::chrono::steady_clock::now();
-  doc["rates"] = machine_rates();
-  doc["damping"] = damping_study();
-  doc["layers"] = layer_benchmarks();
+  // A second argument (a model name) times that model's layer shapes alone, for quick comparisons.
+  const std::string only_model = argc > 2 ? argv[2] : "";
+  if (only_model.empty()) {
+    doc["rates"] = machine_rates();
+    doc["damping"] = damping_study();
+  }
+  doc["layers"] = layer_benchmarks(only_model);
   doc["total_seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const std::string text = doc.dump(2) + "\n";
   if (argc > 1) {
