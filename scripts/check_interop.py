@@ -187,8 +187,7 @@ def check_prune(optima, work, assets):
     ids = json.loads(run(optima, "tokenize", "--model", model_dir, "--file", joined, "--json"))["ids"]
     dense = load_file(os.path.join(model_dir, "model.safetensors"))
     seqlen = 128
-    for method, pattern in (("magnitude", "unstructured"), ("wanda", "2:4"), ("sparsegpt", "unstructured"),
-                            ("sparsegpt", "2:4")):
+    for method, pattern in [(m, p) for m in ("magnitude", "wanda", "sparsegpt") for p in ("unstructured", "2:4")]:
         for reconstruct in ("none", "optima"):
             tag = f"{method}-{pattern.replace(':', 'of')}-{reconstruct}"
             out, hessians = os.path.join(work, tag), os.path.join(work, tag + "-hessians")

@@ -10,6 +10,7 @@
 #include <set>
 
 #include "optima/core/error.h"
+#include "optima/core/interrupt.h"
 #include "optima/core/resources.h"
 #include "optima/io/checkpoint.h"
 #include "optima/io/checkpoint_writer.h"
@@ -68,7 +69,14 @@ std::vector<std::string> sites_in_order(const std::vector<LinearLayer>& layers) 
 
 }  // namespace
 
-PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress) {
+int64_t calibration_seqlen(const PrunePlan& plan, int64_t max_positions, const std::string& config_path) {
+  if (plan.seqlen > max_positions)
+    fail_usage(fmt::format("--seqlen {} exceeds the model's {} positions (max_position_embeddings in {})", plan.seqlen,
+                           max_positions, config_path));
+  return plan.seqlen > 0 ? plan.seqlen : std::min(kDefaultSeqlen, max_positions);
+}
+
+PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const CalibrationSet* shared_calibration) {
   const auto start = Clock::now();
   plan.validate();
   PruneReport report;
@@ -87,10 +95,7 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress) {
   const std::regex skip(plan.skip.empty() ? std::string("$^") : plan.skip);
   for (const LinearLayer& l : linears)
     if (plan.pattern.is_n_m()) plan.pattern.check_fits(l.in_features, block_prefix(shape, 0) + l.name);
-  if (plan.seqlen > shape.max_positions)
-    fail_usage(fmt::format("--seqlen {} exceeds the model's {} positions (max_position_embeddings in {})", plan.seqlen,
-                           shape.max_positions, checkpoint.config().path().string()));
-  const int64_t seqlen = plan.seqlen > 0 ? plan.seqlen : std::min(kDefaultSeqlen, shape.max_positions);
+  const int64_t seqlen = calibration_seqlen(plan, shape.max_positions, checkpoint.config().path().string());
   if (plan.seqlen == 0 && seqlen < kDefaultSeqlen)
     spdlog::info("calibration windows of {} tokens: the model's max_position_embeddings (default {})", seqlen,
                  kDefaultSeqlen);
@@ -119,7 +124,10 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress) {
   // --- calibration -----------------------------------------------------------------------------------------
   auto phase = Clock::now();
   CalibrationSet calibration;
-  if (!plan.calib.empty()) {
+  if (shared_calibration) {
+    OPTIMA_ASSERT(shared_calibration->seqlen == seqlen && shared_calibration->nsamples == plan.nsamples);
+    calibration = *shared_calibration;
+  } else if (!plan.calib.empty()) {
     const auto tokenizer = load_tokenizer(plan.tokenizer.empty() ? plan.model : plan.tokenizer);
     calibration = load_calibration(plan.calib, *tokenizer, {plan.nsamples, seqlen, plan.seed});
   } else {
@@ -165,10 +173,12 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress) {
         stats.erase(site);
         stats.emplace(site, InputStatistics(first.in_features, run.device, need_hessian, need_norms, hessian_dtype));
       }
-      for (const at::Tensor& h : hidden)
+      for (const at::Tensor& h : hidden) {
+        check_interrupt(fmt::format("block {} (statistics)", b));
         model.block_forward(block, h, [&](const std::string& site, const at::Tensor& x) {
           if (wanted.count(site)) stats.at(site).add(x);
         });
+      }
       report.seconds_forward += since(t0);
       for (const std::string& site : wanted)
         if (stats.at(site).saw_non_finite() && !plan.allow_non_finite)
@@ -181,6 +191,7 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress) {
       for (const LinearLayer& layer : linears) {
         if (layer.input != site) continue;
         const std::string name = prefix + layer.name;
+        check_interrupt(fmt::format("block {}, before {}", b, layer.name));
         LayerReport lr;
         lr.name = name;
         lr.block = b;
@@ -265,6 +276,7 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress) {
     // The pruned block produces the next block's inputs.
     const auto t0 = Clock::now();
     for (at::Tensor& h : hidden) {
+      check_interrupt(fmt::format("block {} (propagation)", b));
       h = model.block_forward(block, h).cpu();
       if (!plan.allow_non_finite && !at::isfinite(h).all().item<bool>())
         throw Error(ErrorKind::kNumeric,

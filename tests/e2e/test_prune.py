@@ -11,6 +11,7 @@ import array
 import json
 import math
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -214,6 +215,88 @@ class Prune(unittest.TestCase):
             # fp64 accumulation changes H by fp32 rounding only: masks may flip at ties, errors stay close.
             self.assertAlmostEqual(fp64["error_final"], exact["error_final"], delta=0.05 * exact["error_final"],
                                    msg=fp64["name"])
+
+    def test_ready_configs(self):
+        configs = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "configs")
+        names = sorted(f for f in os.listdir(configs) if f.endswith(".toml"))
+        self.assertGreaterEqual(len(names), 4)
+        for name in names:
+            with self.subTest(config=name):
+                path = os.path.join(configs, name)
+                with open(path) as f:
+                    wanted = dict(line.strip().replace(" ", "").split("=", 1) for line in f
+                                  if "=" in line and not line.startswith("#"))
+                dumped = optima("prune", "--config", path, "--model", self.model, "--out", "x", "--dump-config")
+                self.assertExit(dumped, EXIT_OK)
+                got = dict(line.replace(" ", "").split("=", 1) for line in dumped.stdout.splitlines()
+                           if "=" in line and not line.startswith("#"))
+                for key, value in wanted.items():
+                    self.assertEqual(got.get(key), value, f"{name}: {key}")
+                # Each runs as given, with a calibration set small enough for a test.
+                out = os.path.join(self.work, "config-" + name[:-5])
+                self.assertExit(optima("prune", "--config", path, "--model", self.model, "--out", out, "--calib",
+                                       self.calib, "--nsamples", "4", "--seqlen", "128"), EXIT_OK)
+                report = self.check_pruned(out, wanted["pattern"].strip('"'), float(wanted.get("sparsity", "0.5")))
+                self.assertEqual(report["settings"]["reconstruct"], wanted["reconstruct"].strip('"'))
+
+    def test_sweep_shares_calibration_and_tabulates_every_setting(self):
+        out = os.path.join(self.work, "sweep")
+        result = self.prune(out, "--method", "magnitude,wanda", "--reconstruct", "none,optima", "--pattern",
+                            "unstructured,2:4", "--sparsity", "0.3,0.6", "--eval", self.eval_text, "--eval-seqlen",
+                            "128", "--eval-max-windows", "3")
+        self.assertExit(result, EXIT_OK, "dense", "wanda+optima-2of4-0.5")
+        self.assertEqual(result.stderr.count("share the calibration set"), 1)
+        names = {f"{m}{r}-{p}" for m in ("magnitude", "wanda") for r in ("", "+optima")
+                 for p in ("unstructured-0.3", "unstructured-0.6", "2of4-0.5")}
+        self.assertEqual(set(os.listdir(out)), names | {"sweep.json"})
+        with open(os.path.join(out, "sweep.json")) as f:
+            table = json.load(f)
+        self.assertEqual({row["name"] for row in table["settings"]}, names)
+        self.assertEqual((table["dense"]["seqlen"], table["dense"]["windows"]), (128, 3))
+        for row in table["settings"]:
+            pattern = "unstructured" if row["pattern"] == "unstructured" else "2:4"
+            self.check_pruned(os.path.join(out, row["name"]), pattern, row["sparsity"])
+            self.assertGreater(row["eval"]["perplexity"], table["dense"]["perplexity"] * 0.98, row["name"])
+            self.assertTrue(math.isfinite(row["eval"]["perplexity"]))
+        by_name = {row["name"]: row for row in table["settings"]}
+        for base in ("wanda-unstructured-0.6", "magnitude-2of4-0.5"):
+            plus = base.replace("-", "+optima-", 1)
+            self.assertLessEqual(by_name[plus]["mean_layer_error"], by_name[base]["mean_layer_error"], base)
+        # The plot, where the development environment with matplotlib is at hand.
+        python = os.environ.get("OPTIMA_PYTHON")
+        if python:
+            script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts", "plot_sweep.py")
+            png = os.path.join(self.work, "sweep.png")
+            plotted = subprocess.run([python, script, os.path.join(out, "sweep.json"), "--out", png],
+                                     capture_output=True, text=True, timeout=300)
+            self.assertEqual(plotted.returncode, 0, plotted.stderr)
+            with open(png, "rb") as f:
+                self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+        # A setting listed twice, and a sweep into an existing folder, are refused.
+        self.assertExit(self.prune(os.path.join(self.work, "dup"), "--sparsity", "0.5,0.5", "--method", "magnitude"),
+                        EXIT_USAGE, "twice")
+        self.assertExit(self.prune(out, "--sparsity", "0.4,0.5", "--method", "magnitude"), EXIT_USAGE, "--overwrite")
+
+    def test_sigterm_stops_cleanly_with_no_output(self):
+        for signal_number in (signal.SIGTERM, signal.SIGINT):
+            with self.subTest(signal=signal_number.name):
+                out = os.path.join(self.work, "interrupted")
+                proc = subprocess.Popen([OPTIMA, "--log-level", "debug", "prune", "--model", self.model, "--out", out,
+                                         "--calib", self.calib, "--nsamples", "16", "--seqlen", "128", "--method",
+                                         "sparsegpt"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                seen = []
+                for line in proc.stderr:  # the signal arrives once block 0 is done, mid-run
+                    seen.append(line)
+                    if "block 0 done" in line:
+                        proc.send_signal(signal_number)
+                        break
+                rest = proc.stderr.read()
+                proc.wait(timeout=300)
+                message = "".join(seen) + rest
+                self.assertEqual(proc.returncode, 130, message)
+                self.assertIn(f"stopped by {signal_number.name}", message)
+                self.assertFalse(os.path.exists(out))
+                self.assertEqual([f for f in os.listdir(self.work) if "interrupted" in f], [])
 
     def test_bad_settings_are_refused_and_leave_no_output(self):
         out = os.path.join(self.work, "refused")

@@ -259,6 +259,46 @@ json layer_benchmarks(const std::string& only_model) {
   return results;
 }
 
+// LLaMA-3-8B at 50% on one H100, projected from flop counts and rates (no H100 here): the factorization flops of
+// every layer (each row factors a system of about in/2 unknowns, in³/24 flop) at the solver's effective rate, that
+// is factorization flops over the whole solve time (gathers, products and refinement included) as measured above on
+// the 4096-wide LLaMA-7B shapes, taken as the same fraction of the H100's fp32 peak as it was here of this
+// machine's fp32 matrix-product rate.
+json llama3_8b_h100_projection(const json& rates, const json& layers) {
+  struct Layer {
+    const char* name;
+    int64_t rows, in, count;
+  };
+  const std::vector<Layer> shapes = {{"q_proj, o_proj", 4096, 4096, 2},
+                                     {"k_proj, v_proj", 1024, 4096, 2},
+                                     {"gate_proj, up_proj", 14336, 4096, 2},
+                                     {"down_proj", 4096, 14336, 1}};
+  double factor_flops = 0;
+  for (const Layer& l : shapes) {
+    const double m = static_cast<double>(l.in) / 2;
+    factor_flops += 32.0 * static_cast<double>(l.count) * static_cast<double>(l.rows) * m * m * m / 3;
+  }
+  double fraction = 0;
+  int64_t used = 0;
+  for (const json& e : layers)
+    if (e["model"] == "LLaMA-7B" && e["variant"] == "unstructured50/fp32_refined" && !e.contains("timing_from")) {
+      fraction += e["factor_gflops_achieved"].get<double>() / rates["matmul_fp32_gflops"].get<double>();
+      ++used;
+    }
+  if (used == 0) return json();
+  fraction /= static_cast<double>(used);
+  const double h100_fp32_peak = 67e12;  // H100 SXM, fp32 (non-tensor); its fp64 tensor-core peak is the same
+  const double seconds = factor_flops / (fraction * h100_fp32_peak);
+  return {{"model", "LLaMA-3-8B (32 layers: q/o 4096x4096, k/v 1024x4096, gate/up 14336x4096, down 4096x14336)"},
+          {"sparsity", 0.5},
+          {"factorization_flops", factor_flops},
+          {"effective_factorization_rate_as_fraction_of_fp32_matmul_rate_here", fraction},
+          {"h100_fp32_peak_flops", h100_fp32_peak},
+          {"projected_seconds", seconds},
+          {"reference_solver_seconds", 40 * 3600},
+          {"note", "assumes the H100 reaches the same fraction of its fp32 peak as this CPU did of its matmul rate"}};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -285,6 +325,7 @@ int main(int argc, char** argv) {
     doc["damping"] = damping_study();
   }
   doc["layers"] = layer_benchmarks(only_model);
+  if (only_model.empty()) doc["projection_llama3_8b_h100"] = llama3_8b_h100_projection(doc["rates"], doc["layers"]);
   doc["total_seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const std::string text = doc.dump(2) + "\n";
   if (argc > 1) {

@@ -3,12 +3,14 @@
 // and exits without checking that they are complete (a template to edit).
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cstdio>
 
 #include "commands.h"
 #include "optima/core/error.h"
 #include "optima/prune/plan.h"
 #include "optima/prune/pruner.h"
+#include "optima/prune/sweep.h"
 
 namespace optima::cli {
 
@@ -16,8 +18,11 @@ Command add_prune(CLI::App& root) {
   auto* app = root.add_subcommand("prune", "Prune a model: select masks, optionally reconstruct, write a checkpoint");
   struct Options {
     PrunePlan plan;
-    std::string model, out, calib, tokenizer, save_hessians, pattern = "unstructured", propagation = "reference";
-    std::optional<double> sparsity;
+    std::string model, out, calib, tokenizer, save_hessians, propagation = "reference", eval;
+    // Lists (comma-separated or TOML arrays): more than one setting makes a sweep.
+    std::vector<std::string> methods = {"sparsegpt"}, patterns = {"unstructured"}, reconstructs = {"none"};
+    std::vector<double> sparsities;
+    EvalRequest eval_request;
     bool dump_config = false;
   };
   auto o = std::make_shared<Options>();
@@ -25,11 +30,27 @@ Command add_prune(CLI::App& root) {
   app->add_flag("--dump-config", o->dump_config, "Print the resolved settings as a config file and exit")
       ->configurable(false);
   app->add_option("--model", o->model, "Model directory (Hugging Face layout)")->required();
-  app->add_option("--out", o->out, "Output directory for the pruned checkpoint and prune_report.json")->required();
-  app->add_option("--sparsity", o->sparsity, "Fraction of weights to zero, in (0, 1) (N:M implies N/M)");
-  app->add_option("--pattern", o->pattern, "unstructured, 2:4, 4:8 or N:M")->capture_default_str();
-  app->add_option("--method", p.method, "magnitude, wanda or sparsegpt")->capture_default_str();
-  app->add_option("--reconstruct", p.reconstruct, "none, or optima: exact per-row reconstruction after selection")
+  app->add_option("--out", o->out,
+                  "Output directory: the pruned checkpoint and prune_report.json, or for a sweep one such directory "
+                  "per setting and sweep.json")
+      ->required();
+  app->add_option("--sparsity", o->sparsities,
+                  "Fraction(s) of weights to zero, in (0, 1), e.g. 0.5 or 0.5,0.6,0.7 (default 0.5; N:M implies N/M)")
+      ->delimiter(',');
+  app->add_option("--pattern", o->patterns, "unstructured, 2:4, 4:8 or N:M (a list sweeps)")
+      ->delimiter(',')
+      ->capture_default_str();
+  app->add_option("--method", o->methods, "magnitude, wanda or sparsegpt (a list sweeps)")
+      ->delimiter(',')
+      ->capture_default_str();
+  app->add_option("--reconstruct", o->reconstructs,
+                  "none, or optima: exact per-row reconstruction after selection (none,optima sweeps both)")
+      ->delimiter(',')
+      ->capture_default_str();
+  app->add_option("--eval", o->eval, "After pruning, evaluate perplexity on this text file (optima eval's protocol)");
+  app->add_option("--eval-seqlen", o->eval_request.seqlen, "Evaluation window length (capped at the model's positions)")
+      ->capture_default_str();
+  app->add_option("--eval-max-windows", o->eval_request.max_windows, "Evaluate only the first N windows (0: all)")
       ->capture_default_str();
   app->add_option("--calib", o->calib, "Calibration data: text (a document per line), .jsonl, or .npy token ids");
   app->add_option("--tokenizer", o->tokenizer, "Tokenizer directory (default: the model directory)");
@@ -61,24 +82,60 @@ Command add_prune(CLI::App& root) {
   app->add_flag("--overwrite", p.overwrite, "Replace existing output directories");
   app->add_flag("--allow-non-finite", p.allow_non_finite, "Do not stop on NaN/Inf weights or activations");
   return {app, [o, app] {
-            PrunePlan plan = o->plan;
-            plan.model = o->model;
-            plan.out = o->out;
-            plan.calib = o->calib;
-            plan.tokenizer = o->tokenizer;
-            plan.save_hessians = o->save_hessians;
-            plan.propagation = parse_propagation(o->propagation);
-            plan.pattern = SparsityPattern::parse(
-                o->pattern, o->pattern == "unstructured" && !o->sparsity ? std::optional<double>(0.5) : o->sparsity);
             if (o->dump_config) {
               std::printf("%s", app->config_to_str(/*default_also=*/true, /*write_description=*/true).c_str());
               return 0;
             }
-            plan.validate();
+            PrunePlan base = o->plan;
+            base.model = o->model;
+            base.out = o->out;
+            base.calib = o->calib;
+            base.tokenizer = o->tokenizer;
+            base.save_hessians = o->save_hessians;
+            base.propagation = parse_propagation(o->propagation);
+            std::vector<double> sparsities = o->sparsities;
+            const bool only_n_m = std::none_of(o->patterns.begin(), o->patterns.end(),
+                                               [](const std::string& s) { return s == "unstructured"; });
+            if (sparsities.empty() && !only_n_m) sparsities = {0.5};
+            std::vector<PrunePlan> plans = expand_sweep(base, o->methods, o->patterns, sparsities, o->reconstructs);
+            // A single N:M setting may still name its sparsity, which must then equal N/M.
+            if (only_n_m && !o->sparsities.empty())
+              for (const std::string& pattern : o->patterns)
+                for (double s : o->sparsities) (void)SparsityPattern::parse(pattern, s);
+            EvalRequest eval = o->eval_request;
+            eval.dataset = o->eval;
             auto progress = make_console_progress();
-            const PruneReport report = prune_model(plan, *progress);
-            std::printf("%s", report.summary().c_str());
-            spdlog::info("wrote {} (report: {})", plan.out.string(), (plan.out / "prune_report.json").string());
+            if (plans.size() == 1) {
+              PrunePlan plan = plans.front();
+              plan.out = base.out;
+              const PruneReport report = prune_model(plan, *progress);
+              std::printf("%s", report.summary().c_str());
+              spdlog::info("wrote {} (report: {})", plan.out.string(), (plan.out / "prune_report.json").string());
+              if (!eval.dataset.empty()) {
+                const nlohmann::json r =
+                    evaluate_model_dir(plan.out, plan.tokenizer, plan.device, plan.dtype, eval, *progress);
+                progress->finish();
+                std::printf("perplexity %.4f  (seqlen %lld, %lld windows, %s)\n", r["perplexity"].get<double>(),
+                            static_cast<long long>(r["seqlen"].get<int64_t>()),
+                            static_cast<long long>(r["windows"].get<int64_t>()), eval.dataset.string().c_str());
+              }
+              return 0;
+            }
+            if (!base.save_hessians.empty()) fail_usage("--save-hessians takes one setting, not a sweep");
+            const nlohmann::json table = run_sweep(plans, base.out, base.overwrite, eval, *progress);
+            progress->finish();
+            std::printf("%-36s %9s %12s %10s %9s\n", "setting", "sparsity", "mean error", "perplexity", "seconds");
+            if (table.contains("dense"))
+              std::printf("%-36s %9s %12s %10.4f %9s\n", "dense", "0", "0", table["dense"]["perplexity"].get<double>(),
+                          "");
+            for (const nlohmann::json& row : table["settings"])
+              std::printf(
+                  "%-36s %9.4f %12.5f %10s %9.1f\n", row["name"].get<std::string>().c_str(),
+                  row["overall_sparsity"].get<double>(), row["mean_layer_error"].get<double>(),
+                  row.contains("eval") ? fmt::format("{:.4f}", row["eval"]["perplexity"].get<double>()).c_str() : "-",
+                  row["seconds"].get<double>());
+            spdlog::info("wrote {} settings to {} (table: {})", plans.size(), base.out.string(),
+                         (base.out / "sweep.json").string());
             return 0;
           }};
 }

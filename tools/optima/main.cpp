@@ -9,6 +9,7 @@
 
 #include "commands.h"
 #include "optima/core/error.h"
+#include "optima/core/interrupt.h"
 #include "optima/core/logging.h"
 #include "optima/core/version.h"
 
@@ -80,6 +81,7 @@ int main(int argc, char** argv) {
 
   try {
     optima::configure_logging(log_level);
+    optima::install_interrupt_handlers();
     for (const auto& command : commands)
       if (command.app->parsed()) return command.run();
     return optima::kExitUsage;

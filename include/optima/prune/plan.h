@@ -43,13 +43,15 @@ struct PrunePlan {
   std::string skip;                       // regex of linear layer names left dense
   std::string reconstruct = "none";       // "none" or "optima"
   double qp_damp = kDefaultRowSolveDamp;  // OPTIMA solve: relative damping (solve/row_solver.h says why)
-  std::string qp_precision = "fp64";      // "fp64" or "fp32" (fp32 factorizations refined against fp64 residuals)
-  std::string qp_memory = "1GiB";         // memory budget of one chunk of gathered systems
-  std::string qp_solver = "exact";        // "exact" (batched Cholesky) or "cg" (conjugate gradients, for huge layers)
-  double qp_tol = 1e-6;                   // cg: relative KKT residual at which every row stops
-  int64_t qp_max_iter = 2000;             // cg: iteration budget per layer
-  std::string hessian_dtype = "fp32";     // accumulation dtype of H and Wanda's statistic: fp32 (reference) or fp64
-  int64_t batch_size = 1;                 // calibration samples per forward call
+  // "fp32": fp32 factorizations refined against fp64 residuals to the same KKT tolerance as "fp64" (chunks fp32
+  // cannot hold are solved again in fp64), 30-40% faster on CPU (bench/solver_cpu.json); "fp64": everything in fp64.
+  std::string qp_precision = "fp32";
+  std::string qp_memory = "1GiB";      // memory budget of one chunk of gathered systems
+  std::string qp_solver = "exact";     // "exact" (batched Cholesky) or "cg" (conjugate gradients, for huge layers)
+  double qp_tol = 1e-6;                // cg: relative KKT residual at which every row stops
+  int64_t qp_max_iter = 2000;          // cg: iteration budget per layer
+  std::string hessian_dtype = "fp32";  // accumulation dtype of H and Wanda's statistic: fp32 (reference) or fp64
+  int64_t batch_size = 1;              // calibration samples per forward call
   std::string max_shard_size = "5GB";
   bool save_masks = false;
   std::filesystem::path save_hessians;  // empty: do not save

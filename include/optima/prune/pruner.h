@@ -55,7 +55,15 @@ struct PruneReport {
   std::string summary() const;
 };
 
-// Runs the whole pipeline and writes plan.out (and plan.save_hessians). Throws optima::Error.
-PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress);
+struct CalibrationSet;
+
+// Runs the whole pipeline and writes plan.out (and plan.save_hessians). Throws optima::Error. `calibration`, when
+// given, is used instead of reading plan.calib (a sweep reads and tokenizes it once for all its settings); it must
+// have been built from plan.calib with plan.nsamples windows of calibration_seqlen(plan, ...) tokens.
+PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const CalibrationSet* calibration = nullptr);
+
+// The window length a plan calibrates with on a model of `max_positions` positions: plan.seqlen, or by default
+// kDefaultSeqlen capped at the model's positions. Usage error when an explicit plan.seqlen exceeds them.
+int64_t calibration_seqlen(const PrunePlan& plan, int64_t max_positions, const std::string& config_path);
 
 }  // namespace optima

@@ -1,0 +1,23 @@
+// Clean interruption: SIGINT and SIGTERM (Ctrl-C, SLURM's preemption or time-limit warning) set a flag that long
+// loops poll at safe points; they then throw an Error of kind kInterrupted, so that staged outputs are removed by
+// their destructors and the process exits with code 130 instead of dying mid-write. A second signal ends the
+// process at once (the default action).
+#pragma once
+
+#include <string_view>
+
+namespace optima {
+
+// Installs the handlers (the CLI does, once, at start-up; the library never does).
+void install_interrupt_handlers();
+
+// True once a SIGINT or SIGTERM arrived.
+bool interrupt_requested();
+
+// Throws Error(kInterrupted) naming `where` (e.g. "block 3, before mlp.down_proj") once a signal arrived.
+void check_interrupt(std::string_view where);
+
+// Tests: raise or clear the flag without a signal.
+void request_interrupt_for_testing(bool on);
+
+}  // namespace optima

@@ -1,0 +1,152 @@
+// Sweeps over pruning settings with one shared calibration set (see sweep.h).
+#include "optima/prune/sweep.h"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <set>
+
+#include "optima/core/error.h"
+#include "optima/core/resources.h"
+#include "optima/eval/perplexity.h"
+#include "optima/io/checkpoint.h"
+#include "optima/io/output_dir.h"
+#include "optima/io/tensor.h"
+#include "optima/model/arch.h"
+#include "optima/model/decoder.h"
+#include "optima/prune/pruner.h"
+#include "optima/text/calibration.h"
+#include "optima/text/tokenizer.h"
+
+namespace optima {
+namespace fs = std::filesystem;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+std::string pattern_text(const SparsityPattern& p) {
+  return p.is_unstructured() ? "unstructured" : fmt::format("{}:{}", p.n(), p.m());
+}
+
+}  // namespace
+
+std::string sweep_setting_name(const PrunePlan& plan) {
+  const std::string pattern =
+      plan.pattern.is_unstructured() ? "unstructured" : fmt::format("{}of{}", plan.pattern.n(), plan.pattern.m());
+  return fmt::format("{}{}-{}-{:g}", plan.method, plan.reconstruct == "optima" ? "+optima" : "", pattern,
+                     plan.pattern.sparsity());
+}
+
+std::vector<PrunePlan> expand_sweep(const PrunePlan& base, const std::vector<std::string>& methods,
+                                    const std::vector<std::string>& patterns, const std::vector<double>& sparsities,
+                                    const std::vector<std::string>& reconstructs) {
+  if (methods.empty() || patterns.empty() || reconstructs.empty())
+    fail_usage("a sweep needs at least one method, pattern and reconstruction");
+  std::vector<PrunePlan> plans;
+  std::set<std::string> names;
+  for (const std::string& method : methods)
+    for (const std::string& reconstruct : reconstructs)
+      for (const std::string& pattern : patterns) {
+        const bool unstructured = pattern == "unstructured";
+        if (unstructured && sparsities.empty()) fail_usage("an unstructured pattern needs --sparsity");
+        const std::vector<std::optional<double>> levels =
+            unstructured ? std::vector<std::optional<double>>(sparsities.begin(), sparsities.end())
+                         : std::vector<std::optional<double>>{std::nullopt};
+        for (const std::optional<double>& level : levels) {
+          PrunePlan plan = base;
+          plan.method = method;
+          plan.reconstruct = reconstruct;
+          plan.pattern = SparsityPattern::parse(pattern, level);
+          const std::string name = sweep_setting_name(plan);
+          if (!names.insert(name).second) fail_usage(fmt::format("the sweep lists setting {} twice", name));
+          plan.out = base.out / name;
+          plan.validate();
+          plans.push_back(std::move(plan));
+        }
+      }
+  return plans;
+}
+
+nlohmann::json evaluate_model_dir(const fs::path& model_dir, const fs::path& tokenizer_dir, const std::string& device,
+                                  const std::string& dtype, const EvalRequest& eval, ProgressSink& progress) {
+  const Checkpoint checkpoint = Checkpoint::open(model_dir);
+  RunOptions run;
+  run.device = parse_device(device);
+  if (!dtype.empty()) run.dtype = parse_float_dtype(dtype);
+  const DecoderModel model(checkpoint, run);
+  PerplexityOptions options;
+  options.seqlen = std::min(eval.seqlen, model.shape().max_positions);
+  options.max_windows = eval.max_windows;
+  options.batch_size = eval.batch_size;
+  const auto tokenizer = load_tokenizer(tokenizer_dir.empty() ? model_dir : tokenizer_dir);
+  const std::vector<int64_t> stream = tokenizer->encode(read_eval_text(eval.dataset), /*add_special=*/true);
+  const PerplexityResult r = evaluate_perplexity(model, stream, options, progress);
+  return {{"perplexity", r.perplexity}, {"seqlen", r.seqlen}, {"windows", r.windows}, {"seconds", r.seconds}};
+}
+
+nlohmann::json run_sweep(const std::vector<PrunePlan>& plans, const fs::path& out, bool overwrite,
+                         const EvalRequest& eval, ProgressSink& progress) {
+  if (plans.empty()) fail_usage("a sweep needs at least one setting");
+  const PrunePlan& first = plans.front();
+  for (const PrunePlan& p : plans) p.validate();
+  StagedDirectory staged(out, overwrite, first.model);
+
+  // One calibration set for every setting: same model, file, tokenizer and sampling.
+  const auto start = Clock::now();
+  CalibrationSet calibration;
+  const bool calibrated = !first.calib.empty();
+  if (calibrated) {
+    const Checkpoint checkpoint = Checkpoint::open(first.model);
+    const ModelShape shape = read_model_shape(checkpoint.config());
+    const int64_t seqlen = calibration_seqlen(first, shape.max_positions, checkpoint.config().path().string());
+    const auto tokenizer = load_tokenizer(first.tokenizer.empty() ? first.model : first.tokenizer);
+    calibration = load_calibration(first.calib, *tokenizer, {first.nsamples, seqlen, first.seed});
+    spdlog::info("sweep: {} settings share the calibration set: {}", plans.size(), calibration.description);
+  }
+
+  nlohmann::json table = {{"model", first.model.string()},
+                          {"calibration", calibrated ? calibration.description : "none"},
+                          {"eval", eval.dataset.empty() ? nlohmann::json(nullptr)
+                                                        : nlohmann::json{{"dataset", eval.dataset.string()},
+                                                                         {"seqlen", eval.seqlen},
+                                                                         {"max_windows", eval.max_windows}}},
+                          {"settings", nlohmann::json::array()}};
+  if (!eval.dataset.empty()) {
+    spdlog::info("sweep: evaluating the dense model");
+    table["dense"] = evaluate_model_dir(first.model, first.tokenizer, first.device, first.dtype, eval, progress);
+  }
+  for (size_t i = 0; i < plans.size(); ++i) {
+    PrunePlan plan = plans[i];
+    const std::string name = plan.out.filename().string();
+    plan.out = staged.staging() / name;
+    plan.overwrite = false;
+    spdlog::info("sweep: setting {}/{}: {}", i + 1, plans.size(), name);
+    const auto t0 = Clock::now();
+    const PruneReport report = prune_model(plan, progress, calibrated ? &calibration : nullptr);
+    double error_sum = 0;
+    for (const LayerReport& l : report.layers) error_sum += l.error_final;
+    nlohmann::json row = {{"name", name},
+                          {"method", plan.method},
+                          {"pattern", pattern_text(plan.pattern)},
+                          {"sparsity", plan.pattern.sparsity()},
+                          {"reconstruct", plan.reconstruct},
+                          {"overall_sparsity", report.overall_sparsity},
+                          {"mean_layer_error", report.layers.empty() ? 0.0 : error_sum / report.layers.size()},
+                          {"seconds", since(t0)},
+                          {"peak_rss_bytes_so_far", peak_rss_bytes()}};
+    if (!eval.dataset.empty())
+      row["eval"] = evaluate_model_dir(plan.out, plan.tokenizer, plan.device, plan.dtype, eval, progress);
+    table["settings"].push_back(row);
+  }
+  table["seconds_total"] = since(start);
+  table["peak_rss_bytes"] = peak_rss_bytes();
+  write_text_file(staged.staging() / "sweep.json", table.dump(2) + "\n");
+  staged.commit();
+  return table;
+}
+
+}  // namespace optima
