@@ -7,8 +7,13 @@
 #include <cmath>
 #include <fstream>
 
+#include <spdlog/spdlog.h>
+
 #include "optima/core/error.h"
 #include "optima/core/interrupt.h"
+#include "optima/io/checkpoint.h"
+#include "optima/io/tensor.h"
+#include "optima/text/tokenizer.h"
 
 namespace optima {
 
@@ -83,6 +88,26 @@ PerplexityResult evaluate_perplexity(const DecoderModel& model, const std::vecto
   result.predictions = windows * (options.seqlen - 1);
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return result;
+}
+
+PerplexityResult evaluate_model_dir(const std::filesystem::path& model_dir, const EvalRequest& request,
+                                    ProgressSink& progress) {
+  const Checkpoint checkpoint = Checkpoint::open(model_dir);
+  RunOptions run;
+  run.device = parse_device(request.device);
+  if (!request.dtype.empty()) run.dtype = parse_float_dtype(request.dtype);
+  const DecoderModel model(checkpoint, run);
+  PerplexityOptions options;
+  options.seqlen = request.seqlen;
+  if (options.seqlen > model.shape().max_positions) {
+    spdlog::info("seqlen {} capped at the model's {} positions", options.seqlen, model.shape().max_positions);
+    options.seqlen = model.shape().max_positions;
+  }
+  options.batch_size = request.batch_size;
+  options.max_windows = request.max_windows;
+  const auto tokenizer = load_tokenizer(request.tokenizer.empty() ? model_dir : request.tokenizer);
+  const std::vector<int64_t> stream = tokenizer->encode(read_eval_text(request.dataset), /*add_special=*/true);
+  return evaluate_perplexity(model, stream, options, progress);
 }
 
 }  // namespace optima

@@ -231,6 +231,8 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
                                   plan.qp_tol, plan.qp_max_iter, solve_options)
                   : solve_rows_exact(w, selection.pruned, layer_stats.hessian, solve_options);
           lr.qp_iterations = r.iterations;
+          lr.qp_fp64_fallback_rows = r.fp64_fallback_rows;
+          lr.qp_chunks = r.chunks;
           lr.qp_converged = r.converged;
           if (!r.converged)
             spdlog::warn(
@@ -351,6 +353,8 @@ nlohmann::json PruneReport::to_json() const {
       j["kkt_residual"] = l.kkt_residual;
       j["reconstruct_damping"] = l.reconstruct_damping;
       j["qp_iterations"] = l.qp_iterations;
+      j["qp_fp64_fallback_rows"] = l.qp_fp64_fallback_rows;
+      j["qp_chunks"] = l.qp_chunks;
       j["qp_converged"] = l.qp_converged;
       j["seconds_reconstruct"] = l.seconds_reconstruct;
     }

@@ -8,12 +8,9 @@
 
 #include "optima/core/error.h"
 #include "optima/core/resources.h"
-#include "optima/eval/perplexity.h"
 #include "optima/io/checkpoint.h"
 #include "optima/io/output_dir.h"
-#include "optima/io/tensor.h"
 #include "optima/model/arch.h"
-#include "optima/model/decoder.h"
 #include "optima/prune/pruner.h"
 #include "optima/text/calibration.h"
 #include "optima/text/tokenizer.h"
@@ -71,22 +68,22 @@ std::vector<PrunePlan> expand_sweep(const PrunePlan& base, const std::vector<std
   return plans;
 }
 
-nlohmann::json evaluate_model_dir(const fs::path& model_dir, const fs::path& tokenizer_dir, const std::string& device,
-                                  const std::string& dtype, const EvalRequest& eval, ProgressSink& progress) {
-  const Checkpoint checkpoint = Checkpoint::open(model_dir);
-  RunOptions run;
-  run.device = parse_device(device);
-  if (!dtype.empty()) run.dtype = parse_float_dtype(dtype);
-  const DecoderModel model(checkpoint, run);
-  PerplexityOptions options;
-  options.seqlen = std::min(eval.seqlen, model.shape().max_positions);
-  options.max_windows = eval.max_windows;
-  options.batch_size = eval.batch_size;
-  const auto tokenizer = load_tokenizer(tokenizer_dir.empty() ? model_dir : tokenizer_dir);
-  const std::vector<int64_t> stream = tokenizer->encode(read_eval_text(eval.dataset), /*add_special=*/true);
-  const PerplexityResult r = evaluate_perplexity(model, stream, options, progress);
+nlohmann::json perplexity_json(const PerplexityResult& r) {
   return {{"perplexity", r.perplexity}, {"seqlen", r.seqlen}, {"windows", r.windows}, {"seconds", r.seconds}};
 }
+
+namespace {
+
+// The evaluation request of a plan's model: the sweep's dataset and windows, the plan's tokenizer and device.
+EvalRequest request_for(const PrunePlan& plan, const EvalRequest& eval) {
+  EvalRequest request = eval;
+  request.tokenizer = plan.tokenizer;
+  request.device = plan.device;
+  request.dtype = plan.dtype;
+  return request;
+}
+
+}  // namespace
 
 nlohmann::json run_sweep(const std::vector<PrunePlan>& plans, const fs::path& out, bool overwrite,
                          const EvalRequest& eval, ProgressSink& progress) {
@@ -117,7 +114,7 @@ nlohmann::json run_sweep(const std::vector<PrunePlan>& plans, const fs::path& ou
                           {"settings", nlohmann::json::array()}};
   if (!eval.dataset.empty()) {
     spdlog::info("sweep: evaluating the dense model");
-    table["dense"] = evaluate_model_dir(first.model, first.tokenizer, first.device, first.dtype, eval, progress);
+    table["dense"] = perplexity_json(evaluate_model_dir(first.model, request_for(first, eval), progress));
   }
   for (size_t i = 0; i < plans.size(); ++i) {
     PrunePlan plan = plans[i];
@@ -139,7 +136,7 @@ nlohmann::json run_sweep(const std::vector<PrunePlan>& plans, const fs::path& ou
                           {"seconds", since(t0)},
                           {"peak_rss_bytes_so_far", peak_rss_bytes()}};
     if (!eval.dataset.empty())
-      row["eval"] = evaluate_model_dir(plan.out, plan.tokenizer, plan.device, plan.dtype, eval, progress);
+      row["eval"] = perplexity_json(evaluate_model_dir(plan.out, request_for(plan, eval), progress));
     table["settings"].push_back(row);
   }
   table["seconds_total"] = since(start);

@@ -138,10 +138,16 @@ ChunkOutcome solve_chunk(const Layer& layer, const Chunk& chunk, bool fp32, cons
       delta = best_delta;
       break;
     }
+    const double rate = step > 0 ? worst / best : 0.0;  // contraction of the last correction
     best = worst;
     best_delta = delta;
     outcome.steps = step;
     if (worst <= options.refinement_tolerance || step >= options.max_refinement_steps) break;
+    // fp32 factors that contract too slowly to reach the tolerance in the steps left: stop now, the chunk goes to
+    // fp64 anyway (in fp64 every allowed step is taken).
+    if (fp32 && step > 0 &&
+        std::log(options.refinement_tolerance / worst) / std::log(rate) > options.max_refinement_steps - step)
+      break;
     if (chunk.through_g) {
       const at::Tensor y = at::matmul(rho, layer.g);
       at::Tensor ys = y.gather(1, idx);
@@ -264,14 +270,24 @@ RowSolveResult solve_rows_exact(const at::Tensor& dense_weight, const at::Tensor
     result.rows_via_inverse = result.rows_via_kept = 0;
     for (const Chunk& c : chunks)
       (c.through_g ? result.rows_via_inverse : result.rows_via_kept) += static_cast<int64_t>(c.rows.size());
+    // Once fp32 failed a chunk of this layer, the rest goes to fp64 directly: the conditioning is the layer's.
+    bool fp64_from_now = false;
     for (size_t c = 0; factored && c < chunks.size(); ++c) {
-      ChunkOutcome o = solve_chunk(layer, chunks[c], fp32, options, fp32 ? workspace32 : workspace64, out, result);
-      ++result.chunks;
-      if (fp32 && (!o.factored || !(o.kkt <= options.refinement_tolerance))) {
-        // fp32 could not hold this chunk's conditioning: the same systems in fp64, so the answer does not change.
-        fallback_rows += static_cast<int64_t>(chunks[c].rows.size());
+      const int64_t rows = static_cast<int64_t>(chunks[c].rows.size());
+      ChunkOutcome o;
+      if (fp32 && !fp64_from_now) {
+        o = solve_chunk(layer, chunks[c], true, options, workspace32, out, result);
+        if (!o.factored || !(o.kkt <= options.refinement_tolerance)) {
+          // fp32 could not hold this chunk's conditioning: the same systems in fp64, so the answer does not change.
+          fp64_from_now = true;
+          fallback_rows += rows;
+          o = solve_chunk(layer, chunks[c], false, options, workspace64, out, result);
+        }
+      } else {
+        fallback_rows += fp32 ? rows : 0;
         o = solve_chunk(layer, chunks[c], false, options, workspace64, out, result);
       }
+      ++result.chunks;
       factored = o.factored;
       kkt = std::max(kkt, o.kkt);
       steps = std::max(steps, o.steps);

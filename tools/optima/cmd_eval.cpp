@@ -6,9 +6,6 @@
 
 #include "commands.h"
 #include "optima/eval/perplexity.h"
-#include "optima/io/checkpoint.h"
-#include "optima/io/tensor.h"
-#include "optima/text/tokenizer.h"
 
 namespace optima::cli {
 
@@ -31,23 +28,16 @@ Command add_eval(CLI::App& root) {
   app->add_option("--max-windows", o->max_windows, "Evaluate only the first N windows (0: all)")->capture_default_str();
   app->add_flag("--json", o->json, "Print the result as JSON");
   return {app, [o] {
-            const Checkpoint checkpoint = Checkpoint::open(o->model);
-            RunOptions run;
-            run.device = parse_device(o->device);
-            if (!o->dtype.empty()) run.dtype = parse_float_dtype(o->dtype);
-            const DecoderModel model(checkpoint, run);
-            PerplexityOptions options;
-            options.seqlen = o->seqlen;
-            if (options.seqlen > model.shape().max_positions) {
-              spdlog::info("seqlen {} capped at the model's {} positions", options.seqlen, model.shape().max_positions);
-              options.seqlen = model.shape().max_positions;
-            }
-            options.batch_size = o->batch_size;
-            options.max_windows = o->max_windows;
-            const auto tokenizer = load_tokenizer(o->tokenizer.empty() ? o->model : o->tokenizer);
-            const std::vector<int64_t> stream = tokenizer->encode(read_eval_text(o->dataset), /*add_special=*/true);
+            EvalRequest request;
+            request.dataset = o->dataset;
+            request.tokenizer = o->tokenizer;
+            request.device = o->device;
+            request.dtype = o->dtype;
+            request.seqlen = o->seqlen;
+            request.batch_size = o->batch_size;
+            request.max_windows = o->max_windows;
             auto progress = make_console_progress();
-            const PerplexityResult r = evaluate_perplexity(model, stream, options, *progress);
+            const PerplexityResult r = evaluate_model_dir(o->model, request, *progress);
             if (o->json) {
               const nlohmann::json j = {{"model", o->model},          {"dataset", o->dataset},
                                         {"perplexity", r.perplexity}, {"mean_nll", r.mean_nll},

@@ -112,12 +112,13 @@ Command add_prune(CLI::App& root) {
               std::printf("%s", report.summary().c_str());
               spdlog::info("wrote {} (report: {})", plan.out.string(), (plan.out / "prune_report.json").string());
               if (!eval.dataset.empty()) {
-                const nlohmann::json r =
-                    evaluate_model_dir(plan.out, plan.tokenizer, plan.device, plan.dtype, eval, *progress);
-                progress->finish();
-                std::printf("perplexity %.4f  (seqlen %lld, %lld windows, %s)\n", r["perplexity"].get<double>(),
-                            static_cast<long long>(r["seqlen"].get<int64_t>()),
-                            static_cast<long long>(r["windows"].get<int64_t>()), eval.dataset.string().c_str());
+                eval.tokenizer = plan.tokenizer;
+                eval.device = plan.device;
+                eval.dtype = plan.dtype;
+                const PerplexityResult r = evaluate_model_dir(plan.out, eval, *progress);
+                std::printf("perplexity %.4f  (seqlen %lld, %lld windows, %s)\n", r.perplexity,
+                            static_cast<long long>(r.seqlen), static_cast<long long>(r.windows),
+                            eval.dataset.string().c_str());
               }
               return 0;
             }

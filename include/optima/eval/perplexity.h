@@ -43,4 +43,19 @@ std::string read_eval_text(const std::filesystem::path& path);
 PerplexityResult evaluate_perplexity(const DecoderModel& model, const std::vector<int64_t>& stream,
                                      const PerplexityOptions& options, ProgressSink& progress);
 
+// What to evaluate a model directory on, and how.
+struct EvalRequest {
+  std::filesystem::path dataset;    // text file, one row per line
+  std::filesystem::path tokenizer;  // empty: the model directory
+  std::string device = "cpu";
+  std::string dtype;      // empty: the checkpoint's
+  int64_t seqlen = 2048;  // capped at the model's positions (logged)
+  int64_t batch_size = 8;
+  int64_t max_windows = 0;  // 0: all
+};
+
+// Opens the model directory, tokenizes the dataset and runs the protocol (optima eval, and prune --eval).
+PerplexityResult evaluate_model_dir(const std::filesystem::path& model_dir, const EvalRequest& request,
+                                    ProgressSink& progress);
+
 }  // namespace optima

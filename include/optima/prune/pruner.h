@@ -29,8 +29,10 @@ struct LayerReport {
   double damping = 0;         // damping added to diag(H) by the selector (SparseGPT)
   int64_t damping_retries = 0;
   double reconstruct_damping = 0;
-  int64_t qp_iterations = 0;  // cg only
-  bool qp_converged = true;   // cg only: every row reached --qp-tol
+  int64_t qp_fp64_fallback_rows = 0;  // fp32 solves: rows that had to be solved again in fp64
+  int64_t qp_chunks = 0;              // exact solver: batches of gathered systems
+  int64_t qp_iterations = 0;          // cg only
+  bool qp_converged = true;           // cg only: every row reached --qp-tol
   double seconds_select = 0;
   double seconds_reconstruct = 0;
 };

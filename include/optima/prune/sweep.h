@@ -11,17 +11,10 @@
 #include <vector>
 
 #include "optima/core/progress.h"
+#include "optima/eval/perplexity.h"
 #include "optima/prune/plan.h"
 
 namespace optima {
-
-// Perplexity evaluation after pruning (optima eval's protocol).
-struct EvalRequest {
-  std::filesystem::path dataset;  // empty: no evaluation
-  int64_t seqlen = 2048;          // capped at the model's positions
-  int64_t max_windows = 0;        // 0: all
-  int64_t batch_size = 8;
-};
 
 // The directory name of one setting: "<method>[+optima]-<unstructured|NofM>-<sparsity>".
 std::string sweep_setting_name(const PrunePlan& plan);
@@ -34,13 +27,12 @@ std::vector<PrunePlan> expand_sweep(const PrunePlan& base, const std::vector<std
                                     const std::vector<std::string>& reconstructs);
 
 // Runs the settings (all with the same model, calibration and output root `out`) and returns the sweep table, also
-// written to out/sweep.json. With an eval request, the dense model is evaluated first as the table's baseline.
+// written to out/sweep.json. With an eval dataset, the dense model is evaluated first as the table's baseline; each
+// setting's tokenizer, device and dtype are its plan's.
 nlohmann::json run_sweep(const std::vector<PrunePlan>& plans, const std::filesystem::path& out, bool overwrite,
                          const EvalRequest& eval, ProgressSink& progress);
 
-// Evaluates a model directory under the perplexity protocol; returns {"perplexity", "seqlen", "windows", "seconds"}.
-nlohmann::json evaluate_model_dir(const std::filesystem::path& model, const std::filesystem::path& tokenizer,
-                                  const std::string& device, const std::string& dtype, const EvalRequest& eval,
-                                  ProgressSink& progress);
+// One evaluation as the sweep table records it.
+nlohmann::json perplexity_json(const PerplexityResult& result);
 
 }  // namespace optima
