@@ -29,10 +29,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
+using Clock = SteadyClock;
 
 // ||(W - V) X||² / ||W X||² from H ∝ XᵀX: tr(D H Dᵀ) / tr(W H Wᵀ), in fp64.
 double relative_error(const at::Tensor& dense, const at::Tensor& updated, const at::Tensor& hessian) {
@@ -136,7 +133,7 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
   }
   report.calibration = calibration.description;
   spdlog::info("calibration: {}", calibration.description);
-  report.seconds_calibration = since(phase);
+  report.seconds_calibration = seconds_since(phase);
 
   // Hidden states of every calibration window, kept on the CPU between blocks (batches of plan.batch_size).
   std::vector<at::Tensor> hidden;
@@ -179,7 +176,7 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
           if (wanted.count(site)) stats.at(site).add(x);
         });
       }
-      report.seconds_forward += since(t0);
+      report.seconds_forward += seconds_since(t0);
       for (const std::string& site : wanted)
         if (stats.at(site).saw_non_finite() && !plan.allow_non_finite)
           throw Error(ErrorKind::kNumeric, fmt::format("block {}: the input of '{}' holds NaN or Inf values (the "
@@ -216,7 +213,7 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
         }
         auto t0 = Clock::now();
         const Selection selection = selector->select(dense, layer_stats);
-        lr.seconds_select = since(t0);
+        lr.seconds_select = seconds_since(t0);
         lr.damping = selection.damping;
         lr.damping_retries = selection.damping_retries;
         at::Tensor final_weight = selection.weight;
@@ -239,7 +236,7 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
                 "{}: conjugate gradients stopped after {} iterations at relative KKT residual {:.2e} "
                 "(--qp-tol {:.1e}; raise --qp-max-iter, or use --qp-solver exact)",
                 name, r.iterations, r.kkt_residual, plan.qp_tol);
-          lr.seconds_reconstruct = since(t0);
+          lr.seconds_reconstruct = seconds_since(t0);
           final_weight = r.weight;
           lr.kkt_residual = r.kkt_residual;
           lr.reconstruct_damping = r.damping;
@@ -284,7 +281,7 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
         throw Error(ErrorKind::kNumeric,
                     fmt::format("block {}: the pruned block produced NaN or Inf activations; stopping", b));
     }
-    report.seconds_forward += since(t0);
+    report.seconds_forward += seconds_since(t0);
 
     // Write the block: pruned linear weights in the stored dtype, everything else byte-identical.
     const auto tw = Clock::now();
@@ -302,7 +299,7 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
       write_safetensors(hessian_dir->staging() / fmt::format("hessians-block-{:04d}.safetensors", b), bytes,
                         {{"format", "pt"}, {"scaling", "H = (2/n) sum over samples of X^T X, n = samples"}});
     }
-    report.seconds_write += since(tw);
+    report.seconds_write += seconds_since(tw);
     spdlog::debug("block {} done", b);
   }
   progress.update({"prune", shape.num_layers, shape.num_layers, "writing"});
@@ -317,7 +314,7 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
                       {{"format", "optima-masks"},
                        {"packing", "uint8 [out, ceil(in/8)]: bit i of byte k is input column 8k+i; 1 = pruned"}});
   }
-  report.seconds_write += since(tw);
+  report.seconds_write += seconds_since(tw);
 
   int64_t zeros = 0, total = 0;
   for (const LayerReport& l : report.layers) {
@@ -327,7 +324,7 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
   }
   report.overall_sparsity = total ? static_cast<double>(zeros) / static_cast<double>(total) : 0.0;
   report.peak_rss_bytes = peak_rss_bytes();
-  report.seconds_total = since(start);
+  report.seconds_total = seconds_since(start);
   write_text_file(staged.staging() / "prune_report.json", report.to_json().dump(2) + "\n");
   staged.commit();
   if (hessian_dir) hessian_dir->commit();

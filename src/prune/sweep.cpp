@@ -20,10 +20,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
+using Clock = SteadyClock;
 
 std::string pattern_text(const SparsityPattern& p) {
   return p.is_unstructured() ? "unstructured" : fmt::format("{}:{}", p.n(), p.m());
@@ -133,13 +130,13 @@ nlohmann::json run_sweep(const std::vector<PrunePlan>& plans, const fs::path& ou
                           {"reconstruct", plan.reconstruct},
                           {"overall_sparsity", report.overall_sparsity},
                           {"mean_layer_error", report.layers.empty() ? 0.0 : error_sum / report.layers.size()},
-                          {"seconds", since(t0)},
+                          {"seconds", seconds_since(t0)},
                           {"peak_rss_bytes_so_far", peak_rss_bytes()}};
     if (!eval.dataset.empty())
       row["eval"] = perplexity_json(evaluate_model_dir(plan.out, request_for(plan, eval), progress));
     table["settings"].push_back(row);
   }
-  table["seconds_total"] = since(start);
+  table["seconds_total"] = seconds_since(start);
   table["peak_rss_bytes"] = peak_rss_bytes();
   write_text_file(staged.staging() / "sweep.json", table.dump(2) + "\n");
   staged.commit();

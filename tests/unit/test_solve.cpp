@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <ostream>
 #include <random>
 #include <string>
 
@@ -178,6 +179,9 @@ struct MaskCase {
   int64_t n_zero, m;
   double sparsity;
 };
+
+// How gtest names a case in its output (instead of a byte dump).
+void PrintTo(const MaskCase& c, std::ostream* os) { *os << c.name; }
 
 class SolveMaskTest : public SolveTest, public ::testing::WithParamInterface<MaskCase> {};
 
