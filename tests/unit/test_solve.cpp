@@ -181,7 +181,9 @@ struct MaskCase {
 };
 
 // How gtest names a case in its output (instead of a byte dump).
-void PrintTo(const MaskCase& c, std::ostream* os) { *os << c.name; }
+void PrintTo(const MaskCase& c, std::ostream* os) {
+  *os << c.name;
+}
 
 class SolveMaskTest : public SolveTest, public ::testing::WithParamInterface<MaskCase> {};
 
