@@ -57,7 +57,7 @@ nlohmann::json PrunePlan::to_json() const {
           {"calib", calib.string()},
           {"tokenizer", tokenizer.empty() ? model.string() : tokenizer.string()},
           {"method", method},
-          {"pattern", pattern.is_unstructured() ? "unstructured" : fmt::format("{}:{}", pattern.n(), pattern.m())},
+          {"pattern", pattern.name()},
           {"sparsity", pattern.sparsity()},
           {"nsamples", nsamples},
           {"seqlen", seqlen},

@@ -22,10 +22,6 @@ namespace {
 
 using Clock = SteadyClock;
 
-std::string pattern_text(const SparsityPattern& p) {
-  return p.is_unstructured() ? "unstructured" : fmt::format("{}:{}", p.n(), p.m());
-}
-
 }  // namespace
 
 std::string sweep_setting_name(const PrunePlan& plan) {
@@ -125,7 +121,7 @@ nlohmann::json run_sweep(const std::vector<PrunePlan>& plans, const fs::path& ou
     for (const LayerReport& l : report.layers) error_sum += l.error_final;
     nlohmann::json row = {{"name", name},
                           {"method", plan.method},
-                          {"pattern", pattern_text(plan.pattern)},
+                          {"pattern", plan.pattern.name()},
                           {"sparsity", plan.pattern.sparsity()},
                           {"reconstruct", plan.reconstruct},
                           {"overall_sparsity", report.overall_sparsity},

@@ -63,6 +63,10 @@ SparsityPattern SparsityPattern::parse(std::string_view pattern, std::optional<d
   return result;
 }
 
+std::string SparsityPattern::name() const {
+  return is_unstructured() ? "unstructured" : fmt::format("{}:{}", n_, m_);
+}
+
 std::string SparsityPattern::to_string() const {
   if (is_n_m()) return fmt::format("{}:{}", n_, m_);
   return fmt::format("unstructured {}", sparsity_);

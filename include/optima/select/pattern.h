@@ -34,6 +34,8 @@ class SparsityPattern {
 
   // "unstructured 0.5" or "2:4", for logs and reports.
   std::string to_string() const;
+  // The pattern as --pattern spells it: "unstructured" or "N:M".
+  std::string name() const;
 
   // For N:M, raises a usage error naming `where` (the layer) unless in_features is a multiple of M.
   void check_fits(int64_t in_features, std::string_view where) const;
