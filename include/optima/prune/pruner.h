@@ -51,6 +51,10 @@ struct PruneReport {
   double seconds_reconstruct = 0;
   double seconds_write = 0;
   int64_t peak_rss_bytes = 0;
+  int64_t activation_bytes = 0;      // calibration activations between blocks
+  bool activations_on_disk = false;  // mapped from the work folder (--activation-memory)
+  int64_t resumed_from_block = -1;   // -1: not resumed
+  double seconds_before_resume = 0;  // time the interrupted runs took (included in seconds_total)
 
   nlohmann::json to_json() const;
   // A table for people: one row per layer and a total.
