@@ -463,8 +463,14 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
       }
       report.seconds_write += seconds_since(tw);
       completed = b + 1;
+      block = BlockWeights{};
+      stats.clear();
       checkpoint.drop_resident_pages();
-      spdlog::debug("block {} done", b);
+      release_free_memory();
+      const ResidentBytes resident = resident_bytes();
+      spdlog::debug("block {} done (resident: {:.0f} MiB allocated, {:.0f} MiB mapped)", b,
+                    static_cast<double>(resident.anonymous) / 1048576.0,
+                    static_cast<double>(resident.file) / 1048576.0);
       if (completed < shape.num_layers) check_interrupt(fmt::format("the end of block {}", b));
     }
   } catch (const Error& e) {
