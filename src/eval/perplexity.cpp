@@ -105,7 +105,9 @@ PerplexityResult evaluate_model_dir(const std::filesystem::path& model_dir, cons
   }
   options.batch_size = request.batch_size;
   options.max_windows = request.max_windows;
-  const auto tokenizer = load_tokenizer(request.tokenizer.empty() ? model_dir : request.tokenizer);
+  const std::filesystem::path tokenizer_dir = request.tokenizer.empty() ? model_dir : request.tokenizer;
+  const auto tokenizer = load_tokenizer(tokenizer_dir);
+  check_tokenizer_fits(*tokenizer, tokenizer_dir, model.shape().vocab_size, checkpoint.config().path());
   const std::vector<int64_t> stream = tokenizer->encode(read_eval_text(request.dataset), /*add_special=*/true);
   return evaluate_perplexity(model, stream, options, progress);
 }
