@@ -48,8 +48,9 @@ extern "C" void on_sigbus(int signal_number, siginfo_t* info, void*) {
       continue;
     write_stderr("optima: input error: ");
     write_stderr(slot.path);
-    write_stderr(": the file shrank while optima was reading it (truncated or rewritten in place by another "
-                 "program?); stopping. Nothing was renamed into place under an output name.\n");
+    write_stderr(
+        ": the file shrank while optima was reading it (truncated or rewritten in place by another "
+        "program?); stopping. Nothing was renamed into place under an output name.\n");
     ::_exit(kExitInput);
   }
   // Not one of ours: the default action (a core dump) is the honest report of a bug.
@@ -135,8 +136,7 @@ MappedFile::~MappedFile() {
 
 void MappedFile::check_unchanged() const {
   struct stat st {};
-  if (::fstat(fd_, &st) != 0)
-    fail_input(path_.string(), fmt::format("cannot stat file: {}", std::strerror(errno)));
+  if (::fstat(fd_, &st) != 0) fail_input(path_.string(), fmt::format("cannot stat file: {}", std::strerror(errno)));
   if (static_cast<size_t>(st.st_size) != size_)
     fail_input(path_.string(),
                "the file changed size while optima was reading it (truncated, extended or rewritten by another "

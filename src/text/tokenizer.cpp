@@ -296,11 +296,13 @@ void check_tokenizer_fits(const Tokenizer& tokenizer, const fs::path& tokenizer_
                           const fs::path& config_path) {
   const int64_t size = tokenizer.vocab_size();
   if (size > model_vocab)
-    fail_input(tokenizer_dir.string(),
-               fmt::format("the tokenizer ({}) does not fit the model's vocabulary: its ids reach {} but the embedding has {} rows "
-                           "(vocab_size in {}); is it the model's own tokenizer?",
-                           tokenizer.describe(), size - 1, model_vocab, config_path.string()),
-               fmt::format("at most {} tokens", model_vocab), fmt::format("{} tokens", size));
+    fail_input(
+        tokenizer_dir.string(),
+        fmt::format(
+            "the tokenizer ({}) does not fit the model's vocabulary: its ids reach {} but the embedding has {} rows "
+            "(vocab_size in {}); is it the model's own tokenizer?",
+            tokenizer.describe(), size - 1, model_vocab, config_path.string()),
+        fmt::format("at most {} tokens", model_vocab), fmt::format("{} tokens", size));
   if (static_cast<double>(size) < 0.9 * static_cast<double>(model_vocab))
     spdlog::warn(
         "{}: the tokenizer has {} tokens but the model's embedding has {} rows (vocab_size in {}); a model pads its "

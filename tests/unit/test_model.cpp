@@ -162,8 +162,8 @@ fs::path edited_copy(const TempDir& dir, const char* golden, const std::string& 
 }
 
 TEST(Decoder, RefusesNonFiniteWeightsNamingTheTensor) {
-  for (const std::string name : {"model.layers.1.mlp.up_proj.weight", "model.layers.0.input_layernorm.weight",
-                                 "model.embed_tokens.weight"}) {
+  for (const std::string name :
+       {"model.layers.1.mlp.up_proj.weight", "model.layers.0.input_layernorm.weight", "model.embed_tokens.weight"}) {
     TempDir dir;
     const fs::path model = edited_copy(dir, "llama-gqa", name, [](at::Tensor& t) { t.view(-1)[3] = NAN; });
     const Checkpoint checkpoint = Checkpoint::open(model);
@@ -197,8 +197,8 @@ TEST(Tokenizer, MustFitTheModelVocabulary) {
   const auto tokenizer = load_tokenizer(dir);
   const int64_t size = tokenizer->vocab_size();
   expect_error([&] { check_tokenizer_fits(*tokenizer, dir, size - 1, "/models/m/config.json"); }, ErrorKind::kInput,
-               {dir.string(), "/models/m/config.json", "vocabulary", fmt::format("expected at most {} tokens", size - 1),
-                fmt::format("found {} tokens", size)});
+               {dir.string(), "/models/m/config.json", "vocabulary",
+                fmt::format("expected at most {} tokens", size - 1), fmt::format("found {} tokens", size)});
   EXPECT_NO_THROW(check_tokenizer_fits(*tokenizer, dir, size, "/models/m/config.json"));
   EXPECT_NO_THROW(check_tokenizer_fits(*tokenizer, dir, size * 20, "/models/m/config.json"));  // a warning only
 }

@@ -208,8 +208,9 @@ TEST(Safetensors, RejectsTheRemainingMalformedHeaders) {
   expect_input_error(write_raw(dir / "short.safetensors", "{", 0), {"too short to be a JSON object", "found 1 bytes"});
   expect_input_error(write_raw(dir / "m1.safetensors", R"({"__metadata__": [1]})", 0),
                      {"__metadata__ is not an object", "found array"});
-  expect_input_error(write_raw(dir / "m2.safetensors", R"({"a": {"dtype": 7, "shape": [1], "data_offsets": [0, 1]}})", 1),
-                     {"tensor 'a'", "dtype is not a string", "found 7"});
+  expect_input_error(
+      write_raw(dir / "m2.safetensors", R"({"a": {"dtype": 7, "shape": [1], "data_offsets": [0, 1]}})", 1),
+      {"tensor 'a'", "dtype is not a string", "found 7"});
   expect_input_error(
       write_raw(dir / "m3.safetensors", R"({"a": {"dtype": "U8", "shape": 1, "data_offsets": [0, 1]}})", 1),
       {"tensor 'a'", "shape is not an array", "found 1"});
@@ -225,10 +226,10 @@ TEST(Safetensors, RejectsTheRemainingMalformedHeaders) {
       {"tensor 'a'", "every dimension of shape", "found 1.5"});
   // Dtypes that safetensors defines but optima does not read (complex, 4-bit) are unknown, with the tensor named.
   for (const char* dtype : {"C64", "F4", "F8_E8M0"})
-    expect_input_error(write_raw(dir / (std::string(dtype) + ".safetensors"),
-                                 fmt::format(R"({{"w": {{"dtype": "{}", "shape": [1], "data_offsets": [0, 8]}}}})", dtype),
-                                 8),
-                       {"tensor 'w'", "unknown dtype", dtype});
+    expect_input_error(
+        write_raw(dir / (std::string(dtype) + ".safetensors"),
+                  fmt::format(R"({{"w": {{"dtype": "{}", "shape": [1], "data_offsets": [0, 8]}}}})", dtype), 8),
+        {"tensor 'w'", "unknown dtype", dtype});
 }
 
 // A file truncated, extended or rewritten after it was opened (and its header checked) is noticed before its bytes

@@ -62,7 +62,7 @@ TEST_P(StressedHessian, EverySelectorAndBothSolversStayFinite) {
   check_pattern(selection.weight.masked_fill(selection.pruned, 0), "selector");
 
   const RowSolveResult exact = solve_rows_exact(w, selection.pruned, h);
-  const RowSolveResult cg = solve_rows_cg(w, selection.pruned, h, selection.weight, 1e-8, 4000);
+  const RowSolveResult cg = solve_rows_cg(w, selection.pruned, h, selection.weight, 1e-11, 4000);
   for (const auto& [name, r] : {std::pair<const char*, const RowSolveResult&>{"exact", exact}, {"cg", cg}}) {
     EXPECT_TRUE(r.weight.isfinite().all().item<bool>()) << name;
     EXPECT_TRUE(std::isfinite(r.kkt_residual)) << name;
@@ -72,8 +72,19 @@ TEST_P(StressedHessian, EverySelectorAndBothSolversStayFinite) {
     EXPECT_TRUE(r.weight.masked_select(selection.pruned).eq(0).all().item<bool>()) << name;
   }
   EXPECT_LT(exact.kkt_residual, 1e-8);
-  // Both solve the same damped, now positive-definite problem: the same optimum.
-  EXPECT_LT((exact.weight - cg.weight).abs().max().item<double>(), 1e-3 * w.abs().max().item<double>());
+  // Both solve the same damped problem (dead inputs get a unit diagonal, then the reported damping is added). Along
+  // H's near-null directions that objective is almost flat, so the weights may differ there; its values may not.
+  at::Tensor damped = h.to(at::kDouble).clone();
+  damped.diagonal().masked_fill_(damped.diagonal() == 0, 1.0);
+  damped.diagonal().add_(exact.damping);
+  auto objective = [&](const at::Tensor& v) {
+    const at::Tensor d = (v - w).to(at::kDouble);
+    return (d.mm(damped) * d).sum().item<double>();
+  };
+  const double best = objective(exact.weight);
+  EXPECT_NEAR(objective(cg.weight), best, 1e-3 * best);
+  EXPECT_LE(best, objective(selection.weight.masked_fill(selection.pruned, 0)) * (1 + 1e-9))
+      << "the exact optimum is no worse than the selector's weights";
 }
 
 std::vector<StressCase> stress_cases() {
@@ -85,10 +96,11 @@ std::vector<StressCase> stress_cases() {
 }
 
 INSTANTIATE_TEST_SUITE_P(Stress, StressedHessian, ::testing::ValuesIn(stress_cases()),
-                         [](const ::testing::TestParamInfo<StressCase>& info) {
-                           std::string name = std::string(info.param.method) + "_" +
-                                              (std::string(info.param.pattern) == "2:4" ? "2of4" : "unstructured") +
-                                              "_" + std::to_string(info.param.tokens) + "tokens";
+                         [](const ::testing::TestParamInfo<StressCase>& param_info) {
+                           std::string name =
+                               std::string(param_info.param.method) + "_" +
+                               (std::string(param_info.param.pattern) == "2:4" ? "2of4" : "unstructured") + "_" +
+                               std::to_string(param_info.param.tokens) + "tokens";
                            return name;
                          });
 
