@@ -435,6 +435,18 @@ class Settings(BadInputCase):
                     args += ["--nsamples", "2"]
                 self.assertRefused(self.prune(model, *args), code, *fragments, model=model, digest=digest)
 
+    def test_evaluation_text(self):
+        self.need_tokenizer()
+        empty = os.path.join(self.case, "empty.txt")
+        open(empty, "w").close()
+        short = os.path.join(self.case, "short.txt")
+        with open(short, "w") as f:
+            f.write("Once upon a time.\n")
+        for dataset, fragments in ((empty, ["evaluation text is empty"]),
+                                   (short, ["too short for one window", "expected at least 64 tokens"])):
+            result = optima("eval", "--model", self.base, "--dataset", dataset, "--seqlen", "64")
+            self.assertRefused(result, EXIT_INPUT, dataset, *fragments)
+
     def test_tokenizer_missing_or_not_the_models(self):
         self.need_tokenizer()
         args = ["--calib", self.calib, "--method", "wanda", "--nsamples", "2", "--seqlen", "32"]
