@@ -217,9 +217,16 @@ void validate_checkpoint(const Checkpoint& checkpoint, const ModelShape& shape) 
       fail_input(fmt::format("{}: tensor '{}'", checkpoint.weight_files()[t->file_index].string(), e.name),
                  "shape does not match config.json", fmt::format("[{}]", fmt::join(e.shape, ", ")),
                  fmt::format("[{}]", fmt::join(t->shape, ", ")));
-    if (!is_floating(t->dtype))
+    // The forward pass and the selectors compute in these four; FP8 checkpoints need a cast first (optima convert).
+    const bool computable =
+        t->dtype == DType::kF32 || t->dtype == DType::kF16 || t->dtype == DType::kBF16 || t->dtype == DType::kF64;
+    if (!computable)
       fail_input(fmt::format("{}: tensor '{}'", checkpoint.weight_files()[t->file_index].string(), e.name),
-                 "weights must be floating point", "F32, F16, BF16 or F64", std::string(dtype_name(t->dtype)));
+                 is_floating(t->dtype)
+                     ? "dtype is not supported for pruning or evaluation (cast it first: optima convert --dtype "
+                       "float16)"
+                     : "weights must be floating point",
+                 "F32, F16, BF16 or F64", std::string(dtype_name(t->dtype)));
   }
 }
 

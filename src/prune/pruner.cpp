@@ -129,6 +129,7 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
   RunOptions run;
   run.device = parse_device(plan.device);
   if (!plan.dtype.empty()) run.dtype = parse_float_dtype(plan.dtype);
+  run.allow_non_finite = plan.allow_non_finite;
   const DecoderModel model(checkpoint, run);
   const ModelShape& shape = model.shape();
   report.model_type = shape.model_type;
@@ -186,7 +187,9 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
     OPTIMA_ASSERT(shared_calibration->seqlen == seqlen && shared_calibration->nsamples == plan.nsamples);
     calibration = *shared_calibration;
   } else if (!plan.calib.empty()) {
-    const auto tokenizer = load_tokenizer(plan.tokenizer.empty() ? plan.model : plan.tokenizer);
+    const fs::path tokenizer_dir = plan.tokenizer.empty() ? plan.model : plan.tokenizer;
+    const auto tokenizer = load_tokenizer(tokenizer_dir);
+    check_tokenizer_fits(*tokenizer, tokenizer_dir, shape.vocab_size, checkpoint.config().path());
     calibration = load_calibration(plan.calib, *tokenizer, {plan.nsamples, seqlen, plan.seed});
   } else {
     calibration.rule = "none";
@@ -334,10 +337,11 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
           hidden.release(i);
         }
         report.seconds_forward += seconds_since(t0);
-        for (const std::string& site : wanted)
-          if (stats.at(site).saw_non_finite() && !plan.allow_non_finite)
-            throw Error(ErrorKind::kNumeric, fmt::format("block {}: the input of '{}' holds NaN or Inf values (the "
-                                                         "activations entering this block are not finite)",
+        for (const std::string& site : sites)  // in forward order: the first site that went wrong is named
+          if (wanted.count(site) && stats.at(site).saw_non_finite() && !plan.allow_non_finite)
+            throw Error(ErrorKind::kNumeric, fmt::format("block {}: the input of '{}' holds NaN or Inf values, or "
+                                                         "values so large that its statistics overflow (stop here, or "
+                                                         "pass --allow-non-finite to leave such layers dense)",
                                                          b, site));
       };
 
@@ -353,10 +357,17 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
           lr.shape = {layer.out_features, layer.in_features};
           const std::string key = layer.name + ".weight";
           const at::Tensor dense = block.get(key);
-          if (!plan.allow_non_finite && !at::isfinite(dense).all().item<bool>())
+          const bool finite_weight = at::isfinite(dense).all().item<bool>();
+          if (!plan.allow_non_finite && !finite_weight)
             throw Error(ErrorKind::kNumeric,
                         fmt::format("{}: weight '{}.weight' holds NaN or Inf values", checkpoint.dir().string(), name));
-          if (std::regex_search(name, skip)) {
+          // --allow-non-finite: a layer that cannot be pruned meaningfully (its weight, or the statistics its selector
+          // or OPTIMA needs, hold NaN or Inf) is left as it is, so that the run still completes.
+          const bool needs_stats = selector->needs_hessian() || need_norms || plan.reconstruct == "optima";
+          const bool left_dense = !finite_weight || (calibrated && needs_stats && stats.at(site).saw_non_finite());
+          if (left_dense)
+            spdlog::warn("{}: left dense: its weight or input statistics hold NaN or Inf (--allow-non-finite)", name);
+          if (left_dense || std::regex_search(name, skip)) {
             lr.skipped = true;
             lr.sparsity = 1.0 - static_cast<double>(at::count_nonzero(dense).item<int64_t>()) /
                                     static_cast<double>(dense.numel());
@@ -369,7 +380,15 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
             if (need_norms) layer_stats.act_sq_norm = stats.at(site).column_sq_norms();
           }
           auto t0 = Clock::now();
-          const Selection selection = selector->select(dense, layer_stats);
+          // Errors of the selector and the solver name the layer they were working on.
+          const auto in_layer = [&](const auto& step) {
+            try {
+              return step();
+            } catch (const Error& e) {
+              throw Error(e.kind(), fmt::format("{}: {}", name, e.what()));
+            }
+          };
+          const Selection selection = in_layer([&] { return selector->select(dense, layer_stats); });
           lr.seconds_select = seconds_since(t0);
           lr.damping = selection.damping;
           lr.damping_retries = selection.damping_retries;
@@ -379,11 +398,12 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
             t0 = Clock::now();
             // OPTIMA starts from the dense row w, not the selector's updated weights (algorithms.md §6).
             const at::Tensor w = dense.to(at::kFloat);
-            const RowSolveResult r =
-                plan.qp_solver == "cg"
-                    ? solve_rows_cg(w, selection.pruned, layer_stats.hessian, selection.weight.to(at::kFloat),
-                                    plan.qp_tol, plan.qp_max_iter, solve_options)
-                    : solve_rows_exact(w, selection.pruned, layer_stats.hessian, solve_options);
+            const RowSolveResult r = in_layer([&] {
+              return plan.qp_solver == "cg"
+                         ? solve_rows_cg(w, selection.pruned, layer_stats.hessian, selection.weight.to(at::kFloat),
+                                         plan.qp_tol, plan.qp_max_iter, solve_options)
+                         : solve_rows_exact(w, selection.pruned, layer_stats.hessian, solve_options);
+            });
             lr.qp_iterations = r.iterations;
             lr.qp_fp64_fallback_rows = r.fp64_fallback_rows;
             lr.qp_chunks = r.chunks;

@@ -3,6 +3,7 @@
 #include "optima/text/tokenizer.h"
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include <fstream>
 #include <functional>
@@ -289,6 +290,24 @@ std::unique_ptr<Tokenizer> load_tokenizer(const fs::path& dir) {
   if (fs::exists(sp)) return make_sentencepiece(sp, config);
   fail_input(dir.string(), "no tokenizer files", "tokenizer.json, vocab.json + merges.txt, or tokenizer.model",
              "none of them");
+}
+
+void check_tokenizer_fits(const Tokenizer& tokenizer, const fs::path& tokenizer_dir, int64_t model_vocab,
+                          const fs::path& config_path) {
+  const int64_t size = tokenizer.vocab_size();
+  if (size > model_vocab)
+    fail_input(
+        tokenizer_dir.string(),
+        fmt::format(
+            "the tokenizer ({}) does not fit the model's vocabulary: its ids reach {} but the embedding has {} rows "
+            "(vocab_size in {}); is it the model's own tokenizer?",
+            tokenizer.describe(), size - 1, model_vocab, config_path.string()),
+        fmt::format("at most {} tokens", model_vocab), fmt::format("{} tokens", size));
+  if (static_cast<double>(size) < 0.9 * static_cast<double>(model_vocab))
+    spdlog::warn(
+        "{}: the tokenizer has {} tokens but the model's embedding has {} rows (vocab_size in {}); a model pads its "
+        "embedding by a few rows, so this is probably another model's tokenizer",
+        tokenizer_dir.string(), size, model_vocab, config_path.string());
 }
 
 }  // namespace optima
