@@ -1,10 +1,8 @@
-// Per-family tensor layouts and config parsing (see arch.h).
+// Per-family tensor layouts and config parsing (see arch.h). Free of LibTorch, so that optima_base and the config
+// fuzzer (tests/fuzz) can use it; validate_checkpoint, which needs a loaded Checkpoint, is in arch_checkpoint.cpp.
 #include "optima/model/arch.h"
 
-#include <fmt/ranges.h>
-
 #include "optima/core/error.h"
-#include "optima/io/checkpoint.h"
 
 namespace optima {
 namespace {
@@ -205,22 +203,6 @@ std::vector<ExpectedTensor> expected_tensors(const ModelShape& s) {
     out.insert(out.end(), block.begin(), block.end());
   }
   return out;
-}
-
-void validate_checkpoint(const Checkpoint& checkpoint, const ModelShape& shape) {
-  for (const ExpectedTensor& e : expected_tensors(shape)) {
-    const CheckpointTensor* t = checkpoint.find(e.name);
-    if (t == nullptr)
-      fail_input(checkpoint.dir().string(), fmt::format("tensor '{}' is missing", e.name),
-                 fmt::format("shape [{}] as config.json implies", fmt::join(e.shape, ", ")), "no such tensor");
-    if (t->shape != e.shape)
-      fail_input(fmt::format("{}: tensor '{}'", checkpoint.weight_files()[t->file_index].string(), e.name),
-                 "shape does not match config.json", fmt::format("[{}]", fmt::join(e.shape, ", ")),
-                 fmt::format("[{}]", fmt::join(t->shape, ", ")));
-    if (!is_floating(t->dtype))
-      fail_input(fmt::format("{}: tensor '{}'", checkpoint.weight_files()[t->file_index].string(), e.name),
-                 "weights must be floating point", "F32, F16, BF16 or F64", std::string(dtype_name(t->dtype)));
-  }
 }
 
 }  // namespace optima

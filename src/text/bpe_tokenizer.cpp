@@ -83,7 +83,8 @@ class Regex {
   Regex(const std::string& pattern, bool literal, const std::string& where) {
     int err = 0;
     PCRE2_SIZE err_offset = 0;
-    const uint32_t options = PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0);
+    // PCRE2 refuses PCRE2_UCP together with PCRE2_LITERAL ("invalid option bits"); a literal has no classes anyway.
+    const uint32_t options = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);
     code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), options, &err, &err_offset,
                           nullptr);
     if (!code_) {
