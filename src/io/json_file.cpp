@@ -22,7 +22,7 @@ nlohmann::json read_json_file(const std::filesystem::path& path) {
 nlohmann::json parse_json_text(std::string_view text, const std::filesystem::path& path) {
   try {
     return nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for a number like 1e400
     fail_input(path.string(), fmt::format("malformed JSON: {}", e.what()));
   }
 }

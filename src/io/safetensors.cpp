@@ -113,7 +113,7 @@ SafetensorsHeader parse_safetensors_header(const std::byte* bytes, size_t size, 
   json header;
   try {
     header = json::parse(text, text + header_len, on_event);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e400
     fail_input(where, fmt::format("header is not valid JSON: {}", e.what()));
   }
   if (!duplicate.empty()) fail_input(tensor_where(where, duplicate), "name appears more than once in the header");

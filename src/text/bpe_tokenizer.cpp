@@ -209,6 +209,12 @@ class ByteLevelBpe final : public Tokenizer {
     merges_[pair_key(ia, ib)] = {rank, merged};  // a repeated pair takes its later rank, as `tokenizers` does
   }
 
+  // Whether decode() and piece() accept `id`: a vocabulary entry or an added token.
+  bool known_id(int64_t id) const {
+    return added_.find_id(id) != nullptr ||
+           (id >= 0 && id < static_cast<int64_t>(pieces_.size()) && !pieces_[static_cast<size_t>(id)].empty());
+  }
+
   std::optional<int64_t> lookup(const std::string& token) const {
     for (const auto& t : added_.tokens()) {
       if (t.content == token) return t.id;
@@ -453,6 +459,11 @@ void read_template(const json& tp, const fs::path& file, const std::string& key,
       if (specials.contains(name) && specials[name].contains("ids") && specials[name]["ids"].is_array()) {
         for (const auto& v : specials[name]["ids"]) {
           if (!v.is_number_integer()) unsupported(file, key + ".special_tokens." + name + ".ids", "integers", v);
+          // An id the vocabulary and the added tokens lack would reach the model (past its embedding rows, or as a
+          // token decode() cannot spell).
+          if (!t.known_id(v.get<int64_t>()))
+            fail_input(key_where(file, key + ".special_tokens." + name + ".ids"), "template token id is not defined",
+                       "an id of the vocabulary or of added_tokens", v.dump());
           ids.push_back(v.get<int64_t>());
         }
       } else if (auto id = t.lookup(name)) {

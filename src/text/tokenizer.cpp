@@ -83,7 +83,7 @@ json read_json(const fs::path& path) {
   const std::string text = read_file(path);
   try {
     return json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e400
     fail_input(path.string(), "malformed JSON", "valid JSON", e.what());
   }
 }

@@ -67,6 +67,12 @@ def config_seeds():
         "num_attention_heads": 8, "num_key_value_heads": 4, "vocab_size": 512, "max_position_embeddings": 256,
         "rope_theta": 500000.0, "head_dim": 8, "attention_bias": True, "mlp_bias": False,
         "rope_scaling": {"type": "linear", "factor": 2.0}}))
+    write(t, "llama3_rope_parameters", json.dumps({
+        "model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 100,
+        "max_position_embeddings": 128, "tie_word_embeddings": True, "hidden_act": "silu",
+        "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}))
     write(t, "opt_minimal", json.dumps({
         "model_type": "opt", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "ffn_dim": 32,
         "vocab_size": 50, "max_position_embeddings": 64, "word_embed_proj_dim": 8, "do_layer_norm_before": False}))
