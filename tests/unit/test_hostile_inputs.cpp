@@ -46,6 +46,23 @@ TEST(HostileInputs, HugeJsonNumberInSafetensorsHeaderIsAnInputError) {
       ErrorKind::kInput, {"x.safetensors", "not valid JSON"});
 }
 
+// A zero dimension made the element count 0, so [0, 2^62, 2^62] passed although its strides overflow int64.
+TEST(HostileInputs, SafetensorsShapeWithAZeroMustStillHaveStridesInRange) {
+  auto file_with_shape = [](const std::string& shape) {
+    const std::string header = R"({"w": {"dtype": "F32", "shape": )" + shape + R"(, "data_offsets": [0, 0]}})";
+    std::string file(8, '\0');
+    for (size_t i = 0; i < 8; ++i) file[i] = static_cast<char>((header.size() >> (8 * i)) & 0xff);
+    return file + header;
+  };
+  auto parse = [](const std::string& file) {
+    return parse_safetensors_header(reinterpret_cast<const std::byte*>(file.data()), file.size(), "x.safetensors");
+  };
+  const std::string bad = file_with_shape("[0, 4611686018427387904, 4611686018427387904]");
+  expect_error([&] { parse(bad); }, ErrorKind::kInput, {"x.safetensors: tensor 'w'", "shape is too large"});
+  const std::string good = file_with_shape("[0, 4611686018427387904]");
+  EXPECT_EQ(parse(good).tensors.at(0).shape, (std::vector<int64_t>{0, int64_t{1} << 62}));
+}
+
 TEST(HostileInputs, HugeJsonNumberInTokenizerJsonIsAnInputError) {
   TempDir dir;
   nlohmann::json j = tiny_tokenizer_json();
