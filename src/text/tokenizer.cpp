@@ -84,7 +84,7 @@ json read_json(const fs::path& path) {
   const std::string text = read_file(path);
   try {
     return json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e400
     fail_input(path.string(), "malformed JSON", "valid JSON", e.what());
   }
 }
@@ -129,46 +129,51 @@ void read_special_tokens(const json& j, const fs::path& file, TokenizerConfig& c
 
 }  // namespace
 
+void apply_tokenizer_config(const json& j, const fs::path& config_path, TokenizerConfig& c) {
+  read_special_tokens(j, config_path, c);
+  c.add_bos_token = optional_bool(j, "add_bos_token", config_path);
+  c.add_eos_token = optional_bool(j, "add_eos_token", config_path);
+  c.legacy = optional_bool(j, "legacy", config_path);
+  c.add_prefix_space = optional_bool(j, "add_prefix_space", config_path);
+  if (j.contains("added_tokens_decoder") && !j["added_tokens_decoder"].is_null()) {
+    const json& d = j["added_tokens_decoder"];
+    if (!d.is_object())
+      fail_input(config_path.string() + ": added_tokens_decoder", "bad value", "an object", d.type_name());
+    for (const auto& [key, v] : d.items()) {
+      const std::string where = fmt::format("{}: added_tokens_decoder.{}", config_path.string(), key);
+      AddedToken t;
+      try {
+        size_t used = 0;
+        t.id = std::stoll(key, &used);
+        if (used != key.size() || t.id < 0) throw std::invalid_argument(key);
+      } catch (const std::exception&) {
+        fail_input(where, "bad token id", "a non-negative integer key", key);
+      }
+      if (!v.is_object() || !v.contains("content") || !v["content"].is_string())
+        fail_input(where, "bad added token", "an object with a string \"content\"", v.dump().substr(0, 80));
+      t.content = v["content"].get<std::string>();
+      t.special = v.value("special", true);
+      t.lstrip = v.value("lstrip", false);
+      t.rstrip = v.value("rstrip", false);
+      if (v.value("single_word", false))
+        fail_input(where, "unsupported added-token option", "single_word false", "true");
+      c.added_tokens.push_back(std::move(t));
+    }
+  }
+}
+
+void apply_special_tokens_map(const json& j, const fs::path& map_path, TokenizerConfig& c) {
+  read_special_tokens(j, map_path, c);
+}
+
 TokenizerConfig read_tokenizer_config(const fs::path& dir) {
   TokenizerConfig c;
   c.dir = dir;
   const fs::path config_path = dir / "tokenizer_config.json";
-  if (fs::exists(config_path)) {
-    const json j = read_json(config_path);
-    read_special_tokens(j, config_path, c);
-    c.add_bos_token = optional_bool(j, "add_bos_token", config_path);
-    c.add_eos_token = optional_bool(j, "add_eos_token", config_path);
-    c.legacy = optional_bool(j, "legacy", config_path);
-    c.add_prefix_space = optional_bool(j, "add_prefix_space", config_path);
-    if (j.contains("added_tokens_decoder") && !j["added_tokens_decoder"].is_null()) {
-      const json& d = j["added_tokens_decoder"];
-      if (!d.is_object())
-        fail_input(config_path.string() + ": added_tokens_decoder", "bad value", "an object", d.type_name());
-      for (const auto& [key, v] : d.items()) {
-        const std::string where = fmt::format("{}: added_tokens_decoder.{}", config_path.string(), key);
-        AddedToken t;
-        try {
-          size_t used = 0;
-          t.id = std::stoll(key, &used);
-          if (used != key.size() || t.id < 0) throw std::invalid_argument(key);
-        } catch (const std::exception&) {
-          fail_input(where, "bad token id", "a non-negative integer key", key);
-        }
-        if (!v.is_object() || !v.contains("content") || !v["content"].is_string())
-          fail_input(where, "bad added token", "an object with a string \"content\"", v.dump().substr(0, 80));
-        t.content = v["content"].get<std::string>();
-        t.special = v.value("special", true);
-        t.lstrip = v.value("lstrip", false);
-        t.rstrip = v.value("rstrip", false);
-        if (v.value("single_word", false))
-          fail_input(where, "unsupported added-token option", "single_word false", "true");
-        c.added_tokens.push_back(std::move(t));
-      }
-    }
-  }
+  if (fs::exists(config_path)) apply_tokenizer_config(read_json(config_path), config_path, c);
   // special_tokens_map.json is what save_pretrained() writes for the special tokens; transformers lets it override.
   const fs::path map_path = dir / "special_tokens_map.json";
-  if (fs::exists(map_path)) read_special_tokens(read_json(map_path), map_path, c);
+  if (fs::exists(map_path)) apply_special_tokens_map(read_json(map_path), map_path, c);
   return c;
 }
 
