@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The reliability checks scripts/test.sh (and so CI) runs after ctest: the unit tests built with AddressSanitizer +
+# The reliability checks (scripts/test.sh runs them after ctest with OPTIMA_FULL_CHECKS=1): the unit tests built with AddressSanitizer +
 # UndefinedBehaviorSanitizer (preset asan), clang-tidy on optima's sources (scripts/tidy.py, cached per unit) and a
 # short run of each fuzz target (scripts/fuzz.sh). Installs the Debian packages they need when missing.
 #
