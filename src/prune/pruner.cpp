@@ -18,6 +18,7 @@
 #include "optima/io/safetensors.h"
 #include "optima/io/tensor.h"
 #include "optima/model/decoder.h"
+#include "optima/prune/distributed_steps.h"
 #include "optima/select/selector.h"
 #include "optima/solve/row_solver.h"
 #include "optima/stats/accumulator.h"
@@ -73,11 +74,15 @@ int64_t calibration_seqlen(const PrunePlan& plan, int64_t max_positions, const s
   return plan.seqlen > 0 ? plan.seqlen : std::min(kDefaultSeqlen, max_positions);
 }
 
-PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const CalibrationSet* shared_calibration) {
+PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const CalibrationSet* shared_calibration,
+                        const Distributed& dist) {
   const auto start = Clock::now();
+  const double communicated_before = dist.seconds_in_collectives();
   plan.validate();
   PruneReport report;
   report.settings = plan.to_json();
+  dist.check_same(report.settings.dump(), "prune settings");
+  report.settings["world_size"] = dist.world_size();
 
   // --- model, settings that need it, and outputs ------------------------------------------------------------
   const Checkpoint checkpoint = Checkpoint::open(plan.model);
@@ -114,9 +119,12 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
 
   const at::ScalarType hessian_dtype = plan.hessian_dtype == "fp64" ? at::kDouble : at::kFloat;
 
-  StagedDirectory staged(plan.out, plan.overwrite, plan.model);
+  // In a job of many processes rank 0 writes everything; the others write nothing, not even the directories.
+  std::optional<StagedDirectory> staged;
+  if (dist.is_root()) staged.emplace(plan.out, plan.overwrite, plan.model);
   std::optional<StagedDirectory> hessian_dir;
-  if (!plan.save_hessians.empty()) hessian_dir.emplace(plan.save_hessians, plan.overwrite, plan.model);
+  if (dist.is_root() && !plan.save_hessians.empty())
+    hessian_dir.emplace(plan.save_hessians, plan.overwrite, plan.model);
 
   // --- calibration -----------------------------------------------------------------------------------------
   auto phase = Clock::now();
@@ -135,23 +143,28 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
   spdlog::info("calibration: {}", calibration.description);
   report.seconds_calibration = seconds_since(phase);
 
-  // Hidden states of every calibration window, kept on the CPU between blocks (batches of plan.batch_size).
+  // Hidden states of every calibration window, kept on the CPU between blocks (batches of plan.batch_size). A job
+  // of many processes gives each its share of the windows (which may be none).
   std::vector<at::Tensor> hidden;
   if (!calibration.ids.empty()) {
     const at::Tensor ids = at::tensor(calibration.ids, at::kLong).view({calibration.nsamples, calibration.seqlen});
-    for (int64_t b = 0; b < calibration.nsamples; b += plan.batch_size)
-      hidden.push_back(model.embed(ids.slice(0, b, b + plan.batch_size)).cpu());
+    const auto [first_window, end_window] = dist.share(calibration.nsamples);
+    for (int64_t b = first_window; b < end_window; b += plan.batch_size)
+      hidden.push_back(model.embed(ids.slice(0, b, std::min(b + plan.batch_size, end_window))).cpu());
   }
-  const bool calibrated = !hidden.empty();
+  const bool calibrated = !calibration.ids.empty();
 
   CheckpointWriterOptions writer_options;
   writer_options.max_shard_bytes = parse_byte_size(plan.max_shard_size);
-  CheckpointWriter writer(staged.staging(), writer_options);
-  copy_model_side_files(plan.model, staged.staging());
-  for (const ExpectedTensor& t : global_tensors(shape)) writer.add(t.name, checkpoint.load(t.name));
-  // A stored lm_head that the config ties to the embeddings is carried over unchanged too.
-  if (shape.tie_word_embeddings && checkpoint.find("lm_head.weight"))
-    writer.add("lm_head.weight", checkpoint.load("lm_head.weight"));
+  std::optional<CheckpointWriter> writer;
+  if (staged) {
+    writer.emplace(staged->staging(), writer_options);
+    copy_model_side_files(plan.model, staged->staging());
+    for (const ExpectedTensor& t : global_tensors(shape)) writer->add(t.name, checkpoint.load(t.name));
+    // A stored lm_head that the config ties to the embeddings is carried over unchanged too.
+    if (shape.tie_word_embeddings && checkpoint.find("lm_head.weight"))
+      writer->add("lm_head.weight", checkpoint.load("lm_head.weight"));
+  }
 
   std::map<std::string, at::Tensor> masks;
   const std::vector<std::string> sites = sites_in_order(linears);
@@ -176,6 +189,8 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
           if (wanted.count(site)) stats.at(site).add(x);
         });
       }
+      for (const std::string& site : wanted)
+        pool_statistics(dist, stats.at(site), fmt::format("block {}, statistics of {}", b, site));
       report.seconds_forward += seconds_since(t0);
       for (const std::string& site : wanted)
         if (stats.at(site).saw_non_finite() && !plan.allow_non_finite)
@@ -222,11 +237,15 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
           t0 = Clock::now();
           // OPTIMA starts from the dense row w, not the selector's updated weights (algorithms.md §6).
           const at::Tensor w = dense.to(at::kFloat);
+          const RowSolver solve = [&](const at::Tensor& w_rows, const at::Tensor& pruned_rows,
+                                      const at::Tensor& start_rows, const RowSolveOptions& options) {
+            return plan.qp_solver == "cg" ? solve_rows_cg(w_rows, pruned_rows, layer_stats.hessian, start_rows,
+                                                          plan.qp_tol, plan.qp_max_iter, options)
+                                          : solve_rows_exact(w_rows, pruned_rows, layer_stats.hessian, options);
+          };
+          // A job of many processes solves each process's share of the rows and gathers them.
           const RowSolveResult r =
-              plan.qp_solver == "cg"
-                  ? solve_rows_cg(w, selection.pruned, layer_stats.hessian, selection.weight.to(at::kFloat),
-                                  plan.qp_tol, plan.qp_max_iter, solve_options)
-                  : solve_rows_exact(w, selection.pruned, layer_stats.hessian, solve_options);
+              solve_rows_shared(dist, solve, w, selection.pruned, selection.weight.to(at::kFloat), solve_options, name);
           lr.qp_iterations = r.iterations;
           lr.qp_fp64_fallback_rows = r.fp64_fallback_rows;
           lr.qp_chunks = r.chunks;
@@ -247,7 +266,7 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
         lr.sparsity = zeros.to(at::kDouble).mean().item<double>();
         lr.pattern_ok = pattern_holds(zeros, plan.pattern);
         block.tensors[key] = written;
-        if (plan.save_masks) masks.emplace(name + ".mask", pack_mask(selection.pruned));
+        if (plan.save_masks && staged) masks.emplace(name + ".mask", pack_mask(selection.pruned));
         report.seconds_select += lr.seconds_select;
         report.seconds_reconstruct += lr.seconds_reconstruct;
         report.layers.push_back(lr);
@@ -286,12 +305,13 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
     // Write the block: pruned linear weights in the stored dtype, everything else byte-identical.
     const auto tw = Clock::now();
     for (const ExpectedTensor& t : block_tensors(shape, b)) {
+      if (!writer) break;  // not rank 0: nothing is written
       const std::string relative = t.name.substr(prefix.size());
       const bool pruned_linear = std::any_of(linears.begin(), linears.end(),
                                              [&](const LinearLayer& l) { return l.name + ".weight" == relative; });
       const CheckpointTensor* stored = checkpoint.find(t.name);
-      writer.add(t.name, pruned_linear ? block.get(relative).to(at::kCPU, to_scalar_type(stored->dtype))
-                                       : checkpoint.load(t.name));
+      writer->add(t.name, pruned_linear ? block.get(relative).to(at::kCPU, to_scalar_type(stored->dtype))
+                                        : checkpoint.load(t.name));
     }
     if (hessian_dir && !hessians_to_save.empty()) {
       std::vector<TensorBytes> bytes;
@@ -306,11 +326,11 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
   progress.finish();
 
   const auto tw = Clock::now();
-  writer.finish();
-  if (plan.save_masks && !masks.empty()) {
+  if (writer) writer->finish();
+  if (staged && plan.save_masks && !masks.empty()) {
     std::vector<TensorBytes> bytes;
     for (const auto& [name, m] : masks) bytes.push_back(tensor_bytes(name, m));
-    write_safetensors(staged.staging() / "masks.safetensors", bytes,
+    write_safetensors(staged->staging() / "masks.safetensors", bytes,
                       {{"format", "optima-masks"},
                        {"packing", "uint8 [out, ceil(in/8)]: bit i of byte k is input column 8k+i; 1 = pruned"}});
   }
@@ -324,10 +344,15 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
   }
   report.overall_sparsity = total ? static_cast<double>(zeros) / static_cast<double>(total) : 0.0;
   report.peak_rss_bytes = peak_rss_bytes();
+  report.seconds_communicate = dist.seconds_in_collectives() - communicated_before;
   report.seconds_total = seconds_since(start);
-  write_text_file(staged.staging() / "prune_report.json", report.to_json().dump(2) + "\n");
-  staged.commit();
+  if (staged) {
+    write_text_file(staged->staging() / "prune_report.json", report.to_json().dump(2) + "\n");
+    staged->commit();
+  }
   if (hessian_dir) hessian_dir->commit();
+  // The other processes succeed only once rank 0 has written the output (or fail when it could not).
+  dist.barrier("the end of the run, after rank 0 wrote the output");
   return report;
 }
 
@@ -368,7 +393,8 @@ nlohmann::json PruneReport::to_json() const {
             {"forward", seconds_forward},
             {"select", seconds_select},
             {"reconstruct", seconds_reconstruct},
-            {"write", seconds_write}}},
+            {"write", seconds_write},
+            {"communicate", seconds_communicate}}},
           {"peak_rss_bytes", peak_rss_bytes},
           {"layers", layers_json}};
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Checks the SLURM templates without SLURM: they parse (bash -n), and in dry-run mode the array template maps each
-# array task to the matching line of the example sweep file and refuses a task past its end.
+# array task to the matching line of the example sweep file and refuses a task past its end; the single-job and
+# many-process templates run the command they are given.
 set -euo pipefail
 dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../scripts/slurm" && pwd)
 fail() { echo "FAIL: $*" >&2; exit 1; }
@@ -21,4 +22,6 @@ if SLURM_ARRAY_TASK_ID=${#lines[@]} OPTIMA_DRY_RUN=1 bash "$dir/prune-array.sbat
 fi
 out=$(OPTIMA_DRY_RUN=1 OPTIMA=optima bash "$dir/prune.sbatch" --model M --sparsity 0.5)
 [[ $out == "optima prune --model M --sparsity 0.5 " ]] || fail "prune.sbatch: got '$out'"
+out=$(OPTIMA_DRY_RUN=1 OPTIMA=optima bash "$dir/prune-multi.sbatch" --model M --out O)
+[[ $out == "srun --kill-on-bad-exit=1 optima prune --model M --out O " ]] || fail "prune-multi.sbatch: got '$out'"
 echo "slurm templates: ${#lines[@]} array tasks mapped"
