@@ -17,8 +17,10 @@ namespace optima::dist_detail {
 c10::intrusive_ptr<c10d::Backend> make_gloo_backend(const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,
                                                     std::chrono::milliseconds timeout, const std::string& master_addr);
 
-// NCCL on `device` (a CUDA device, one per process).
+// NCCL on `device` (a CUDA device, one per process; without an index, the local rank's) made this process's
+// current device, so that tensors on "cuda" land there.
 c10::intrusive_ptr<c10d::Backend> make_nccl_backend(const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,
-                                                    std::chrono::milliseconds timeout, const c10::Device& device);
+                                                    std::chrono::milliseconds timeout, const c10::Device& device,
+                                                    int local_rank);
 
 }  // namespace optima::dist_detail

@@ -66,11 +66,16 @@ std::string first_slurm_host(std::string_view nodelist) {
   inside = inside.substr(0, inside.find_first_of(",-]"));
   const size_t close = entry.find(']', open);
   const std::string_view suffix = close == std::string_view::npos ? std::string_view() : entry.substr(close + 1);
-  return std::string(entry.substr(0, open)) + std::string(inside) + std::string(suffix);
+  return std::string(entry.substr(0, open)) + std::string(inside) + first_slurm_host(suffix);  // "r[1-2]-n[3-4]"
 }
 
 LaunchEnvironment read_launch_environment(const std::function<const char*(const char*)>& getenv) {
   LaunchEnvironment env;
+  const std::string local = variable(getenv, "LOCAL_RANK"), slurm_local = variable(getenv, "SLURM_LOCALID");
+  if (!local.empty())
+    env.local_rank = parse_int("LOCAL_RANK", local, 0, 1 << 20);
+  else if (!slurm_local.empty())
+    env.local_rank = parse_int("SLURM_LOCALID", slurm_local, 0, 1 << 20);
   const std::string rank = variable(getenv, "RANK"), world = variable(getenv, "WORLD_SIZE");
   const std::string master_addr = variable(getenv, "MASTER_ADDR"), master_port = variable(getenv, "MASTER_PORT");
   if (!rank.empty() || !world.empty()) {
@@ -174,8 +179,8 @@ Distributed::Distributed(const LaunchEnvironment& env, const DistributedOptions&
     impl_->store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, store_options);
 #if OPTIMA_HAS_NCCL
     if (options.device.is_cuda())
-      impl_->backend =
-          dist_detail::make_nccl_backend(impl_->store, rank_, world_size_, options.timeout, options.device);
+      impl_->backend = dist_detail::make_nccl_backend(impl_->store, rank_, world_size_, options.timeout, options.device,
+                                                      env.local_rank);
 #endif
 #if OPTIMA_HAS_GLOO
     if (options.device.is_cpu())

@@ -21,6 +21,7 @@ namespace optima {
 struct LaunchEnvironment {
   int rank = 0;
   int world_size = 1;
+  int local_rank = 0;       // among the processes on this machine (LOCAL_RANK, SLURM_LOCALID): picks a CUDA device
   std::string master_addr;  // host of rank 0, which serves the rendezvous store
   int master_port = 0;
   // The variables that were read: "RANK/WORLD_SIZE" (torchrun, or set by hand), "SLURM_PROCID/SLURM_NTASKS" (srun),
@@ -34,6 +35,7 @@ struct LaunchEnvironment {
 //     SLURM_JOB_NODELIST, where srun starts task 0, else SLURM_LAUNCH_NODE_IPADDR) and MASTER_PORT (default:
 //     29500 + SLURM_JOB_ID mod 1000, so that jobs sharing a node rarely pick the same port);
 //   - else one process.
+// The local rank comes from LOCAL_RANK, else SLURM_LOCALID, else is 0.
 // Throws kUsage naming the variable, what was expected and what was found.
 LaunchEnvironment read_launch_environment(const std::function<const char*(const char*)>& getenv);
 LaunchEnvironment read_launch_environment();  // this process's environment
@@ -48,7 +50,9 @@ struct DistributedOptions {
   // Longest wait for the other processes: at the rendezvous and in every collective. A process that fails closes
   // its connections, which the others notice at once; the timeout only bounds a process that hangs.
   std::chrono::milliseconds timeout = std::chrono::minutes(30);
-  c10::Device device = c10::kCPU;  // where the tensors live: the CPU (Gloo) or a CUDA device (NCCL)
+  // Where the tensors live: the CPU (Gloo) or CUDA (NCCL). CUDA without an index is the local rank's device (modulo
+  // the devices this process sees), which becomes the process's current device.
+  c10::Device device = c10::kCPU;
 };
 
 enum class ReduceOp { kSum, kMax };
