@@ -17,8 +17,8 @@ TORCH_VERSION=2.12.0
 DEV_REQUIREMENTS=("numpy==2.4.6" "transformers==5.23.0" "safetensors==0.8.0" "sentencepiece==0.2.3" "protobuf==7.36.2"
                   "matplotlib==3.11.2")
 APT_PACKAGES=(build-essential cmake ninja-build ccache pkg-config git libcli11-dev nlohmann-json3-dev libspdlog-dev
-              libfmt-dev libsentencepiece-dev libpcre2-dev libgtest-dev libgmock-dev libgloo-dev clang-format
-              python3-venv)
+              libfmt-dev libsentencepiece-dev libpcre2-dev libssl-dev libgtest-dev libgmock-dev libgloo-dev
+              clang-format python3-venv)
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 log() { printf '[setup] %s\n' "$*" >&2; }

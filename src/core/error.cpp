@@ -10,6 +10,7 @@ int exit_code_for(ErrorKind kind) {
     case ErrorKind::kIo: return kExitIo;
     case ErrorKind::kNumeric: return kExitNumeric;
     case ErrorKind::kInterrupted: return kExitInterrupted;
+    case ErrorKind::kSuspended: return kExitSuspended;
     case ErrorKind::kInternal: return kExitInternal;
   }
   return kExitInternal;
@@ -22,6 +23,7 @@ std::string_view to_string(ErrorKind kind) {
     case ErrorKind::kIo: return "I/O error";
     case ErrorKind::kNumeric: return "numeric error";
     case ErrorKind::kInterrupted: return "interrupted";
+    case ErrorKind::kSuspended: return "interrupted, resumable";
     case ErrorKind::kInternal: return "internal error";
   }
   return "error";

@@ -9,6 +9,7 @@
 
 #include <charconv>
 #include <cstdlib>
+#include <cstring>
 
 #include "backends.h"
 #include "optima/core/error.h"
@@ -315,6 +316,53 @@ void Distributed::barrier(std::string_view what) const {
   options.timeout = impl_->timeout;
   run_collective(
       describe(), "barrier", what, [&] { return impl_->backend->barrier(options); }, impl_->timeout, seconds_);
+}
+
+namespace {
+
+// Text as a byte tensor of `length` (>= its size), padded with zeros, and back.
+at::Tensor text_tensor(const std::string& text, int64_t length) {
+  at::Tensor t = at::zeros({length}, at::kByte);
+  if (!text.empty()) std::memcpy(t.data_ptr<uint8_t>(), text.data(), text.size());
+  return t;
+}
+
+std::string tensor_text(const at::Tensor& t, int64_t size) {
+  const at::Tensor host = t.cpu().contiguous();
+  return {reinterpret_cast<const char*>(host.data_ptr<uint8_t>()), static_cast<size_t>(size)};
+}
+
+}  // namespace
+
+std::string Distributed::broadcast_text(const std::string& text, int root, std::string_view what) const {
+  if (!active()) return text;
+  // The size first, so that every process receives into a buffer of the right size.
+  at::Tensor size = at::tensor({static_cast<int64_t>(text.size())}, at::kLong);
+  broadcast(size, root, what);
+  const int64_t n = size.item<int64_t>();
+  at::Tensor bytes = text_tensor(rank_ == root ? text : std::string(), std::max<int64_t>(n, 1));
+  broadcast(bytes, root, what);
+  return tensor_text(bytes, n);
+}
+
+std::vector<std::string> Distributed::all_gather_text(const std::string& text, std::string_view what) const {
+  if (!active()) return {text};
+  // c10d gathers tensors of one shape: every text is padded to the longest, and the sizes travel alongside.
+  std::vector<at::Tensor> sizes{at::zeros({world_size_}, at::kLong)};
+  sizes[0][rank_] = static_cast<int64_t>(text.size());
+  all_reduce(sizes, ReduceOp::kSum, what);
+  const at::Tensor n = sizes[0].cpu();
+  const int64_t longest = std::max<int64_t>(n.max().item<int64_t>(), 1);
+  std::vector<at::Tensor> input{text_tensor(text, longest).to(impl_->device)};
+  std::vector<std::vector<at::Tensor>> outputs(1);
+  for (int r = 0; r < world_size_; ++r) outputs[0].push_back(at::empty_like(input[0]));
+  run_collective(
+      describe(), "all-gather", what, [&] { return impl_->backend->allgather(outputs, input); }, impl_->timeout,
+      seconds_);
+  std::vector<std::string> texts;
+  for (int r = 0; r < world_size_; ++r)
+    texts.push_back(tensor_text(outputs[0][static_cast<size_t>(r)], n[r].item<int64_t>()));
+  return texts;
 }
 
 void Distributed::check_same(std::string_view text, std::string_view what) const {

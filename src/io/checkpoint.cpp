@@ -241,6 +241,11 @@ at::Tensor Checkpoint::load(std::string_view name) const {
   return impl_->bin_dict.at(t->stored_name);
 }
 
+void Checkpoint::drop_resident_pages() const {
+  for (const auto& file : impl_->safetensors)
+    if (file) file->mapping()->drop_resident_pages();
+}
+
 int64_t Checkpoint::parameter_count() const {
   int64_t total = 0;
   for (const CheckpointTensor& t : impl_->tensors) total += t.numel();

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "optima/core/error.h"
+#include "optima/core/sha256.h"
 #include "optima/io/checkpoint.h"
 #include "optima/io/output_dir.h"
 #include "optima/io/safetensors.h"
@@ -25,16 +26,20 @@ struct CheckpointWriter::Shard {
     uint64_t offset;
   };
   std::vector<Entry> entries;
+  Sha256 hash;        // of the staging file's bytes so far, for suspend()
+  bool keep = false;  // suspended: the file outlives the writer
 
   ~Shard() {
     if (fd >= 0) ::close(fd);
     std::error_code ignored;
-    fs::remove(staging_path, ignored);
+    if (!keep) fs::remove(staging_path, ignored);
   }
 };
 
-CheckpointWriter::CheckpointWriter(fs::path dir, CheckpointWriterOptions options)
-    : dir_(std::move(dir)), options_(std::move(options)) {
+CheckpointWriter::CheckpointWriter(fs::path dir, CheckpointWriterOptions options, fs::path staging_dir)
+    : dir_(std::move(dir)),
+      staging_dir_(staging_dir.empty() ? dir_ : std::move(staging_dir)),
+      options_(std::move(options)) {
   if (options_.max_shard_bytes == 0) fail_usage("maximum shard size must be positive");
 }
 
@@ -50,7 +55,7 @@ void CheckpointWriter::add(const std::string& name, const at::Tensor& tensor) {
   if (shards_.empty() ||
       (shards_.back()->bytes > 0 && shards_.back()->bytes + bytes.nbytes > options_.max_shard_bytes)) {
     auto shard = std::make_unique<Shard>();
-    shard->staging_path = dir_ / fmt::format(".shard-{}.staging", shards_.size());
+    shard->staging_path = staging_dir_ / fmt::format(".shard-{}.staging", shards_.size());
     shard->fd = ::open(shard->staging_path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (shard->fd < 0) fail_io_errno(shard->staging_path, "create staging file");
     shards_.push_back(std::move(shard));
@@ -65,6 +70,7 @@ void CheckpointWriter::add(const std::string& name, const at::Tensor& tensor) {
     written += static_cast<uint64_t>(n);
     left -= static_cast<uint64_t>(n);
   }
+  shard.hash.update(data, bytes.nbytes);
   bytes.data = nullptr;
   shard.entries.push_back({bytes, shard.bytes});
   shard.bytes += bytes.nbytes;
@@ -120,6 +126,74 @@ std::vector<fs::path> CheckpointWriter::finish() {
   }
   shards_.clear();  // removes the staging files
   return written;
+}
+
+nlohmann::json CheckpointWriter::suspend() {
+  if (finished_) fail(ErrorKind::kInternal, dir_.string(), "suspending a finished checkpoint");
+  finished_ = true;
+  nlohmann::json shards = nlohmann::json::array();
+  for (const auto& shard : shards_) {
+    if (::fsync(shard->fd) != 0) fail_io_errno(shard->staging_path, "flush");
+    nlohmann::json entries = nlohmann::json::array();
+    for (const auto& e : shard->entries)
+      entries.push_back({{"name", e.meta.name},
+                         {"dtype", dtype_name(e.meta.dtype)},
+                         {"shape", e.meta.shape},
+                         {"offset", e.offset},
+                         {"nbytes", e.meta.nbytes}});
+    shards.push_back({{"file", shard->staging_path.filename().string()},
+                      {"bytes", shard->bytes},
+                      {"sha256", shard->hash.hex()},
+                      {"entries", entries}});
+    shard->keep = true;
+  }
+  return {{"shards", shards}};
+}
+
+std::unique_ptr<CheckpointWriter> CheckpointWriter::resume(fs::path dir, CheckpointWriterOptions options,
+                                                           fs::path staging_dir, const nlohmann::json& state) {
+  auto writer = std::make_unique<CheckpointWriter>(std::move(dir), std::move(options), std::move(staging_dir));
+  for (const nlohmann::json& s : state.at("shards")) {
+    auto shard = std::make_unique<Shard>();
+    shard->keep = true;  // until it is verified and reopened, a failure must not delete the saved work
+    shard->staging_path = writer->staging_dir_ / s.at("file").get<std::string>();
+    shard->bytes = s.at("bytes").get<uint64_t>();
+    shard->fd = ::open(shard->staging_path.c_str(), O_RDWR | O_CLOEXEC);
+    if (shard->fd < 0) fail_io_errno(shard->staging_path, "open saved checkpoint data");
+    std::vector<char> buffer(8 << 20);
+    uint64_t done = 0;
+    while (done < shard->bytes) {
+      const size_t want = static_cast<size_t>(std::min<uint64_t>(buffer.size(), shard->bytes - done));
+      const ssize_t n = ::pread(shard->fd, buffer.data(), want, static_cast<off_t>(done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) fail_io_errno(shard->staging_path, "read saved checkpoint data");
+      if (n == 0)
+        fail_input(shard->staging_path.string(), "saved checkpoint data is shorter than recorded",
+                   std::to_string(shard->bytes) + " bytes", std::to_string(done) + " bytes");
+      shard->hash.update(buffer.data(), static_cast<size_t>(n));
+      done += static_cast<uint64_t>(n);
+    }
+    const std::string expected = s.at("sha256").get<std::string>(), found = shard->hash.hex();
+    if (found != expected)
+      fail_input(shard->staging_path.string(), "saved checkpoint data is corrupt (SHA-256 differs)", expected, found);
+    if (::ftruncate(shard->fd, static_cast<off_t>(shard->bytes)) != 0)
+      fail_io_errno(shard->staging_path, "truncate to the saved size");
+    for (const nlohmann::json& e : s.at("entries")) {
+      TensorBytes meta;
+      meta.name = e.at("name").get<std::string>();
+      const auto dtype = parse_dtype(e.at("dtype").get<std::string>());
+      if (!dtype) fail_input(shard->staging_path.string(), "saved tensor has an unknown dtype");
+      meta.dtype = *dtype;
+      meta.shape = e.at("shape").get<std::vector<int64_t>>();
+      meta.nbytes = e.at("nbytes").get<uint64_t>();
+      writer->shard_of_.emplace(meta.name, writer->shards_.size());
+      shard->entries.push_back({meta, e.at("offset").get<uint64_t>()});
+    }
+    writer->shards_.push_back(std::move(shard));
+  }
+  // Verified: from here on the files belong to this writer again (removed by finish(), kept by suspend()).
+  for (auto& shard : writer->shards_) shard->keep = false;
+  return writer;
 }
 
 uint64_t parse_byte_size(std::string_view text) {

@@ -41,6 +41,11 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::filesystem::path& path) 
   return std::shared_ptr<MappedFile>(new MappedFile(path, data, size));
 }
 
+void MappedFile::drop_resident_pages() const {
+  // Advice only: a failure (an unusual file system) costs memory, not correctness.
+  if (data_ != nullptr) (void)::madvise(data_, size_, MADV_DONTNEED);
+}
+
 MappedFile::~MappedFile() {
   if (data_ != nullptr) ::munmap(data_, size_);
 }

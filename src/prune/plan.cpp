@@ -4,6 +4,7 @@
 #include <regex>
 
 #include "optima/core/error.h"
+#include "optima/io/checkpoint_writer.h"
 #include "optima/select/selector.h"
 
 namespace optima {
@@ -21,6 +22,7 @@ Propagation parse_propagation(std::string_view name) {
 void PrunePlan::validate() const {
   if (model.empty()) fail_usage("no model directory given (--model)");
   if (out.empty()) fail_usage("no output directory given (--out)");
+  if (activation_memory != "auto" && activation_memory != "none") (void)parse_byte_size(activation_memory);
   if (calib.empty() && method != "magnitude")
     fail_usage(fmt::format("method {} needs calibration data (--calib FILE)", method));
   bool known = false;
@@ -76,7 +78,8 @@ nlohmann::json PrunePlan::to_json() const {
           {"device", device},
           {"dtype", dtype.empty() ? "checkpoint" : dtype},
           {"skip", skip},
-          {"batch_size", batch_size}};
+          {"batch_size", batch_size},
+          {"activation_memory", activation_memory}};
 }
 
 }  // namespace optima

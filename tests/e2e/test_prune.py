@@ -2,7 +2,7 @@
 """End-to-end tests of `optima prune` on the real stories260k model: every selector, unstructured and N:M, with and
 without OPTIMA reconstruction; the written checkpoints are read back independently of optima (a small safetensors
 reader below) and checked for the requested sparsity and pattern; bad settings are refused with clear messages and
-leave no output.
+leave no output; interrupted runs resume to byte-identical outputs.
 
 Standard library only; ctest runs it as `prune` with the binary and the assets folder:
     python3 tests/e2e/test_prune.py OPTIMA_BINARY [ASSETS_DIR]
@@ -11,6 +11,7 @@ import array
 import json
 import math
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -277,26 +278,98 @@ class Prune(unittest.TestCase):
                         EXIT_USAGE, "twice")
         self.assertExit(self.prune(out, "--sparsity", "0.4,0.5", "--method", "magnitude"), EXIT_USAGE, "--overwrite")
 
-    def test_sigterm_stops_cleanly_with_no_output(self):
-        for signal_number in (signal.SIGTERM, signal.SIGINT):
-            with self.subTest(signal=signal_number.name):
-                out = os.path.join(self.work, "interrupted")
-                proc = subprocess.Popen([OPTIMA, "--log-level", "debug", "prune", "--model", self.model, "--out", out,
-                                         "--calib", self.calib, "--nsamples", "16", "--seqlen", "128", "--method",
-                                         "sparsegpt"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                seen = []
-                for line in proc.stderr:  # the signal arrives once block 0 is done, mid-run
-                    seen.append(line)
-                    if "block 0 done" in line:
-                        proc.send_signal(signal_number)
-                        break
-                rest = proc.stderr.read()
-                proc.wait(timeout=300)
-                message = "".join(seen) + rest
-                self.assertEqual(proc.returncode, 130, message)
-                self.assertIn(f"stopped by {signal_number.name}", message)
-                self.assertFalse(os.path.exists(out))
-                self.assertEqual([f for f in os.listdir(self.work) if "interrupted" in f], [])
+    def interrupt(self, out, after_block, signal_number, *extra):
+        """Starts a run, sends `signal_number` once block `after_block` is done; returns (exit code, messages)."""
+        with subprocess.Popen([OPTIMA, "--log-level", "debug", "prune", "--model", self.model, "--out", out,
+                               "--calib", self.calib, "--nsamples", "16", "--seqlen", "128", *extra],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
+            seen = []
+            for line in proc.stderr:
+                seen.append(line)
+                if f"block {after_block} done" in line:
+                    proc.send_signal(signal_number)
+                    break
+            rest = proc.stderr.read()
+            proc.wait(timeout=300)
+        return proc.returncode, "".join(seen) + rest
+
+    def test_interrupted_runs_resume_to_byte_identical_output(self):
+        settings = ["--method", "sparsegpt", "--reconstruct", "optima", "--sparsity", "0.5", "--save-masks"]
+        reference = os.path.join(self.work, "uninterrupted")
+        self.assertExit(self.prune(reference, *settings), EXIT_OK)
+        out = os.path.join(self.work, "resumed")
+        state_dir = out + ".resume"
+        # Activations mapped from disk in the interrupted runs (a 1-byte budget): the offload must not change a bit.
+        offload = ["--activation-memory", "1"]
+
+        code, message = self.interrupt(out, 0, signal.SIGTERM, *settings, *offload)
+        self.assertEqual(code, 75, message)
+        self.assertIn("stopped by SIGTERM", message)
+        self.assertIn("--resume", message)
+        self.assertFalse(os.path.exists(out), "nothing may appear under the output name")
+        self.assertTrue(os.path.isfile(os.path.join(state_dir, "state.json")))
+        with open(os.path.join(state_dir, "state.json")) as f:
+            self.assertEqual(json.load(f)["next_block"], 1)
+
+        # The state is neither reused silently nor discarded: without --resume, or with other settings or another
+        # model, the run is refused and the state survives.
+        self.assertExit(self.prune(out, *settings), EXIT_USAGE, state_dir, "--resume")
+        other = ["--method", "sparsegpt", "--reconstruct", "optima", "--sparsity", "0.6", "--save-masks"]
+        self.assertExit(self.prune(out, *other, "--resume"), EXIT_USAGE, "other settings", "sparsity 0.5 -> 0.6")
+        self.assertExit(optima("prune", "--model", self.model, "--out", out, "--calib", self.calib, "--nsamples",
+                               "16", "--seqlen", "128", "--seed", "3", *settings, "--resume"),
+                        EXIT_USAGE, "seed 0 -> 3")
+        edited = os.path.join(self.work, "edited-model")
+        shutil.copytree(self.model, edited)
+        with open(os.path.join(edited, "config.json")) as f:
+            config = json.load(f)
+        config["rms_norm_eps"] = config.get("rms_norm_eps", 1e-5) * 2
+        with open(os.path.join(edited, "config.json"), "w") as f:
+            json.dump(config, f)
+        self.assertExit(optima("prune", "--model", edited, "--out", out, "--calib", self.calib, "--nsamples", "16",
+                               "--seqlen", "128", *settings, "--resume"),
+                        EXIT_USAGE, "another model")
+        shutil.rmtree(edited)
+        # A corrupt file of the state is named, and the run stops before using any of it.
+        with open(os.path.join(state_dir, "state.json")) as f:
+            activations = os.path.join(state_dir, json.load(f)["activations"])
+        with open(activations, "r+b") as f:
+            f.seek(-5, os.SEEK_END)
+            original = f.read(1)
+            f.seek(-5, os.SEEK_END)
+            f.write(bytes([original[0] ^ 0xFF]))
+        self.assertExit(self.prune(out, *settings, "--resume"), EXIT_INPUT, activations, "SHA-256")
+        with open(activations, "r+b") as f:
+            f.seek(-5, os.SEEK_END)
+            f.write(original)
+        self.assertTrue(os.path.isfile(os.path.join(state_dir, "state.json")))
+
+        # Resumed, interrupted again (SIGINT this time), resumed to the end.
+        code, message = self.interrupt(out, 2, signal.SIGINT, *settings, *offload, "--resume")
+        self.assertEqual(code, 75, message)
+        self.assertIn("continuing at block 1", message)
+        with open(os.path.join(state_dir, "state.json")) as f:
+            self.assertEqual(json.load(f)["next_block"], 3)
+        result = self.prune(out, *settings, "--resume")
+        self.assertExit(result, EXIT_OK, "continuing at block 3")
+        self.assertFalse(os.path.exists(state_dir), "a completed run removes its work folder")
+
+        # Byte-identical outputs; the reports differ only in timings, memory and the resume record.
+        self.assertEqual(sorted(os.listdir(out)), sorted(os.listdir(reference)))
+        for name in os.listdir(out):
+            if name == "prune_report.json":
+                continue
+            with open(os.path.join(out, name), "rb") as a, open(os.path.join(reference, name), "rb") as b:
+                self.assertTrue(a.read() == b.read(), f"{name} differs from the uninterrupted run's")
+        with open(os.path.join(out, "prune_report.json")) as f:
+            resumed_report = json.load(f)
+        with open(os.path.join(reference, "prune_report.json")) as f:
+            reference_report = json.load(f)
+        self.assertEqual(resumed_report["resumed_from_block"], 3)
+        self.assertIsNone(reference_report["resumed_from_block"])
+        untimed = lambda layers: [{k: v for k, v in l.items() if not k.startswith("seconds")} for l in layers]
+        self.assertEqual(untimed(resumed_report["layers"]), untimed(reference_report["layers"]))
+        self.assertEqual([f for f in os.listdir(self.work) if "resumed" in f], ["resumed"])
 
     def test_bad_settings_are_refused_and_leave_no_output(self):
         out = os.path.join(self.work, "refused")

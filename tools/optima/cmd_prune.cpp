@@ -92,6 +92,13 @@ Command add_prune(CLI::App& root) {
                   "rank 0 writes everything (and runs --eval)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  app->add_flag("--resume", p.resume,
+                "Continue the interrupted run whose state is in OUT.resume (SIGTERM/SIGINT save it and exit 75); "
+                "starts afresh when there is none");
+  app->add_option("--activation-memory", p.activation_memory,
+                  "Memory for the calibration activations between blocks, e.g. 8GiB; past it they are mapped from "
+                  "a file in OUT.resume (auto: half the memory available, none: no limit)")
+      ->capture_default_str();
   return {app, [o, app] {
             if (o->dump_config) {
               std::printf("%s", app->config_to_str(/*default_also=*/true, /*write_description=*/true).c_str());
@@ -151,6 +158,10 @@ Command add_prune(CLI::App& root) {
               return 0;
             }
             if (!base.save_hessians.empty()) fail_usage("--save-hessians takes one setting, not a sweep");
+            if (base.resume)
+              fail_usage(
+                  "--resume takes one setting, not a sweep: run a preemptible sweep as an array job, one "
+                  "resumable setting per task (scripts/slurm/prune-array.sbatch)");
             const nlohmann::json table = run_sweep(plans, base.out, base.overwrite, eval, *progress);
             progress->finish();
             std::printf("%-36s %9s %12s %10s %9s\n", "setting", "sparsity", "mean error", "perplexity", "seconds");

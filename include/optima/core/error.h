@@ -19,7 +19,8 @@ enum class ErrorKind {
   kInput,        // a model, data or tokenizer file is missing, malformed or inconsistent
   kIo,           // the operating system refused: cannot write, disk full, permission denied
   kNumeric,      // non-finite values, a factorization that cannot be rescued
-  kInterrupted,  // the user or the scheduler asked the run to stop
+  kInterrupted,  // the user or the scheduler asked the run to stop, before anything could be saved
+  kSuspended,    // stopped the same way after saving a state that --resume continues
   kInternal,     // a bug in optima
 };
 
@@ -31,6 +32,7 @@ inline constexpr int kExitInput = 3;
 inline constexpr int kExitIo = 4;
 inline constexpr int kExitNumeric = 5;
 inline constexpr int kExitInterrupted = 130;
+inline constexpr int kExitSuspended = 75;  // EX_TEMPFAIL: try again (with --resume); a requeue script's cue
 
 int exit_code_for(ErrorKind kind);
 std::string_view to_string(ErrorKind kind);

@@ -97,6 +97,10 @@ class Distributed {
   // Replaces `tensor` by rank `root`'s.
   void broadcast(at::Tensor& tensor, int root, std::string_view what) const;
   void barrier(std::string_view what) const;
+  // Rank `root`'s text, on every process (e.g. a saved state that rank 0 read).
+  std::string broadcast_text(const std::string& text, int root, std::string_view what) const;
+  // Every process's text, by rank, on every process (e.g. the records of the files each one wrote).
+  std::vector<std::string> all_gather_text(const std::string& text, std::string_view what) const;
   // Throws kUsage unless every process passed the same text (e.g. its settings): mismatched processes would
   // otherwise exchange tensors of different shapes.
   void check_same(std::string_view text, std::string_view what) const;

@@ -51,6 +51,9 @@ class Checkpoint {
   const CheckpointTensor* find(std::string_view name) const;
   // The tensor on CPU in its stored dtype; an input error naming the checkpoint when absent.
   at::Tensor load(std::string_view name) const;
+  // Drops the resident pages of every mapped weight file (MappedFile::drop_resident_pages): called between blocks,
+  // it keeps the process's memory at about one block whatever the model's size.
+  void drop_resident_pages() const;
   // Sum of the elements of every stored tensor (a tied lm_head is stored once).
   int64_t parameter_count() const;
 

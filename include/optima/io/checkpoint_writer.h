@@ -4,9 +4,15 @@
 // time, never a whole shard); finish() lays each shard out as the reference writer does, writes the index when
 // there is more than one shard, and removes the staging files. The writer works inside a directory the caller
 // stages (see StagedDirectory), so nothing appears under the final name before the run completes.
+//
+// The staging files may live in a separate folder (a pruning run's resumable work folder): suspend() then keeps
+// them and describes them (tensors, offsets, SHA-256 of the bytes so far) so that resume() can continue appending
+// to the same files in a later process, giving the same checkpoint bytes as an uninterrupted run.
 #pragma once
 
 #include <ATen/core/Tensor.h>
+
+#include <nlohmann/json.hpp>
 
 #include <cstdint>
 #include <filesystem>
@@ -26,7 +32,13 @@ struct CheckpointWriterOptions {
 
 class CheckpointWriter {
  public:
-  CheckpointWriter(std::filesystem::path dir, CheckpointWriterOptions options = {});
+  // `staging_dir` (default: `dir`) holds the staging files until finish().
+  CheckpointWriter(std::filesystem::path dir, CheckpointWriterOptions options = {},
+                   std::filesystem::path staging_dir = {});
+  // Continues the writer that suspend() described in `state`, after checking every staging file's size and
+  // SHA-256 (an input error naming the file when either differs). Bytes past the recorded size are discarded.
+  static std::unique_ptr<CheckpointWriter> resume(std::filesystem::path dir, CheckpointWriterOptions options,
+                                                  std::filesystem::path staging_dir, const nlohmann::json& state);
   ~CheckpointWriter();
   CheckpointWriter(const CheckpointWriter&) = delete;
   CheckpointWriter& operator=(const CheckpointWriter&) = delete;
@@ -35,10 +47,14 @@ class CheckpointWriter {
   void add(const std::string& name, const at::Tensor& tensor);
   // Writes the shards and, when sharded, model.safetensors.index.json. Returns the weight files written.
   std::vector<std::filesystem::path> finish();
+  // Flushes the staging files to disk and describes them for resume(); the writer keeps them when destroyed and
+  // accepts no more tensors.
+  nlohmann::json suspend();
 
  private:
   struct Shard;
   std::filesystem::path dir_;
+  std::filesystem::path staging_dir_;
   CheckpointWriterOptions options_;
   std::vector<std::unique_ptr<Shard>> shards_;
   std::map<std::string, size_t> shard_of_;

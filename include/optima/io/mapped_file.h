@@ -21,6 +21,9 @@ class MappedFile {
   const std::byte* data() const { return data_; }
   size_t size() const { return size_; }
   const std::filesystem::path& path() const { return path_; }
+  // Lets the kernel drop the pages read so far (they are read again from the file when touched), so that a
+  // model streamed block by block does not stay resident. Never loses data: nothing writes to the mapping.
+  void drop_resident_pages() const;
 
  private:
   MappedFile(std::filesystem::path path, std::byte* data, size_t size)

@@ -57,6 +57,8 @@ struct PrunePlan {
   std::filesystem::path save_hessians;  // empty: do not save
   bool overwrite = false;
   bool allow_non_finite = false;
+  bool resume = false;                     // continue from <out>.resume when it holds a saved state
+  std::string activation_memory = "auto";  // budget of the in-memory calibration activations (else mapped on disk)
 
   // Checks values that do not need the model (ranges, names); usage errors say expected vs found.
   void validate() const;

@@ -53,6 +53,10 @@ struct PruneReport {
   double seconds_write = 0;
   double seconds_communicate = 0;  // inside collectives of a job of many processes, waiting included
   int64_t peak_rss_bytes = 0;
+  int64_t activation_bytes = 0;      // calibration activations between blocks
+  bool activations_on_disk = false;  // mapped from the work folder (--activation-memory)
+  int64_t resumed_from_block = -1;   // -1: not resumed
+  double seconds_before_resume = 0;  // time the interrupted runs took (included in seconds_total)
 
   nlohmann::json to_json() const;
   // A table for people: one row per layer and a total.
@@ -66,7 +70,9 @@ struct CalibrationSet;
 // have been built from plan.calib with plan.nsamples windows of calibration_seqlen(plan, ...) tokens.
 // In a job of many processes (`dist`, called by every process with the same plan) each process runs its share of
 // the calibration windows and of the reconstruction rows (prune/distributed_steps.h); only rank 0 writes, and every
-// process returns only once rank 0 has written.
+// process returns only once rank 0 has written. A signal to any process stops them all at the end of the same block,
+// each saving its share of the activations in the work folder (prune/resume.h), and --resume continues the job with
+// as many processes.
 PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const CalibrationSet* calibration = nullptr,
                         const Distributed& dist = Distributed::single_process());
 
