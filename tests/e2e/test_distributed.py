@@ -3,7 +3,9 @@
 the loopback interface) must write what one process writes, to within round-off, with only rank 0 writing, under
 the torchrun-style variables (RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT) and the srun-style ones (SLURM_PROCID/
 SLURM_NTASKS with the host and port derived from SLURM's variables). A process that fails or never comes must not
-leave the others waiting, and inconsistent variables are refused with clear messages.
+leave the others waiting, and inconsistent variables are refused with clear messages. A job whose processes are all
+sent SIGTERM (as SLURM does) stops at one block boundary with exit 75 on every process and resumes, with as many
+processes, to the bytes of an uninterrupted job.
 
 Standard library only; ctest runs it as `distributed` with the binary and the assets folder, and counts exit code
 77 (this optima was built without Gloo) as skipped:
@@ -12,6 +14,7 @@ Standard library only; ctest runs it as `distributed` with the binary and the as
 import array
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -22,7 +25,7 @@ import unittest
 
 OPTIMA = None
 ASSETS = None
-EXIT_OK, EXIT_USAGE, EXIT_IO = 0, 2, 4
+EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_IO, EXIT_SUSPENDED = 0, 2, 3, 4, 75
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "GLOO_SOCKET_IFNAME")
 # Tolerance of the comparison with the single-process output, relative to each tensor's largest magnitude. The two
 # runs differ only in the order of fp32 sums: the pooled Hessian (sum_r n_r H_r / n instead of one running mean over
@@ -90,6 +93,7 @@ class Distributed(unittest.TestCase):
             raise unittest.SkipTest(f"asset missing: {cls.model}")
         cls.tmp = tempfile.TemporaryDirectory(prefix="optima-dist-")
         cls.work = cls.tmp.name
+        cls.single_outputs = {}  # settings -> (folder, seconds) of a single-process run, shared by the tests
 
     @classmethod
     def tearDownClass(cls):
@@ -106,6 +110,20 @@ class Distributed(unittest.TestCase):
                                 env=clean_environment())
         self.assertEqual(result.returncode, EXIT_OK, result.stderr)
         return time.monotonic() - start
+
+    def single_output(self, settings):
+        """The output of one process with `settings`, run once for all the tests that compare with it."""
+        key = tuple(settings)
+        if key not in self.single_outputs:
+            out = os.path.join(self.work, f"single-{len(self.single_outputs)}")
+            self.single_outputs[key] = (out, self.run_one(out, *settings))
+        return self.single_outputs[key]
+
+    @staticmethod
+    def job_environments(world_size=2):
+        port = free_port()
+        return [clean_environment(RANK=r, WORLD_SIZE=world_size, MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+                for r in range(world_size)]
 
     def run_job(self, envs, args, cwds=None, timeout=300):
         """Starts one process per environment and waits for all; returns their results and the wall time."""
@@ -156,15 +174,114 @@ class Distributed(unittest.TestCase):
             self.assertLess(y["kkt_residual"], 1e-8, y["name"])
         return worst_abs, worst_rel
 
+    def test_interrupted_job_resumes_to_byte_identical_output(self):
+        settings = ["--method", "sparsegpt", "--sparsity", "0.5", "--reconstruct", "optima", "--save-masks"]
+        # Absolute outputs, seen alike by both processes: the work folder must be shared, as on a cluster.
+        reference = os.path.join(self.work, "resume-reference")
+        results, seconds_reference = self.run_job(self.job_environments(), self.prune_args(reference, *settings))
+        for rank, (code, _, stderr) in enumerate(results):
+            self.assertEqual(code, EXIT_OK, f"rank {rank}:\n{stderr}")
+        out = os.path.join(self.work, "resumed")
+        state_dir = out + ".resume"
+
+        # SIGTERM to both processes once rank 0 finished block 1; activations spilled to disk (a 1-byte budget).
+        start = time.monotonic()
+        args = [OPTIMA, "--log-level", "debug", *self.prune_args(out, *settings, "--activation-memory", "1")[1:]]
+        processes = [subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                     for env in self.job_environments()]
+        try:
+            seen = []
+            for line in processes[0].stderr:
+                seen.append(line)
+                if "block 1 done" in line:
+                    for p in processes:
+                        p.send_signal(signal.SIGTERM)
+                    break
+            messages = ["".join(seen) + processes[0].stderr.read(), processes[1].communicate(timeout=300)[1]]
+            processes[0].wait(timeout=300)
+        finally:
+            for p in processes:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+                p.stderr.close()
+        seconds_interrupted = time.monotonic() - start
+        for rank, p in enumerate(processes):
+            self.assertEqual(p.returncode, EXIT_SUSPENDED, f"rank {rank}:\n{messages[rank]}")
+            self.assertIn("stopped by SIGTERM at the end of block", messages[rank])
+            self.assertIn("--resume", messages[rank])
+        self.assertIn("activations.rank-0.spill", messages[0])  # rank 1 logs only warnings
+        self.assertFalse(os.path.exists(out), "nothing may appear under the output name")
+        with open(os.path.join(state_dir, "state.json")) as f:
+            state = json.load(f)
+        # Both processes stopped at the same block's end: block 1, or block 2 when the signal came as it began.
+        self.assertIn(state["next_block"], (2, 3))
+        self.assertEqual(state["fingerprint"]["settings_json"]["world_size"], 2)
+        shares = [f"activations-block-{state['next_block']:04d}.rank-{r}.safetensors" for r in range(2)]
+        self.assertEqual(state["activations"], shares)
+        for name in shares:
+            self.assertIn(name, state["files"])
+            self.assertEqual(os.path.getsize(os.path.join(state_dir, name)), state["files"][name]["bytes"])
+        self.assertFalse([f for f in os.listdir(state_dir) if f.endswith(".spill")], "spill files are removed")
+
+        # A job of another size is refused, and the state survives.
+        result = subprocess.run(self.prune_args(out, *settings, "--resume"), capture_output=True, text=True,
+                                timeout=300, env=clean_environment())
+        self.assertEqual(result.returncode, EXIT_USAGE, result.stderr)
+        self.assertIn("a job of 2 processes", result.stderr)
+        # A corrupt share is refused by the process it belongs to; the other stops with it.
+        share = os.path.join(state_dir, shares[1])
+        with open(share, "r+b") as f:
+            f.seek(-5, os.SEEK_END)
+            original = f.read(1)
+            f.seek(-5, os.SEEK_END)
+            f.write(bytes([original[0] ^ 0xFF]))
+        results, _ = self.run_job(self.job_environments(), self.prune_args(out, *settings, "--resume"))
+        self.assertEqual(results[1][0], EXIT_INPUT, results[1][2])
+        self.assertIn(share, results[1][2])
+        self.assertIn("SHA-256", results[1][2])
+        self.assertEqual(results[0][0], EXIT_IO, results[0][2])
+        with open(share, "r+b") as f:
+            f.seek(-5, os.SEEK_END)
+            f.write(original)
+        self.assertTrue(os.path.isfile(os.path.join(state_dir, "state.json")))
+
+        # Resumed by two processes to the end: byte-identical to the uninterrupted job.
+        results, seconds_resumed = self.run_job(self.job_environments(),
+                                                self.prune_args(out, *settings, "--resume"))
+        for rank, (code, _, stderr) in enumerate(results):
+            self.assertEqual(code, EXIT_OK, f"rank {rank}:\n{stderr}")
+        self.assertIn(f"continuing at block {state['next_block']}", results[0][2])
+        self.assertFalse(os.path.exists(state_dir), "a completed job removes its work folder")
+        self.assertEqual(sorted(os.listdir(out)), sorted(os.listdir(reference)))
+        for name in os.listdir(out):
+            if name == "prune_report.json":
+                continue
+            with open(os.path.join(out, name), "rb") as a, open(os.path.join(reference, name), "rb") as b:
+                self.assertTrue(a.read() == b.read(), f"{name} differs from the uninterrupted job's")
+        with open(os.path.join(out, "prune_report.json")) as f:
+            resumed_report = json.load(f)
+        with open(os.path.join(reference, "prune_report.json")) as f:
+            reference_report = json.load(f)
+        self.assertEqual(resumed_report["resumed_from_block"], state["next_block"])
+        untimed = lambda layers: [{k: v for k, v in l.items() if not k.startswith("seconds")} for l in layers]
+        self.assertEqual(untimed(resumed_report["layers"]), untimed(reference_report["layers"]))
+        # And, as any two-process output, within round-off of one process's.
+        single, _ = self.single_output(settings)
+        worst_abs, worst_rel = self.compare(single, out, "resumed")
+        print(f"\nresumed job: stopped after block {state['next_block'] - 1}, byte-identical to the uninterrupted "
+              f"job; largest difference from one process {worst_abs:.3g} (relative {worst_rel:.3g}); uninterrupted "
+              f"{seconds_reference:.1f} s, interrupted {seconds_interrupted:.1f} s, resumed {seconds_resumed:.1f} s",
+              file=sys.stderr)
+
     def test_two_processes_write_what_one_writes(self):
         cases = [
-            ("torchrun", ["--method", "sparsegpt", "--sparsity", "0.5", "--reconstruct", "optima"]),
+            ("torchrun", ["--method", "sparsegpt", "--sparsity", "0.5", "--reconstruct", "optima", "--save-masks"]),
             ("srun", ["--method", "wanda", "--pattern", "2:4", "--reconstruct", "optima"]),
         ]
         for launcher, settings in cases:
             with self.subTest(launcher=launcher):
-                single = os.path.join(self.work, f"{launcher}-single")
-                seconds_one = self.run_one(single, *settings)
+                single, seconds_one = self.single_output(settings)
                 ranks = [os.path.join(self.work, f"{launcher}-rank{r}") for r in range(2)]
                 for d in ranks:
                     os.makedirs(d)

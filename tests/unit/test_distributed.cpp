@@ -1,8 +1,13 @@
 // Many processes without processes: the launcher variables and their errors, SLURM host lists, the shares, the
-// collectives of a job of one, and pooling the statistics of two shares into those of all the samples.
+// collectives of a job of one, the text collectives of a job of two threads (Gloo over the loopback interface), and
+// pooling the statistics of two shares into those of all the samples.
 #include <ATen/ATen.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <map>
+#include <thread>
 
 #include "optima/dist/distributed.h"
 #include "optima/stats/accumulator.h"
@@ -119,6 +124,56 @@ TEST(Distributed, SharesCoverEveryItemOnce) {
   EXPECT_TRUE(at::equal(also_one.all_gather_shares(t, 3, "test"), t));
   also_one.barrier("test");
   also_one.check_same("anything", "test");
+  EXPECT_EQ(also_one.broadcast_text("state", 0, "test"), "state");
+  EXPECT_EQ(also_one.all_gather_text("record", "test"), (std::vector<std::string>{"record"}));
+}
+
+// A TCP port of the loopback interface that nothing listens on now.
+int free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t size = sizeof(address);
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&address), size) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &size) != 0)
+    return 0;
+  ::close(fd);
+  return ntohs(address.sin_port);
+}
+
+// What a saved state needs from a job: rank 0's text on every process, and every process's record (of different
+// lengths, one empty) on every process.
+TEST(Distributed, TextCollectivesOfTwoProcesses) {
+  if (!distributed_backend_available(c10::kCPU)) GTEST_SKIP() << "built without Gloo";
+  const int port = free_port();
+  ASSERT_NE(port, 0);
+  std::vector<std::string> broadcast(2), errors(2);
+  std::vector<std::vector<std::string>> gathered(2);
+  auto process = [&](int rank) {
+    try {
+      LaunchEnvironment env;
+      env.rank = rank;
+      env.world_size = 2;
+      env.master_addr = "127.0.0.1";
+      env.master_port = port;
+      DistributedOptions options;
+      options.timeout = std::chrono::seconds(60);
+      const Distributed dist(env, options);
+      broadcast[static_cast<size_t>(rank)] = dist.broadcast_text(rank == 0 ? "{\"next_block\": 3}" : "x", 0, "test");
+      gathered[static_cast<size_t>(rank)] = dist.all_gather_text(rank == 0 ? "" : "the record of rank 1", "test");
+    } catch (const std::exception& e) {
+      errors[static_cast<size_t>(rank)] = e.what();
+    }
+  };
+  std::thread rank1(process, 1);
+  process(0);
+  rank1.join();
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(errors[static_cast<size_t>(r)], "") << "rank " << r;
+    EXPECT_EQ(broadcast[static_cast<size_t>(r)], "{\"next_block\": 3}") << "rank " << r;
+    EXPECT_EQ(gathered[static_cast<size_t>(r)], (std::vector<std::string>{"", "the record of rank 1"})) << "rank " << r;
+  }
 }
 
 TEST(Distributed, ABuildWithoutTheBackendSaysSo) {
