@@ -1,7 +1,11 @@
 // Peak memory of the process, for reports.
 #include "optima/core/resources.h"
 
+#include <malloc.h>
 #include <sys/resource.h>
+
+#include <fstream>
+#include <string>
 
 namespace optima {
 
@@ -9,6 +13,24 @@ int64_t peak_rss_bytes() {
   struct rusage usage {};
   getrusage(RUSAGE_SELF, &usage);
   return static_cast<int64_t>(usage.ru_maxrss) * 1024;  // Linux reports kilobytes
+}
+
+ResidentBytes resident_bytes() {
+  std::ifstream in("/proc/self/status");
+  std::string key;
+  ResidentBytes r;
+  while (in >> key) {
+    int64_t kib = 0;
+    if (key == "RssAnon:" && in >> kib) r.anonymous = kib * 1024;
+    if (key == "RssFile:" && in >> kib) r.file = kib * 1024;
+  }
+  return r;
+}
+
+void release_free_memory() {
+#if defined(__GLIBC__)
+  malloc_trim(0);
+#endif
 }
 
 }  // namespace optima

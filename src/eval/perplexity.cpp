@@ -41,7 +41,7 @@ PerplexityResult evaluate_perplexity(const DecoderModel& model, const std::vecto
   int64_t windows = static_cast<int64_t>(stream.size()) / options.seqlen;
   if (options.max_windows > 0) windows = std::min(windows, options.max_windows);
   if (windows == 0)
-    fail_input("evaluation text", "too short for one window", fmt::format("at least {} tokens", options.seqlen),
+    fail_input(options.source, "too short for one window", fmt::format("at least {} tokens", options.seqlen),
                fmt::format("{} tokens", stream.size()));
   const at::Tensor ids =
       at::tensor(std::vector<int64_t>(stream.begin(), stream.begin() + windows * options.seqlen), at::kLong)
@@ -105,7 +105,10 @@ PerplexityResult evaluate_model_dir(const std::filesystem::path& model_dir, cons
   }
   options.batch_size = request.batch_size;
   options.max_windows = request.max_windows;
-  const auto tokenizer = load_tokenizer(request.tokenizer.empty() ? model_dir : request.tokenizer);
+  options.source = request.dataset.string();
+  const std::filesystem::path tokenizer_dir = request.tokenizer.empty() ? model_dir : request.tokenizer;
+  const auto tokenizer = load_tokenizer(tokenizer_dir);
+  check_tokenizer_fits(*tokenizer, tokenizer_dir, model.shape().vocab_size, checkpoint.config().path());
   const std::vector<int64_t> stream = tokenizer->encode(read_eval_text(request.dataset), /*add_special=*/true);
   return evaluate_perplexity(model, stream, options, progress);
 }

@@ -230,6 +230,8 @@ at::Tensor Checkpoint::load(std::string_view name) const {
     const auto& file = impl_->safetensors[t->file_index];
     const TensorInfo* info = file->find(t->stored_name);
     OPTIMA_ASSERT(info != nullptr);
+    // The header was validated against the file as it was when opened; hours later it may have been truncated.
+    file->mapping()->check_unchanged();
     return tensor_from_bytes(*info, file->data(*info), file->mapping());
   }
   std::lock_guard<std::mutex> lock(impl_->bin_mutex);

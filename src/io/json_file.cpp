@@ -16,9 +16,13 @@ nlohmann::json read_json_file(const std::filesystem::path& path) {
   }
   std::stringstream buffer;
   buffer << in.rdbuf();
+  return parse_json_text(buffer.str(), path);
+}
+
+nlohmann::json parse_json_text(std::string_view text, const std::filesystem::path& path) {
   try {
-    return nlohmann::json::parse(buffer.str());
-  } catch (const nlohmann::json::parse_error& e) {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for a number like 1e400
     fail_input(path.string(), fmt::format("malformed JSON: {}", e.what()));
   }
 }

@@ -7,13 +7,23 @@
 #include "optima/io/json_file.h"
 
 namespace optima {
+namespace {
+
+ModelConfig config_object(nlohmann::json json, const std::filesystem::path& path) {
+  if (!json.is_object()) fail_input(path.string(), "config is not a JSON object", "an object", json_type_name(json));
+  return ModelConfig(std::move(json), path);
+}
+
+}  // namespace
 
 ModelConfig ModelConfig::load(const std::filesystem::path& path) {
   std::error_code ec;
   const auto file = std::filesystem::is_directory(path, ec) ? path / "config.json" : path;
-  auto json = read_json_file(file);
-  if (!json.is_object()) fail_input(file.string(), "config is not a JSON object", "an object", json_type_name(json));
-  return ModelConfig(std::move(json), file);
+  return config_object(read_json_file(file), file);
+}
+
+ModelConfig ModelConfig::parse(std::string_view text, const std::filesystem::path& path) {
+  return config_object(parse_json_text(text, path), path);
 }
 
 ModelConfig::ModelConfig(nlohmann::json json, std::filesystem::path path)

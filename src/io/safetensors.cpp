@@ -59,18 +59,22 @@ TensorInfo parse_entry(const std::string& name, const json& entry, std::string_v
 
   const json& shape = entry["shape"];
   if (!shape.is_array()) fail_input(where, "shape is not an array", "an array of integers", shape.dump());
-  uint64_t numel = 1;
+  // The product of the non-zero dimensions must fit in int64, not only the element count: readers build contiguous
+  // strides from it, and [0, 2^62, 2^62] has no elements but strides of 2^124.
+  constexpr uint64_t kMaxExtent = static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
+  uint64_t numel = 1, extent = 1;
   bool overflow = false;
   for (const json& dim : shape) {
     const uint64_t d = require_count(dim, where, "every dimension of shape");
-    if (d > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) overflow = true;
-    if (d != 0 && numel > std::numeric_limits<uint64_t>::max() / d) overflow = true;
-    numel *= d;
+    if (d != 0 && extent > kMaxExtent / d) overflow = true;
+    if (!overflow && d != 0) extent *= d;
+    numel = d == 0 ? 0 : numel * d;  // at most extent, so it cannot wrap unless overflow is set
     info.shape.push_back(static_cast<int64_t>(d));
   }
   const uint64_t elem = static_cast<uint64_t>(dtype_size(info.dtype));
   if (overflow || numel > std::numeric_limits<uint64_t>::max() / elem)
-    fail_input(where, "shape is too large", "a shape whose byte size fits in 64 bits", shape.dump());
+    fail_input(where, "shape is too large", "non-zero sizes whose product fits in int64, and bytes in 64 bits",
+               shape.dump());
 
   const json& offsets = entry["data_offsets"];
   if (!offsets.is_array() || offsets.size() != 2)
@@ -113,7 +117,7 @@ SafetensorsHeader parse_safetensors_header(const std::byte* bytes, size_t size, 
   json header;
   try {
     header = json::parse(text, text + header_len, on_event);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e400
     fail_input(where, fmt::format("header is not valid JSON: {}", e.what()));
   }
   if (!duplicate.empty()) fail_input(tensor_where(where, duplicate), "name appears more than once in the header");
@@ -205,7 +209,7 @@ void sort_for_safetensors(std::vector<TensorBytes>& tensors) {
   });
 }
 
-void write_safetensors(const std::filesystem::path& path, std::vector<TensorBytes> tensors,
+void write_safetensors(const std::filesystem::path& path, const std::vector<TensorBytes>& tensors,
                        const std::map<std::string, std::string>& metadata) {
   const std::string header = make_safetensors_header(tensors, metadata);
   OutputFile out(path);

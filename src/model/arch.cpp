@@ -1,10 +1,12 @@
-// Per-family tensor layouts and config parsing (see arch.h).
+// Per-family tensor layouts and config parsing (see arch.h). Free of LibTorch, so that optima_base and the config
+// fuzzer (tests/fuzz) can use it; validate_checkpoint, which needs a loaded Checkpoint, is in arch_checkpoint.cpp.
 #include "optima/model/arch.h"
 
-#include <fmt/ranges.h>
+#include <cmath>
+#include <cstdint>
+#include <limits>
 
 #include "optima/core/error.h"
-#include "optima/io/checkpoint.h"
 
 namespace optima {
 namespace {
@@ -13,10 +15,25 @@ std::string where_key(const ModelConfig& config, std::string_view key) {
   return fmt::format("{}: key '{}'", config.path().string(), key);
 }
 
-int64_t require_positive(const ModelConfig& config, std::string_view key) {
-  const int64_t value = config.require<int64_t>(key);
+// Sizes above this are rejected: no model comes near, and it keeps the product of any two sizes (a weight's element
+// count, heads x head_dim) within int64, which the tensor layouts below and every user of a shape rely on.
+constexpr int64_t kMaxSize = std::numeric_limits<int32_t>::max();
+
+int64_t check_size(const ModelConfig& config, std::string_view key, int64_t value) {
   if (value <= 0) fail_input(where_key(config, key), "must be positive", "> 0", std::to_string(value));
+  if (value > kMaxSize)
+    fail_input(where_key(config, key), "is implausibly large", fmt::format("at most {}", kMaxSize),
+               std::to_string(value));
   return value;
+}
+
+int64_t require_positive(const ModelConfig& config, std::string_view key) {
+  return check_size(config, key, config.require<int64_t>(key));
+}
+
+// A size that may be absent (then `fallback`), but is checked like a required one when present.
+int64_t positive_or(const ModelConfig& config, std::string_view key, int64_t fallback) {
+  return config.has(key) ? require_positive(config, key) : fallback;
 }
 
 void read_opt(const ModelConfig& config, ModelShape& s) {
@@ -28,7 +45,7 @@ void read_opt(const ModelConfig& config, ModelShape& s) {
   s.intermediate_size = require_positive(config, "ffn_dim");
   s.vocab_size = require_positive(config, "vocab_size");
   s.max_positions = require_positive(config, "max_position_embeddings");
-  s.word_embed_proj_dim = config.value_or<int64_t>("word_embed_proj_dim", s.hidden_size);
+  s.word_embed_proj_dim = positive_or(config, "word_embed_proj_dim", s.hidden_size);
   s.layer_norm_before = config.value_or<bool>("do_layer_norm_before", true);
   s.final_layer_norm = s.layer_norm_before && !config.value_or<bool>("_remove_final_layer_norm", false);
   s.linear_bias = config.value_or<bool>("enable_bias", true);
@@ -67,7 +84,12 @@ void read_rope(const ModelConfig& config, ModelShape& s) {
   s.rope_factor = number("factor", 1.0);
   s.rope_low_freq_factor = number("low_freq_factor", 1.0);
   s.rope_high_freq_factor = number("high_freq_factor", 4.0);
-  s.rope_original_max_positions = static_cast<int64_t>(number("original_max_position_embeddings", 8192));
+  // A count written as a JSON number; converting an out-of-range double to an integer is undefined, so check first.
+  const double original = number("original_max_position_embeddings", 8192);
+  if (!(original >= 1 && original <= static_cast<double>(kMaxSize)) || original != std::floor(original))
+    fail_input(where + ".original_max_position_embeddings", "must be a positive integer",
+               fmt::format("an integer in [1, {}]", kMaxSize), fmt::format("{}", original));
+  s.rope_original_max_positions = static_cast<int64_t>(original);
   if (s.rope_factor <= 0) fail_input(where + ".factor", "must be positive", "> 0", std::to_string(s.rope_factor));
 }
 
@@ -76,7 +98,7 @@ void read_llama(const ModelConfig& config, ModelShape& s) {
   s.hidden_size = require_positive(config, "hidden_size");
   s.num_layers = require_positive(config, "num_hidden_layers");
   s.num_heads = require_positive(config, "num_attention_heads");
-  s.num_kv_heads = config.value_or<int64_t>("num_key_value_heads", s.num_heads);
+  s.num_kv_heads = positive_or(config, "num_key_value_heads", s.num_heads);
   s.intermediate_size = require_positive(config, "intermediate_size");
   s.vocab_size = require_positive(config, "vocab_size");
   s.max_positions = require_positive(config, "max_position_embeddings");
@@ -205,22 +227,6 @@ std::vector<ExpectedTensor> expected_tensors(const ModelShape& s) {
     out.insert(out.end(), block.begin(), block.end());
   }
   return out;
-}
-
-void validate_checkpoint(const Checkpoint& checkpoint, const ModelShape& shape) {
-  for (const ExpectedTensor& e : expected_tensors(shape)) {
-    const CheckpointTensor* t = checkpoint.find(e.name);
-    if (t == nullptr)
-      fail_input(checkpoint.dir().string(), fmt::format("tensor '{}' is missing", e.name),
-                 fmt::format("shape [{}] as config.json implies", fmt::join(e.shape, ", ")), "no such tensor");
-    if (t->shape != e.shape)
-      fail_input(fmt::format("{}: tensor '{}'", checkpoint.weight_files()[t->file_index].string(), e.name),
-                 "shape does not match config.json", fmt::format("[{}]", fmt::join(e.shape, ", ")),
-                 fmt::format("[{}]", fmt::join(t->shape, ", ")));
-    if (!is_floating(t->dtype))
-      fail_input(fmt::format("{}: tensor '{}'", checkpoint.weight_files()[t->file_index].string(), e.name),
-                 "weights must be floating point", "F32, F16, BF16 or F64", std::string(dtype_name(t->dtype)));
-  }
 }
 
 }  // namespace optima

@@ -74,7 +74,21 @@ DecoderModel::DecoderModel(const Checkpoint& checkpoint, RunOptions options)
 }
 
 at::Tensor DecoderModel::load(const std::string& name) const {
-  return checkpoint_.load(name).to(options_.device, dtype_);
+  const at::Tensor stored = checkpoint_.load(name);
+  at::Tensor value = stored.to(options_.device, dtype_);
+  if (!options_.allow_non_finite && !at::isfinite(value).all().item<bool>()) {
+    const CheckpointTensor* t = checkpoint_.find(name);
+    const bool cast_overflowed = stored.scalar_type() != dtype_ && at::isfinite(stored).all().item<bool>();
+    throw Error(
+        ErrorKind::kNumeric,
+        describe(fmt::format("{}: tensor '{}'", checkpoint_.weight_files()[t->file_index].string(), name),
+                 cast_overflowed
+                     ? fmt::format("holds values too large for {} (Inf after the cast)", c10::toString(dtype_))
+                     : "holds NaN or Inf values",
+                 "finite values (or pass --allow-non-finite)",
+                 fmt::format("{} non-finite of {}", (~at::isfinite(value)).sum().item<int64_t>(), value.numel())));
+  }
+  return value;
 }
 
 BlockWeights DecoderModel::load_block(int64_t index) const {

@@ -77,6 +77,9 @@ nlohmann::json resume_settings(const PrunePlan& plan, const nlohmann::json& sett
   s["save_masks"] = plan.save_masks;
   s["save_hessians"] = !plan.save_hessians.empty();
   s["allow_non_finite"] = plan.allow_non_finite;
+  // A job of many processes saves one share of the activations per process, so its size must match; a single
+  // process leaves it out, as states saved before jobs of many processes existed do.
+  if (s.value("world_size", 1) == 1) s.erase("world_size");
   return s;
 }
 
@@ -141,6 +144,7 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
   RunOptions run;
   run.device = parse_device(plan.device);
   if (!plan.dtype.empty()) run.dtype = parse_float_dtype(plan.dtype);
+  run.allow_non_finite = plan.allow_non_finite;
   const DecoderModel model(checkpoint, run);
   const ModelShape& shape = model.shape();
   report.model_type = shape.model_type;
@@ -213,7 +217,9 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
     OPTIMA_ASSERT(shared_calibration->seqlen == seqlen && shared_calibration->nsamples == plan.nsamples);
     calibration = *shared_calibration;
   } else if (!plan.calib.empty()) {
-    const auto tokenizer = load_tokenizer(plan.tokenizer.empty() ? plan.model : plan.tokenizer);
+    const fs::path tokenizer_dir = plan.tokenizer.empty() ? plan.model : plan.tokenizer;
+    const auto tokenizer = load_tokenizer(tokenizer_dir);
+    check_tokenizer_fits(*tokenizer, tokenizer_dir, shape.vocab_size, checkpoint.config().path());
     calibration = load_calibration(plan.calib, *tokenizer, {plan.nsamples, seqlen, plan.seed});
   } else {
     calibration.rule = "none";
@@ -416,10 +422,11 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
         for (const std::string& site : wanted)
           pool_statistics(dist, stats.at(site), fmt::format("block {}, statistics of {}", b, site));
         report.seconds_forward += seconds_since(t0);
-        for (const std::string& site : wanted)
-          if (stats.at(site).saw_non_finite() && !plan.allow_non_finite)
-            throw Error(ErrorKind::kNumeric, fmt::format("block {}: the input of '{}' holds NaN or Inf values (the "
-                                                         "activations entering this block are not finite)",
+        for (const std::string& site : sites)  // in forward order: the first site that went wrong is named
+          if (wanted.count(site) && stats.at(site).saw_non_finite() && !plan.allow_non_finite)
+            throw Error(ErrorKind::kNumeric, fmt::format("block {}: the input of '{}' holds NaN or Inf values, or "
+                                                         "values so large that its statistics overflow (stop here, or "
+                                                         "pass --allow-non-finite to leave such layers dense)",
                                                          b, site));
       };
 
@@ -435,10 +442,17 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
           lr.shape = {layer.out_features, layer.in_features};
           const std::string key = layer.name + ".weight";
           const at::Tensor dense = block.get(key);
-          if (!plan.allow_non_finite && !at::isfinite(dense).all().item<bool>())
+          const bool finite_weight = at::isfinite(dense).all().item<bool>();
+          if (!plan.allow_non_finite && !finite_weight)
             throw Error(ErrorKind::kNumeric,
                         fmt::format("{}: weight '{}.weight' holds NaN or Inf values", checkpoint.dir().string(), name));
-          if (std::regex_search(name, skip)) {
+          // --allow-non-finite: a layer that cannot be pruned meaningfully (its weight, or the statistics its selector
+          // or OPTIMA needs, hold NaN or Inf) is left as it is, so that the run still completes.
+          const bool needs_stats = selector->needs_hessian() || need_norms || plan.reconstruct == "optima";
+          const bool left_dense = !finite_weight || (calibrated && needs_stats && stats.at(site).saw_non_finite());
+          if (left_dense)
+            spdlog::warn("{}: left dense: its weight or input statistics hold NaN or Inf (--allow-non-finite)", name);
+          if (left_dense || std::regex_search(name, skip)) {
             lr.skipped = true;
             lr.sparsity = 1.0 - static_cast<double>(at::count_nonzero(dense).item<int64_t>()) /
                                     static_cast<double>(dense.numel());
@@ -451,7 +465,15 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
             if (need_norms) layer_stats.act_sq_norm = stats.at(site).column_sq_norms();
           }
           auto t0 = Clock::now();
-          const Selection selection = selector->select(dense, layer_stats);
+          // Errors of the selector and the solver name the layer they were working on.
+          const auto in_layer = [&](const auto& step) {
+            try {
+              return step();
+            } catch (const Error& e) {
+              throw Error(e.kind(), fmt::format("{}: {}", name, e.what()));
+            }
+          };
+          const Selection selection = in_layer([&] { return selector->select(dense, layer_stats); });
           lr.seconds_select = seconds_since(t0);
           lr.damping = selection.damping;
           lr.damping_retries = selection.damping_retries;
@@ -461,15 +483,17 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
             t0 = Clock::now();
             // OPTIMA starts from the dense row w, not the selector's updated weights (algorithms.md §6).
             const at::Tensor w = dense.to(at::kFloat);
+            // A job of many processes solves each process's share of the rows and gathers them.
             const RowSolver solve = [&](const at::Tensor& w_rows, const at::Tensor& pruned_rows,
                                         const at::Tensor& start_rows, const RowSolveOptions& options) {
               return plan.qp_solver == "cg" ? solve_rows_cg(w_rows, pruned_rows, layer_stats.hessian, start_rows,
                                                             plan.qp_tol, plan.qp_max_iter, options)
                                             : solve_rows_exact(w_rows, pruned_rows, layer_stats.hessian, options);
             };
-            // A job of many processes solves each process's share of the rows and gathers them.
-            const RowSolveResult r = solve_rows_shared(dist, solve, w, selection.pruned,
-                                                       selection.weight.to(at::kFloat), solve_options, name);
+            const RowSolveResult r = in_layer([&] {
+              return solve_rows_shared(dist, solve, w, selection.pruned, selection.weight.to(at::kFloat), solve_options,
+                                       name);
+            });
             lr.qp_iterations = r.iterations;
             lr.qp_fp64_fallback_rows = r.fp64_fallback_rows;
             lr.qp_chunks = r.chunks;
@@ -550,8 +574,14 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
       }
       report.seconds_write += seconds_since(tw);
       completed = b + 1;
+      block = BlockWeights{};
+      stats.clear();
       checkpoint.drop_resident_pages();
-      spdlog::debug("block {} done", b);
+      release_free_memory();
+      const ResidentBytes resident = resident_bytes();
+      spdlog::debug("block {} done (resident: {:.0f} MiB allocated, {:.0f} MiB mapped)", b,
+                    static_cast<double>(resident.anonymous) / 1048576.0,
+                    static_cast<double>(resident.file) / 1048576.0);
       if (completed < shape.num_layers) {
         const std::string where = fmt::format("the end of block {}", b);
         if (!dist.active()) {

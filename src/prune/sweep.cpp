@@ -93,7 +93,9 @@ nlohmann::json run_sweep(const std::vector<PrunePlan>& plans, const fs::path& ou
     const Checkpoint checkpoint = Checkpoint::open(first.model);
     const ModelShape shape = read_model_shape(checkpoint.config());
     const int64_t seqlen = calibration_seqlen(first, shape.max_positions, checkpoint.config().path().string());
-    const auto tokenizer = load_tokenizer(first.tokenizer.empty() ? first.model : first.tokenizer);
+    const std::filesystem::path tokenizer_dir = first.tokenizer.empty() ? first.model : first.tokenizer;
+    const auto tokenizer = load_tokenizer(tokenizer_dir);
+    check_tokenizer_fits(*tokenizer, tokenizer_dir, shape.vocab_size, checkpoint.config().path());
     calibration = load_calibration(first.calib, *tokenizer, {first.nsamples, seqlen, first.seed});
     spdlog::info("sweep: {} settings share the calibration set: {}", plans.size(), calibration.description);
   }

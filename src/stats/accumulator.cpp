@@ -33,6 +33,9 @@ void InputStatistics::add(const at::Tensor& x) {
     column_norms_.mul_(old_weight);
     column_norms_.add_(rows.pow(2).sum(0) / static_cast<double>(samples_));
   }
+  if (!non_finite_ && ((hessian_.defined() && !at::isfinite(hessian_).all().item<bool>()) ||
+                       (column_norms_.defined() && !at::isfinite(column_norms_).all().item<bool>())))
+    non_finite_ = true;
 }
 
 void InputStatistics::pool(const std::function<void(std::vector<at::Tensor>&)>& sum_over_shares) {

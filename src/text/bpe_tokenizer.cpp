@@ -83,7 +83,8 @@ class Regex {
   Regex(const std::string& pattern, bool literal, const std::string& where) {
     int err = 0;
     PCRE2_SIZE err_offset = 0;
-    const uint32_t options = PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0);
+    // PCRE2 refuses PCRE2_UCP together with PCRE2_LITERAL ("invalid option bits"); a literal has no classes anyway.
+    const uint32_t options = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);
     code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), options, &err, &err_offset,
                           nullptr);
     if (!code_) {
@@ -206,6 +207,12 @@ class ByteLevelBpe final : public Tokenizer {
   void add_merge(const std::string& a, const std::string& b, int32_t rank, const std::string& where) {
     const int32_t ia = id_of(a, where), ib = id_of(b, where), merged = id_of(a + b, where);
     merges_[pair_key(ia, ib)] = {rank, merged};  // a repeated pair takes its later rank, as `tokenizers` does
+  }
+
+  // Whether decode() and piece() accept `id`: a vocabulary entry or an added token.
+  bool known_id(int64_t id) const {
+    return added_.find_id(id) != nullptr ||
+           (id >= 0 && id < static_cast<int64_t>(pieces_.size()) && !pieces_[static_cast<size_t>(id)].empty());
   }
 
   std::optional<int64_t> lookup(const std::string& token) const {
@@ -452,6 +459,11 @@ void read_template(const json& tp, const fs::path& file, const std::string& key,
       if (specials.contains(name) && specials[name].contains("ids") && specials[name]["ids"].is_array()) {
         for (const auto& v : specials[name]["ids"]) {
           if (!v.is_number_integer()) unsupported(file, key + ".special_tokens." + name + ".ids", "integers", v);
+          // An id the vocabulary and the added tokens lack would reach the model (past its embedding rows, or as a
+          // token decode() cannot spell).
+          if (!t.known_id(v.get<int64_t>()))
+            fail_input(key_where(file, key + ".special_tokens." + name + ".ids"), "template token id is not defined",
+                       "an id of the vocabulary or of added_tokens", v.dump());
           ids.push_back(v.get<int64_t>());
         }
       } else if (auto id = t.lookup(name)) {

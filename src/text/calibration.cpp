@@ -40,7 +40,7 @@ std::vector<std::string> read_documents(const fs::path& path) {
     nlohmann::json record;
     try {
       record = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for a number like 1e400
       fail_input(where, fmt::format("malformed JSON: {}", e.what()));
     }
     if (!record.is_object() || !record.contains("text") || !record["text"].is_string())

@@ -3,6 +3,7 @@
 #include "optima/text/tokenizer.h"
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include <fstream>
 #include <functional>
@@ -83,7 +84,7 @@ json read_json(const fs::path& path) {
   const std::string text = read_file(path);
   try {
     return json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e400
     fail_input(path.string(), "malformed JSON", "valid JSON", e.what());
   }
 }
@@ -128,46 +129,51 @@ void read_special_tokens(const json& j, const fs::path& file, TokenizerConfig& c
 
 }  // namespace
 
+void apply_tokenizer_config(const json& j, const fs::path& config_path, TokenizerConfig& c) {
+  read_special_tokens(j, config_path, c);
+  c.add_bos_token = optional_bool(j, "add_bos_token", config_path);
+  c.add_eos_token = optional_bool(j, "add_eos_token", config_path);
+  c.legacy = optional_bool(j, "legacy", config_path);
+  c.add_prefix_space = optional_bool(j, "add_prefix_space", config_path);
+  if (j.contains("added_tokens_decoder") && !j["added_tokens_decoder"].is_null()) {
+    const json& d = j["added_tokens_decoder"];
+    if (!d.is_object())
+      fail_input(config_path.string() + ": added_tokens_decoder", "bad value", "an object", d.type_name());
+    for (const auto& [key, v] : d.items()) {
+      const std::string where = fmt::format("{}: added_tokens_decoder.{}", config_path.string(), key);
+      AddedToken t;
+      try {
+        size_t used = 0;
+        t.id = std::stoll(key, &used);
+        if (used != key.size() || t.id < 0) throw std::invalid_argument(key);
+      } catch (const std::exception&) {
+        fail_input(where, "bad token id", "a non-negative integer key", key);
+      }
+      if (!v.is_object() || !v.contains("content") || !v["content"].is_string())
+        fail_input(where, "bad added token", "an object with a string \"content\"", v.dump().substr(0, 80));
+      t.content = v["content"].get<std::string>();
+      t.special = v.value("special", true);
+      t.lstrip = v.value("lstrip", false);
+      t.rstrip = v.value("rstrip", false);
+      if (v.value("single_word", false))
+        fail_input(where, "unsupported added-token option", "single_word false", "true");
+      c.added_tokens.push_back(std::move(t));
+    }
+  }
+}
+
+void apply_special_tokens_map(const json& j, const fs::path& map_path, TokenizerConfig& c) {
+  read_special_tokens(j, map_path, c);
+}
+
 TokenizerConfig read_tokenizer_config(const fs::path& dir) {
   TokenizerConfig c;
   c.dir = dir;
   const fs::path config_path = dir / "tokenizer_config.json";
-  if (fs::exists(config_path)) {
-    const json j = read_json(config_path);
-    read_special_tokens(j, config_path, c);
-    c.add_bos_token = optional_bool(j, "add_bos_token", config_path);
-    c.add_eos_token = optional_bool(j, "add_eos_token", config_path);
-    c.legacy = optional_bool(j, "legacy", config_path);
-    c.add_prefix_space = optional_bool(j, "add_prefix_space", config_path);
-    if (j.contains("added_tokens_decoder") && !j["added_tokens_decoder"].is_null()) {
-      const json& d = j["added_tokens_decoder"];
-      if (!d.is_object())
-        fail_input(config_path.string() + ": added_tokens_decoder", "bad value", "an object", d.type_name());
-      for (const auto& [key, v] : d.items()) {
-        const std::string where = fmt::format("{}: added_tokens_decoder.{}", config_path.string(), key);
-        AddedToken t;
-        try {
-          size_t used = 0;
-          t.id = std::stoll(key, &used);
-          if (used != key.size() || t.id < 0) throw std::invalid_argument(key);
-        } catch (const std::exception&) {
-          fail_input(where, "bad token id", "a non-negative integer key", key);
-        }
-        if (!v.is_object() || !v.contains("content") || !v["content"].is_string())
-          fail_input(where, "bad added token", "an object with a string \"content\"", v.dump().substr(0, 80));
-        t.content = v["content"].get<std::string>();
-        t.special = v.value("special", true);
-        t.lstrip = v.value("lstrip", false);
-        t.rstrip = v.value("rstrip", false);
-        if (v.value("single_word", false))
-          fail_input(where, "unsupported added-token option", "single_word false", "true");
-        c.added_tokens.push_back(std::move(t));
-      }
-    }
-  }
+  if (fs::exists(config_path)) apply_tokenizer_config(read_json(config_path), config_path, c);
   // special_tokens_map.json is what save_pretrained() writes for the special tokens; transformers lets it override.
   const fs::path map_path = dir / "special_tokens_map.json";
-  if (fs::exists(map_path)) read_special_tokens(read_json(map_path), map_path, c);
+  if (fs::exists(map_path)) apply_special_tokens_map(read_json(map_path), map_path, c);
   return c;
 }
 
@@ -289,6 +295,24 @@ std::unique_ptr<Tokenizer> load_tokenizer(const fs::path& dir) {
   if (fs::exists(sp)) return make_sentencepiece(sp, config);
   fail_input(dir.string(), "no tokenizer files", "tokenizer.json, vocab.json + merges.txt, or tokenizer.model",
              "none of them");
+}
+
+void check_tokenizer_fits(const Tokenizer& tokenizer, const fs::path& tokenizer_dir, int64_t model_vocab,
+                          const fs::path& config_path) {
+  const int64_t size = tokenizer.vocab_size();
+  if (size > model_vocab)
+    fail_input(
+        tokenizer_dir.string(),
+        fmt::format(
+            "the tokenizer ({}) does not fit the model's vocabulary: its ids reach {} but the embedding has {} rows "
+            "(vocab_size in {}); is it the model's own tokenizer?",
+            tokenizer.describe(), size - 1, model_vocab, config_path.string()),
+        fmt::format("at most {} tokens", model_vocab), fmt::format("{} tokens", size));
+  if (static_cast<double>(size) < 0.9 * static_cast<double>(model_vocab))
+    spdlog::warn(
+        "{}: the tokenizer has {} tokens but the model's embedding has {} rows (vocab_size in {}); a model pads its "
+        "embedding by a few rows, so this is probably another model's tokenizer",
+        tokenizer_dir.string(), size, model_vocab, config_path.string());
 }
 
 }  // namespace optima

@@ -37,7 +37,11 @@ struct TokenizerConfig {
   std::vector<AddedToken> added_tokens;  // from added_tokens_decoder
 };
 
+// Reads `dir`/tokenizer_config.json and `dir`/special_tokens_map.json when present.
 TokenizerConfig read_tokenizer_config(const std::filesystem::path& dir);
+// The same for files already parsed (`file` names them in errors); what read_tokenizer_config applies, in order.
+void apply_tokenizer_config(const nlohmann::json& j, const std::filesystem::path& file, TokenizerConfig& c);
+void apply_special_tokens_map(const nlohmann::json& j, const std::filesystem::path& file, TokenizerConfig& c);
 
 // Reads a whole file; fail_input naming the file when it cannot be opened.
 std::string read_file(const std::filesystem::path& path);

@@ -5,6 +5,7 @@
 #include <torch/csrc/jit/serialization/pickle.h>
 
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 
 #include "optima/io/checkpoint.h"
@@ -236,6 +237,47 @@ TEST(CheckpointErrors, TensorMissingOrWrongShapeForConfig) {
   const Checkpoint checkpoint = Checkpoint::open(model);
   expect_error([&] { validate_checkpoint(checkpoint, read_model_shape(checkpoint.config())); }, ErrorKind::kInput,
                {"model.decoder.layers.2.", "is missing"});
+}
+
+// A copy of `model` whose tensor `name` is replaced by `replace(tensor)`.
+fs::path rewrite_with(const fs::path& model, const fs::path& out, const std::string& name,
+                      const std::function<at::Tensor(const at::Tensor&)>& replace) {
+  const Checkpoint checkpoint = Checkpoint::open(model);
+  StagedDirectory staged(out, false);
+  copy_model_side_files(model, staged.staging());
+  CheckpointWriter writer(staged.staging());
+  for (const auto& t : checkpoint.tensors()) {
+    const at::Tensor value = checkpoint.load(t.name);
+    writer.add(t.name, t.name == name ? replace(value) : value);
+  }
+  writer.finish();
+  staged.commit();
+  return out;
+}
+
+TEST(CheckpointErrors, DtypesThatCannotBeComputedIn) {
+  TempDir dir;
+  const fs::path model = make_tiny(dir, "llama-tiny");
+  const std::string name = "model.layers.1.mlp.up_proj.weight";
+  const std::pair<at::ScalarType, const char*> cases[] = {
+      {at::kFloat8_e4m3fn, "F8_E4M3"}, {at::kFloat8_e5m2, "F8_E5M2"}, {at::kInt, "I32"}, {at::kByte, "U8"}};
+  for (const auto& [type, stored] : cases) {
+    const fs::path copy =
+        rewrite_with(model, dir / stored, name, [type = type](const at::Tensor& t) { return t.to(type); });
+    const Checkpoint checkpoint = Checkpoint::open(copy);
+    expect_error([&] { validate_checkpoint(checkpoint, read_model_shape(checkpoint.config())); }, ErrorKind::kInput,
+                 {"model.safetensors", name, "expected F32, F16, BF16 or F64", std::string("found ") + stored});
+  }
+}
+
+TEST(CheckpointErrors, WeightFileChangedAfterOpening) {
+  TempDir dir;
+  const fs::path model = make_tiny(dir, "opt-tiny");
+  const Checkpoint checkpoint = Checkpoint::open(model);
+  EXPECT_NO_THROW(checkpoint.load("model.decoder.layers.1.fc1.weight"));
+  fs::resize_file(model / "model.safetensors", fs::file_size(model / "model.safetensors") / 2);
+  expect_error([&] { checkpoint.load("model.decoder.layers.1.fc2.weight"); }, ErrorKind::kInput,
+               {(model / "model.safetensors").string(), "changed size"});
 }
 
 TEST(OutputDirectory, RefusesExistingAndInputAndCleansUp) {

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 
 #include "optima/eval/perplexity.h"
@@ -139,6 +140,67 @@ TEST(Perplexity, RefusesBadSettings) {
   options.seqlen = 32;
   expect_error([&] { evaluate_perplexity(model, std::vector<int64_t>(20, 5), options, *progress); }, ErrorKind::kInput,
                {"too short", "at least 32 tokens", "20 tokens"});
+}
+
+// A copy of a golden model with `name` changed by `edit`.
+fs::path edited_copy(const TempDir& dir, const char* golden, const std::string& name,
+                     const std::function<void(at::Tensor&)>& edit) {
+  const fs::path from = test_data_dir() / "models" / golden;
+  const Checkpoint checkpoint = Checkpoint::open(from);
+  std::vector<at::Tensor> keep;
+  std::vector<TensorBytes> tensors;
+  for (const auto& t : checkpoint.tensors()) {
+    at::Tensor value = checkpoint.load(t.name).clone();
+    if (t.name == name) edit(value);
+    keep.push_back(value);
+    tensors.push_back(tensor_bytes(t.name, keep.back()));
+  }
+  fs::copy_file(from / "config.json", dir / "config.json");
+  sort_for_safetensors(tensors);
+  write_safetensors(dir / "model.safetensors", tensors, {{"format", "pt"}});
+  return dir.path();
+}
+
+TEST(Decoder, RefusesNonFiniteWeightsNamingTheTensor) {
+  for (const std::string name :
+       {"model.layers.1.mlp.up_proj.weight", "model.layers.0.input_layernorm.weight", "model.embed_tokens.weight"}) {
+    TempDir dir;
+    const fs::path model = edited_copy(dir, "llama-gqa", name, [](at::Tensor& t) { t.view(-1)[3] = NAN; });
+    const Checkpoint checkpoint = Checkpoint::open(model);
+    expect_error(
+        [&] {
+          const DecoderModel decoder(checkpoint);
+          for (int64_t b = 0; b < decoder.shape().num_layers; ++b) decoder.load_block(b);
+        },
+        ErrorKind::kNumeric, {(model / "model.safetensors").string(), name, "NaN or Inf", "1 non-finite"});
+    RunOptions allow;
+    allow.allow_non_finite = true;
+    const DecoderModel decoder(checkpoint, allow);
+    EXPECT_NO_THROW(decoder.load_block(1));
+  }
+}
+
+TEST(Decoder, WeightsThatOverflowTheComputeDtypeAreNamed) {
+  TempDir dir;
+  const std::string name = "model.layers.0.self_attn.o_proj.weight";
+  const fs::path model = edited_copy(dir, "llama-gqa", name, [](at::Tensor& t) { t.view(-1)[0] = 1e6; });
+  const Checkpoint checkpoint = Checkpoint::open(model);
+  RunOptions half;
+  half.dtype = at::kHalf;
+  expect_error([&] { DecoderModel(checkpoint, half).load_block(0); }, ErrorKind::kNumeric,
+               {name, "too large for Half"});
+  EXPECT_NO_THROW(DecoderModel(checkpoint).load_block(0));
+}
+
+TEST(Tokenizer, MustFitTheModelVocabulary) {
+  const fs::path dir = test_data_dir() / "tokenizer" / "tiny_bpe";
+  const auto tokenizer = load_tokenizer(dir);
+  const int64_t size = tokenizer->vocab_size();
+  expect_error([&] { check_tokenizer_fits(*tokenizer, dir, size - 1, "/models/m/config.json"); }, ErrorKind::kInput,
+               {dir.string(), "/models/m/config.json", "vocabulary",
+                fmt::format("expected at most {} tokens", size - 1), fmt::format("found {} tokens", size)});
+  EXPECT_NO_THROW(check_tokenizer_fits(*tokenizer, dir, size, "/models/m/config.json"));
+  EXPECT_NO_THROW(check_tokenizer_fits(*tokenizer, dir, size * 20, "/models/m/config.json"));  // a warning only
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <ATen/ops/equal.h>
 #include <ATen/ops/randint.h>
 
+#include <chrono>
 #include <cstring>
 #include <fstream>
 
@@ -200,6 +201,75 @@ TEST(Safetensors, RejectsMalformedEntries) {
       write_raw(dir / "e7.safetensors",
                 R"({"a": {"dtype": "F64", "shape": [4294967296, 4294967296], "data_offsets": [0, 8]}})", 8),
       {"tensor 'a'", "too large"});
+}
+
+TEST(Safetensors, RejectsTheRemainingMalformedHeaders) {
+  TempDir dir;
+  expect_input_error(write_raw(dir / "short.safetensors", "{", 0), {"too short to be a JSON object", "found 1 bytes"});
+  expect_input_error(write_raw(dir / "m1.safetensors", R"({"__metadata__": [1]})", 0),
+                     {"__metadata__ is not an object", "found array"});
+  expect_input_error(
+      write_raw(dir / "m2.safetensors", R"({"a": {"dtype": 7, "shape": [1], "data_offsets": [0, 1]}})", 1),
+      {"tensor 'a'", "dtype is not a string", "found 7"});
+  expect_input_error(
+      write_raw(dir / "m3.safetensors", R"({"a": {"dtype": "U8", "shape": 1, "data_offsets": [0, 1]}})", 1),
+      {"tensor 'a'", "shape is not an array", "found 1"});
+  expect_input_error(write_raw(dir / "m4.safetensors", R"({"a": {"dtype": "U8", "data_offsets": [0, 1]}})", 1),
+                     {"tensor 'a'", "'shape' is missing"});
+  expect_input_error(write_raw(dir / "m5.safetensors", R"({"a": {"dtype": "U8", "shape": [1]}})", 1),
+                     {"tensor 'a'", "'data_offsets' is missing"});
+  expect_input_error(
+      write_raw(dir / "m6.safetensors", R"({"a": {"dtype": "U8", "shape": [1], "data_offsets": [-1, 0]}})", 1),
+      {"tensor 'a'", "data_offsets[0]", "non-negative", "found -1"});
+  expect_input_error(
+      write_raw(dir / "m7.safetensors", R"({"a": {"dtype": "U8", "shape": [1.5], "data_offsets": [0, 1]}})", 1),
+      {"tensor 'a'", "every dimension of shape", "found 1.5"});
+  // Dtypes that safetensors defines but optima does not read (complex, 4-bit) are unknown, with the tensor named.
+  for (const char* dtype : {"C64", "F4", "F8_E8M0"})
+    expect_input_error(
+        write_raw(dir / (std::string(dtype) + ".safetensors"),
+                  fmt::format(R"({{"w": {{"dtype": "{}", "shape": [1], "data_offsets": [0, 8]}}}})", dtype), 8),
+        {"tensor 'w'", "unknown dtype", dtype});
+}
+
+// A file truncated, extended or rewritten after it was opened (and its header checked) is noticed before its bytes
+// are used again.
+TEST(Safetensors, NoticesAFileThatChangesAfterOpening) {
+  TempDir dir;
+  std::vector<float> values(256, 1.0f);
+  write_safetensors(dir / "a.safetensors", {{"x", DType::kF32, {256}, values.data(), 1024}});
+  const auto size = fs::file_size(dir / "a.safetensors");
+  const auto file = SafetensorsFile::open(dir / "a.safetensors");
+  EXPECT_NO_THROW(file->mapping()->check_unchanged());
+  fs::resize_file(dir / "a.safetensors", size - 512);
+  expect_error([&] { file->mapping()->check_unchanged(); }, ErrorKind::kInput,
+               {(dir / "a.safetensors").string(), "changed size", fmt::format("expected {} bytes", size),
+                fmt::format("found {} bytes", size - 512)});
+  fs::resize_file(dir / "a.safetensors", size + 8);
+  expect_error([&] { file->mapping()->check_unchanged(); }, ErrorKind::kInput, {"changed size", "found"});
+  // Same size, new contents: the modification time gives it away.
+  fs::resize_file(dir / "a.safetensors", size);
+  const auto again = SafetensorsFile::open(dir / "a.safetensors");
+  fs::last_write_time(dir / "a.safetensors", fs::last_write_time(dir / "a.safetensors") + std::chrono::seconds(5));
+  expect_error([&] { again->mapping()->check_unchanged(); }, ErrorKind::kInput,
+               {(dir / "a.safetensors").string(), "modified while optima was reading it"});
+}
+
+// Reading a page that a truncation removed raises SIGBUS; optima's handler names the file and exits with the
+// input-error code instead of dumping core.
+TEST(SafetensorsDeathTest, ReadingATruncatedMappingNamesTheFile) {
+  TempDir dir;
+  std::vector<float> values(8192, 2.0f);
+  write_safetensors(dir / "big.safetensors", {{"x", DType::kF32, {8192}, values.data(), values.size() * 4}});
+  EXPECT_EXIT(
+      {
+        const auto file = SafetensorsFile::open(dir / "big.safetensors");
+        fs::resize_file(dir / "big.safetensors", 0);
+        volatile std::byte sink = file->mapping()->data()[file->mapping()->size() - 1];
+        (void)sink;
+        std::exit(0);
+      },
+      ::testing::ExitedWithCode(kExitInput), "big.safetensors: the file shrank while optima was reading it");
 }
 
 TEST(Safetensors, RejectsMissingFile) {

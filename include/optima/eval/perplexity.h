@@ -20,8 +20,9 @@ class Tokenizer;
 
 struct PerplexityOptions {
   int64_t seqlen = 2048;
-  int64_t batch_size = 8;   // windows per forward call
-  int64_t max_windows = 0;  // 0: all
+  int64_t batch_size = 8;                  // windows per forward call
+  int64_t max_windows = 0;                 // 0: all
+  std::string source = "evaluation text";  // what errors name: the dataset file when there is one
 };
 
 struct PerplexityResult {

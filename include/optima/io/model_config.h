@@ -16,6 +16,8 @@ class ModelConfig {
  public:
   // Reads `<dir>/config.json` (or a config file given directly).
   static ModelConfig load(const std::filesystem::path& path);
+  // Parses the text of a config.json read from `path` (named in errors only); load() is read + parse.
+  static ModelConfig parse(std::string_view text, const std::filesystem::path& path);
   ModelConfig(nlohmann::json json, std::filesystem::path path);
 
   const nlohmann::json& json() const { return json_; }

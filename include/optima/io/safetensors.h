@@ -83,7 +83,7 @@ void sort_for_safetensors(std::vector<TensorBytes>& tensors);
 
 // Writes a complete file at `path` (under a temporary name, renamed when complete). Tensors are written in the
 // order given; call sort_for_safetensors first for the reference layout. Throws an I/O error naming the file.
-void write_safetensors(const std::filesystem::path& path, std::vector<TensorBytes> tensors,
+void write_safetensors(const std::filesystem::path& path, const std::vector<TensorBytes>& tensors,
                        const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
 
 }  // namespace optima

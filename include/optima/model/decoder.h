@@ -24,6 +24,9 @@ struct RunOptions {
   c10::Device device = c10::Device(c10::kCPU);
   // Compute dtype of weights and activations; Undefined keeps the checkpoint's floating-point dtype.
   c10::ScalarType dtype = c10::ScalarType::Undefined;
+  // Off: every weight is checked when loaded, and one holding NaN or Inf (in the file, or after the cast to `dtype`)
+  // is a numeric error naming the file and tensor, before it can poison every later activation.
+  bool allow_non_finite = false;
 };
 
 // One block's weights by name relative to the block ("self_attn.q_proj.weight", ...), on the run device.

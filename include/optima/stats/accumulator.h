@@ -31,7 +31,8 @@ class InputStatistics {
   int64_t tokens() const { return tokens_; }
   const at::Tensor& hessian() const { return hessian_; }
   const at::Tensor& column_sq_norms() const { return column_norms_; }
-  // True when an input value was NaN or Inf (checked on every batch: a poisoned Hessian is useless).
+  // True when an input value was NaN or Inf, or when the statistics overflowed (finite activations beyond about
+  // 1e19 square past fp32's range); checked on every batch: a poisoned Hessian is useless.
   bool saw_non_finite() const { return non_finite_; }
 
  private:

@@ -52,6 +52,13 @@ class Tokenizer {
 // tokenizer features optima does not implement.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& dir);
 
+// Checks that `tokenizer`, loaded from `tokenizer_dir`, belongs with a model whose embedding has `model_vocab` rows
+// (vocab_size in `config_path`). A tokenizer that can produce ids past the embedding is an input error naming both
+// files and both sizes; one that covers less than 90% of the embedding is most likely another model's (models pad
+// their embedding by a few rows, not by a tenth) and gets a warning.
+void check_tokenizer_fits(const Tokenizer& tokenizer, const std::filesystem::path& tokenizer_dir, int64_t model_vocab,
+                          const std::filesystem::path& config_path);
+
 // Replaces each maximal ill-formed subsequence of `bytes` by U+FFFD, exactly as Python's
 // bytes.decode("utf-8", errors="replace") and Rust's String::from_utf8_lossy do; valid UTF-8 is returned unchanged.
 std::string sanitize_utf8(std::string_view bytes);
