@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything optima needs to build and test, idempotently and quickly when it is already there:
-#   - Debian packages: compiler tools, CLI11, nlohmann-json, spdlog/fmt, sentencepiece, PCRE2, GoogleTest, ccache;
+#   - Debian packages: compiler tools, CLI11, nlohmann-json, spdlog/fmt, sentencepiece, PCRE2, GoogleTest, ccache,
+#     and Gloo's headers (libgloo-dev: LibTorch's ProcessGroupGloo.hpp includes them, the wheel lacks them; only the
+#     headers are used, see cmake/OptimaDistributed.cmake);
 #   - LibTorch from the pinned PyPI torch wheel, in a virtual environment kept in a per-user cache folder keyed by
 #     the torch version, so clean clones and CI reuse it; plus the Python development tools (transformers,
 #     safetensors) that generate golden files and check interoperability. The optima binary never needs Python.
@@ -15,7 +17,8 @@ TORCH_VERSION=2.12.0
 DEV_REQUIREMENTS=("numpy==2.4.6" "transformers==5.23.0" "safetensors==0.8.0" "sentencepiece==0.2.3" "protobuf==7.36.2"
                   "matplotlib==3.11.2")
 APT_PACKAGES=(build-essential cmake ninja-build ccache pkg-config git libcli11-dev nlohmann-json3-dev libspdlog-dev
-              libfmt-dev libsentencepiece-dev libpcre2-dev libssl-dev libgtest-dev libgmock-dev clang-format python3-venv)
+              libfmt-dev libsentencepiece-dev libpcre2-dev libssl-dev libgtest-dev libgmock-dev libgloo-dev
+              clang-format python3-venv)
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 log() { printf '[setup] %s\n' "$*" >&2; }

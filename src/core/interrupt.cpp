@@ -38,9 +38,16 @@ bool interrupt_requested() {
   return g_signal.load(std::memory_order_relaxed) != 0;
 }
 
+int interrupt_signal() {
+  return g_signal.load(std::memory_order_relaxed);
+}
+
 void check_interrupt(std::string_view where) {
   const int signal_number = g_signal.load(std::memory_order_relaxed);
-  if (signal_number == 0) return;
+  if (signal_number != 0) throw_interrupted(signal_number, where);
+}
+
+void throw_interrupted(int signal_number, std::string_view where) {
   throw Error(ErrorKind::kInterrupted, fmt::format("stopped by {} at {}; nothing was written under the output name",
                                                    signal_number == SIGTERM  ? "SIGTERM"
                                                    : signal_number == SIGINT ? "SIGINT"

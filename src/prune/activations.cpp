@@ -97,6 +97,9 @@ ActivationStore::ActivationStore(std::vector<std::vector<int64_t>> shapes, at::S
     in_memory_.resize(shapes_.size());
     return;
   }
+  // The folder may not exist yet on a process of a job of many that does not share rank 0's.
+  std::error_code ec;
+  fs::create_directories(spill_file_.parent_path(), ec);
   const int fd = ::open(spill_file_.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) fail_io_errno(spill_file_, "create the activation file");
   // Reserve the blocks now, so a full disk fails here and not with SIGBUS when a page is first written.

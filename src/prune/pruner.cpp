@@ -19,6 +19,7 @@
 #include "optima/io/tensor.h"
 #include "optima/model/decoder.h"
 #include "optima/prune/activations.h"
+#include "optima/prune/distributed_steps.h"
 #include "optima/prune/resume.h"
 #include "optima/select/selector.h"
 #include "optima/solve/row_solver.h"
@@ -76,11 +77,20 @@ nlohmann::json resume_settings(const PrunePlan& plan, const nlohmann::json& sett
   s["save_masks"] = plan.save_masks;
   s["save_hessians"] = !plan.save_hessians.empty();
   s["allow_non_finite"] = plan.allow_non_finite;
+  // A job of many processes saves one share of the activations per process, so its size must match; a single
+  // process leaves it out, as states saved before jobs of many processes existed do.
+  if (s.value("world_size", 1) == 1) s.erase("world_size");
   return s;
 }
 
 std::string block_file_name(const char* what, int64_t block) {
   return fmt::format("{}-block-{:04d}.safetensors", what, block);
+}
+
+// Each process of a job of many saves its own share of the activations, under a name of its rank.
+std::string activation_file_name(int64_t block, const Distributed& dist) {
+  if (!dist.active()) return block_file_name("activations", block);
+  return fmt::format("activations-block-{:04d}.rank-{}.safetensors", block, dist.rank());
 }
 
 LayerReport layer_report_from_json(const nlohmann::json& j) {
@@ -118,11 +128,16 @@ int64_t calibration_seqlen(const PrunePlan& plan, int64_t max_positions, const s
   return plan.seqlen > 0 ? plan.seqlen : std::min(kDefaultSeqlen, max_positions);
 }
 
-PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const CalibrationSet* shared_calibration) {
+PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const CalibrationSet* shared_calibration,
+                        const Distributed& dist) {
   const auto start = Clock::now();
+  const double communicated_before = dist.seconds_in_collectives();
   plan.validate();
   PruneReport report;
   report.settings = plan.to_json();
+  dist.check_same(report.settings.dump(), "prune settings");
+  // Part of the resume fingerprint too: a state saved by a job of W processes holds W shares of activations.
+  report.settings["world_size"] = dist.world_size();
 
   // --- model, settings that need it, and outputs ------------------------------------------------------------
   const Checkpoint checkpoint = Checkpoint::open(plan.model);
@@ -160,24 +175,39 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
 
   const at::ScalarType hessian_dtype = plan.hessian_dtype == "fp64" ? at::kDouble : at::kFloat;
 
-  StagedDirectory staged(plan.out, plan.overwrite, plan.model);
+  // In a job of many processes rank 0 writes the output; the others write nothing there, not even the directories.
+  std::optional<StagedDirectory> staged;
+  if (dist.is_root()) staged.emplace(plan.out, plan.overwrite, plan.model);
   std::optional<StagedDirectory> hessian_dir;
-  if (!plan.save_hessians.empty()) hessian_dir.emplace(plan.save_hessians, plan.overwrite, plan.model);
-  // The run's work folder: staging files of the checkpoint, and what an interruption saves (see resume.h).
-  ResumeFolder work(plan.out);
+  if (dist.is_root() && !plan.save_hessians.empty())
+    hessian_dir.emplace(plan.save_hessians, plan.overwrite, plan.model);
+  // The run's work folder: staging files of the checkpoint, and what an interruption saves (see resume.h). In a
+  // job of many processes rank 0 owns it (the lock, the writer's files, state.json) and every process keeps its
+  // own share of the activations there, so it must be on a file system they all share, as the output is.
+  std::optional<ResumeFolder> work;
   std::optional<nlohmann::json> state;
-  if (work.has_state()) {
-    work.keep(true);  // a saved state is never removed by a run that does not complete it
-    if (!plan.resume)
-      fail_usage(
-          fmt::format("{} holds the saved state of an interrupted run writing {}; pass --resume to continue "
-                      "it, or delete that folder to start over",
-                      work.path().string(), plan.out.string()));
-    state = work.read_state();
+  if (dist.is_root()) {
+    work.emplace(plan.out);
+    if (work->has_state()) {
+      work->keep(true);  // a saved state is never removed by a run that does not complete it
+      if (!plan.resume)
+        fail_usage(
+            fmt::format("{} holds the saved state of an interrupted run writing {}; pass --resume to continue "
+                        "it, or delete that folder to start over",
+                        work->path().string(), plan.out.string()));
+      state = work->read_state();
+    } else {
+      work->clear();  // leftovers of a run killed before it could save anything
+      if (plan.resume)
+        spdlog::info("--resume: no saved state in {}; starting from the first block", work->path().string());
+    }
   } else {
-    work.clear();  // leftovers of a run killed before it could save anything
-    if (plan.resume)
-      spdlog::info("--resume: no saved state in {}; starting from the first block", work.path().string());
+    work.emplace(plan.out, ResumeFolder::Shared{});
+  }
+  // Every process continues the state rank 0 found (and touches the folder only once rank 0 has cleared it).
+  if (dist.active()) {
+    const std::string text = dist.broadcast_text(state ? state->dump() : std::string(), 0, "the saved state");
+    if (!dist.is_root() && !text.empty()) state = nlohmann::json::parse(text);
   }
 
   // --- calibration -----------------------------------------------------------------------------------------
@@ -199,18 +229,25 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
   spdlog::info("calibration: {}", calibration.description);
   report.seconds_calibration = seconds_since(phase);
   const nlohmann::json fingerprint = run_fingerprint(resume_settings(plan, report.settings), checkpoint, calibration);
-  if (state) check_fingerprint(state->at("fingerprint"), fingerprint, work.path() / "state.json");
+  if (state) check_fingerprint(state->at("fingerprint"), fingerprint, work->path() / "state.json");
 
   // Hidden states of every calibration window, kept on the CPU between blocks (batches of plan.batch_size), in
-  // memory or, past the budget, in a file of the work folder.
+  // memory or, past the budget, in a file of the work folder. A job of many processes gives each its share of the
+  // windows (which may be none), and each its own file.
+  const auto [first_window, end_window] = dist.share(calibration.nsamples);
   std::vector<std::vector<int64_t>> batch_shapes;
-  for (int64_t b = 0; b < calibration.nsamples && !calibration.ids.empty(); b += plan.batch_size)
-    batch_shapes.push_back({std::min(plan.batch_size, calibration.nsamples - b), seqlen, shape.hidden_size});
-  ActivationStore hidden(batch_shapes, model.dtype(), activation_budget_bytes(plan.activation_memory),
-                         work.path() / "activations.spill");
-  report.activation_bytes = static_cast<int64_t>(hidden.bytes());
-  report.activations_on_disk = hidden.on_disk();
-  const bool calibrated = hidden.size() > 0;
+  for (int64_t b = first_window; b < end_window && !calibration.ids.empty(); b += plan.batch_size)
+    batch_shapes.push_back({std::min(plan.batch_size, end_window - b), seqlen, shape.hidden_size});
+  const std::string spill_name =
+      dist.active() ? fmt::format("activations.rank-{}.spill", dist.rank()) : std::string("activations.spill");
+  auto hidden_store = std::make_unique<ActivationStore>(
+      batch_shapes, model.dtype(), activation_budget_bytes(plan.activation_memory), work->path() / spill_name);
+  ActivationStore& hidden = *hidden_store;
+  const std::vector<double> held = dist.all_reduce({static_cast<double>(hidden.bytes()), hidden.on_disk() ? 1.0 : 0.0},
+                                                   ReduceOp::kSum, "the size of the activations");
+  report.activation_bytes = static_cast<int64_t>(held[0]);  // of all processes
+  report.activations_on_disk = held[1] > 0;
+  const bool calibrated = !calibration.ids.empty();
 
   CheckpointWriterOptions writer_options;
   writer_options.max_shard_bytes = parse_byte_size(plan.max_shard_size);
@@ -219,13 +256,35 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
   nlohmann::json saved_files = nlohmann::json::object();  // per-block files of the work folder, for state.json
   int64_t first_block = 0;
   if (state) {
-    // Everything the saved state names is checked before any of it is used.
-    for (const auto& [name, record] : state->at("files").items()) work.verify_file(name, record);
+    // Everything the saved state names is checked before any of it is used: in a job of many processes each one
+    // checks its own share of the activations and rank 0 the rest, and all go on only when every check passed (a
+    // process that refuses its share stops, and the others with it, before rank 0 touches the writer's files).
+    std::string my_activations;
+    std::set<std::string> others_activations;
+    if (calibrated) {
+      const nlohmann::json& names = state->at("activations");
+      if (!dist.active()) {
+        my_activations = names.get<std::string>();
+      } else {
+        OPTIMA_ASSERT(names.is_array() && names.size() == static_cast<size_t>(dist.world_size()));
+        for (int r = 0; r < dist.world_size(); ++r) {
+          const std::string name = names[static_cast<size_t>(r)].get<std::string>();
+          if (r == dist.rank())
+            my_activations = name;
+          else
+            others_activations.insert(name);
+        }
+      }
+    }
+    for (const auto& [name, record] : state->at("files").items())
+      if (dist.is_root() ? others_activations.count(name) == 0 : name == my_activations)
+        work->verify_file(name, record);
+    dist.barrier("checking the saved state");
     first_block = state->at("next_block").get<int64_t>();
-    writer = CheckpointWriter::resume(staged.staging(), writer_options, work.path(), state->at("writer"));
-    if (calibrated) load_activations(hidden, work.path() / state->at("activations").get<std::string>());
-    if (state->contains("masks")) {
-      const auto file = SafetensorsFile::open(work.path() / state->at("masks").get<std::string>());
+    if (staged) writer = CheckpointWriter::resume(staged->staging(), writer_options, work->path(), state->at("writer"));
+    if (calibrated) load_activations(hidden, work->path() / my_activations);
+    if (state->contains("masks") && staged) {
+      const auto file = SafetensorsFile::open(work->path() / state->at("masks").get<std::string>());
       for (const TensorInfo& info : file->tensors())
         masks.emplace(info.name, tensor_from_bytes(info, file->data(info), file->mapping()).clone());
     }
@@ -240,30 +299,34 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
     for (const auto& [name, record] : state->at("files").items())
       if (name.rfind("hessians-", 0) == 0) saved_files[name] = record;
     spdlog::info("resuming from {}: blocks 0-{} were pruned by an earlier run; continuing at block {}",
-                 work.path().string(), first_block - 1, first_block);
+                 work->path().string(), first_block - 1, first_block);
   } else {
     const auto t0 = Clock::now();
     if (calibrated) {
       const at::Tensor ids = at::tensor(calibration.ids, at::kLong).view({calibration.nsamples, calibration.seqlen});
       for (size_t i = 0; i < hidden.size(); ++i) {
-        const int64_t begin = static_cast<int64_t>(i) * plan.batch_size;
-        hidden.set(i, model.embed(ids.slice(0, begin, begin + plan.batch_size)));
+        const int64_t begin = first_window + static_cast<int64_t>(i) * plan.batch_size;
+        hidden.set(i, model.embed(ids.slice(0, begin, std::min(begin + plan.batch_size, end_window))));
         hidden.release(i);
       }
     }
     report.seconds_forward += seconds_since(t0);
-    writer = std::make_unique<CheckpointWriter>(staged.staging(), writer_options, work.path());
-    for (const ExpectedTensor& t : global_tensors(shape)) writer->add(t.name, checkpoint.load(t.name));
-    // A stored lm_head that the config ties to the embeddings is carried over unchanged too.
-    if (shape.tie_word_embeddings && checkpoint.find("lm_head.weight"))
-      writer->add("lm_head.weight", checkpoint.load("lm_head.weight"));
+    if (staged) {
+      writer = std::make_unique<CheckpointWriter>(staged->staging(), writer_options, work->path());
+      for (const ExpectedTensor& t : global_tensors(shape)) writer->add(t.name, checkpoint.load(t.name));
+      // A stored lm_head that the config ties to the embeddings is carried over unchanged too.
+      if (shape.tie_word_embeddings && checkpoint.find("lm_head.weight"))
+        writer->add("lm_head.weight", checkpoint.load("lm_head.weight"));
+    }
   }
-  copy_model_side_files(plan.model, staged.staging());
+  if (staged) copy_model_side_files(plan.model, staged->staging());
   checkpoint.drop_resident_pages();
 
-  // On SIGTERM/SIGINT (check_interrupt, between layers and batches): the blocks before `completed` are written
-  // and `hidden` holds the inputs of block `completed` (propagation itself is never interrupted, so the two
-  // always agree). That is what the state records.
+  // On SIGTERM/SIGINT (check_interrupt, between layers and batches; in a job of many processes only at the end of
+  // a block, where they agree): the blocks before `completed` are written and `hidden` holds the inputs of block
+  // `completed` (propagation itself is never interrupted, so the two always agree). That is what the state
+  // records. Every process of a job saves its share of the activations; rank 0 gathers their records and writes
+  // the rest and state.json.
   int64_t completed = first_block;
   auto save_state = [&](const Error& stop) {
     const auto t0 = Clock::now();
@@ -271,23 +334,33 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
     nlohmann::json next = {{"format", "optima-resume"},
                            {"version", kResumeFormatVersion},
                            {"fingerprint", fingerprint},
-                           {"next_block", completed},
-                           {"writer", writer->suspend()}};
+                           {"next_block", completed}};
+    if (writer) next["writer"] = writer->suspend();
     if (calibrated) {
-      const std::string name = block_file_name("activations", completed);
-      save_activations(hidden, work.path() / name);
-      files[name] = work.describe_file(name);
-      next["activations"] = name;
+      const std::string name = activation_file_name(completed, dist);
+      work->create();
+      save_activations(hidden, work->path() / name);
+      // The gather returns once every process has written and checksummed its file: state.json, written after
+      // it, never names a file that is not complete.
+      const std::vector<std::string> records = dist.all_gather_text(
+          nlohmann::json{{"name", name}, {"record", work->describe_file(name)}}.dump(), "saving the activations");
+      nlohmann::json names = nlohmann::json::array();
+      for (const std::string& text : records) {
+        const nlohmann::json r = nlohmann::json::parse(text);
+        files[r.at("name").get<std::string>()] = r.at("record");
+        names.push_back(r.at("name"));
+      }
+      next["activations"] = dist.active() ? names : names[0];
     }
-    if (plan.save_masks) {
+    if (plan.save_masks && staged) {
       std::vector<TensorBytes> bytes;
       for (const auto& [name, m] : masks)
         if (std::any_of(report.layers.begin(), report.layers.end(),
                         [&](const LayerReport& l) { return l.block < completed && l.name + ".mask" == name; }))
           bytes.push_back(tensor_bytes(name, m));
       const std::string name = block_file_name("masks", completed);
-      write_safetensors(work.path() / name, bytes, {{"format", "optima-masks"}});
-      files[name] = work.describe_file(name);
+      write_safetensors(work->path() / name, bytes, {{"format", "optima-masks"}});
+      files[name] = work->describe_file(name);
       next["masks"] = name;
     }
     const nlohmann::json so_far = report.to_json();
@@ -302,14 +375,24 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
                         {"reconstruct", report.seconds_reconstruct},
                         {"write", report.seconds_write}}}};
     next["files"] = files;
-    work.write_state(next);
-    work.keep(true);
+    if (dist.is_root()) {
+      work->write_state(next);
+      work->keep(true);
+    }
+    // No process reports the state saved before state.json is there: a launcher may stop the whole job as soon
+    // as the first process exits.
+    dist.barrier("saving the state");
     spdlog::info("saved the state of {} completed block(s) in {:.1f} s", completed, seconds_since(t0));
     throw Error(ErrorKind::kSuspended,
                 fmt::format("{}; saved {} and the activations entering block {} in {}: rerun the same command with "
                             "--resume to continue",
                             stop.what(), completed == 0 ? "no block yet" : fmt::format("blocks 0-{}", completed - 1),
-                            completed, work.path().string()));
+                            completed, work->path().string()));
+  };
+  // A job of many processes must stop at the same point, or the processes that go on wait for the others in the
+  // next collective: they check for a signal only at the ends of blocks, together (below).
+  auto poll_interrupt = [&](const std::string& where) {
+    if (!dist.active()) check_interrupt(where);
   };
 
   const std::vector<std::string> sites = sites_in_order(linears);
@@ -330,12 +413,14 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
           stats.emplace(site, InputStatistics(first.in_features, run.device, need_hessian, need_norms, hessian_dtype));
         }
         for (size_t i = 0; i < hidden.size(); ++i) {
-          check_interrupt(fmt::format("block {} (statistics)", b));
+          poll_interrupt(fmt::format("block {} (statistics)", b));
           model.block_forward(block, hidden.get(i), [&](const std::string& site, const at::Tensor& x) {
             if (wanted.count(site)) stats.at(site).add(x);
           });
           hidden.release(i);
         }
+        for (const std::string& site : wanted)
+          pool_statistics(dist, stats.at(site), fmt::format("block {}, statistics of {}", b, site));
         report.seconds_forward += seconds_since(t0);
         for (const std::string& site : sites)  // in forward order: the first site that went wrong is named
           if (wanted.count(site) && stats.at(site).saw_non_finite() && !plan.allow_non_finite)
@@ -349,7 +434,7 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
         for (const LinearLayer& layer : linears) {
           if (layer.input != site) continue;
           const std::string name = prefix + layer.name;
-          check_interrupt(fmt::format("block {}, before {}", b, layer.name));
+          poll_interrupt(fmt::format("block {}, before {}", b, layer.name));
           LayerReport lr;
           lr.name = name;
           lr.block = b;
@@ -398,11 +483,16 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
             t0 = Clock::now();
             // OPTIMA starts from the dense row w, not the selector's updated weights (algorithms.md §6).
             const at::Tensor w = dense.to(at::kFloat);
+            // A job of many processes solves each process's share of the rows and gathers them.
+            const RowSolver solve = [&](const at::Tensor& w_rows, const at::Tensor& pruned_rows,
+                                        const at::Tensor& start_rows, const RowSolveOptions& options) {
+              return plan.qp_solver == "cg" ? solve_rows_cg(w_rows, pruned_rows, layer_stats.hessian, start_rows,
+                                                            plan.qp_tol, plan.qp_max_iter, options)
+                                            : solve_rows_exact(w_rows, pruned_rows, layer_stats.hessian, options);
+            };
             const RowSolveResult r = in_layer([&] {
-              return plan.qp_solver == "cg"
-                         ? solve_rows_cg(w, selection.pruned, layer_stats.hessian, selection.weight.to(at::kFloat),
-                                         plan.qp_tol, plan.qp_max_iter, solve_options)
-                         : solve_rows_exact(w, selection.pruned, layer_stats.hessian, solve_options);
+              return solve_rows_shared(dist, solve, w, selection.pruned, selection.weight.to(at::kFloat), solve_options,
+                                       name);
             });
             lr.qp_iterations = r.iterations;
             lr.qp_fp64_fallback_rows = r.fp64_fallback_rows;
@@ -424,7 +514,7 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
           lr.sparsity = zeros.to(at::kDouble).mean().item<double>();
           lr.pattern_ok = pattern_holds(zeros, plan.pattern);
           block.tensors[key] = written;
-          if (plan.save_masks) masks.emplace(name + ".mask", pack_mask(selection.pruned));
+          if (plan.save_masks && staged) masks.emplace(name + ".mask", pack_mask(selection.pruned));
           report.seconds_select += lr.seconds_select;
           report.seconds_reconstruct += lr.seconds_reconstruct;
           report.layers.push_back(lr);
@@ -465,6 +555,7 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
       // Write the block: pruned linear weights in the stored dtype, everything else byte-identical.
       const auto tw = Clock::now();
       for (const ExpectedTensor& t : block_tensors(shape, b)) {
+        if (!writer) break;  // not rank 0: nothing is written
         const std::string relative = t.name.substr(prefix.size());
         const bool pruned_linear = std::any_of(linears.begin(), linears.end(),
                                                [&](const LinearLayer& l) { return l.name + ".weight" == relative; });
@@ -477,9 +568,9 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
         std::vector<TensorBytes> bytes;
         for (const auto& [name, h] : hessians_to_save) bytes.push_back(tensor_bytes(name, h));
         const std::string name = block_file_name("hessians", b);
-        write_safetensors(work.path() / name, bytes,
+        write_safetensors(work->path() / name, bytes,
                           {{"format", "pt"}, {"scaling", "H = (2/n) sum over samples of X^T X, n = samples"}});
-        saved_files[name] = work.describe_file(name);
+        saved_files[name] = work->describe_file(name);
       }
       report.seconds_write += seconds_since(tw);
       completed = b + 1;
@@ -491,11 +582,23 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
       spdlog::debug("block {} done (resident: {:.0f} MiB allocated, {:.0f} MiB mapped)", b,
                     static_cast<double>(resident.anonymous) / 1048576.0,
                     static_cast<double>(resident.file) / 1048576.0);
-      if (completed < shape.num_layers) check_interrupt(fmt::format("the end of block {}", b));
+      if (completed < shape.num_layers) {
+        const std::string where = fmt::format("the end of block {}", b);
+        if (!dist.active()) {
+          check_interrupt(where);
+        } else {
+          // The largest signal number any process got (SIGTERM over SIGINT); all stop here when there is one.
+          const int signal_number = static_cast<int>(
+              dist.all_reduce({static_cast<double>(interrupt_signal())}, ReduceOp::kMax, "checking for a signal")[0]);
+          if (signal_number != 0)
+            throw_interrupted(signal_number,
+                              interrupt_signal() != 0 ? where : where + " (another process of the job was signalled)");
+        }
+      }
     }
   } catch (const Error& e) {
     if (e.kind() == ErrorKind::kInterrupted) save_state(e);
-    if (state) {
+    if (state && writer) {
       // A failed resumed run leaves the saved state as it found it, to be resumed again once the cause is fixed.
       try {
         (void)writer->suspend();
@@ -508,17 +611,17 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
   progress.finish();
 
   const auto tw = Clock::now();
-  writer->finish();
+  if (writer) writer->finish();
   if (hessian_dir)
     for (const auto& [name, record] : saved_files.items()) {
       std::error_code ec;
-      fs::rename(work.path() / name, hessian_dir->staging() / name, ec);
+      fs::rename(work->path() / name, hessian_dir->staging() / name, ec);
       if (ec) throw Error(ErrorKind::kIo, describe((hessian_dir->staging() / name).string(), ec.message()));
     }
-  if (plan.save_masks && !masks.empty()) {
+  if (staged && plan.save_masks && !masks.empty()) {
     std::vector<TensorBytes> bytes;
     for (const auto& [name, m] : masks) bytes.push_back(tensor_bytes(name, m));
-    write_safetensors(staged.staging() / "masks.safetensors", bytes,
+    write_safetensors(staged->staging() / "masks.safetensors", bytes,
                       {{"format", "optima-masks"},
                        {"packing", "uint8 [out, ceil(in/8)]: bit i of byte k is input column 8k+i; 1 = pruned"}});
   }
@@ -532,11 +635,18 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
   }
   report.overall_sparsity = total ? static_cast<double>(zeros) / static_cast<double>(total) : 0.0;
   report.peak_rss_bytes = peak_rss_bytes();
+  report.seconds_communicate = dist.seconds_in_collectives() - communicated_before;
   report.seconds_total = report.seconds_before_resume + seconds_since(start);
-  write_text_file(staged.staging() / "prune_report.json", report.to_json().dump(2) + "\n");
-  staged.commit();
+  if (staged) {
+    write_text_file(staged->staging() / "prune_report.json", report.to_json().dump(2) + "\n");
+    staged->commit();
+  }
   if (hessian_dir) hessian_dir->commit();
-  work.keep(false);  // complete: the work folder goes
+  // Every process's spill file is gone before rank 0 removes the work folder.
+  hidden_store.reset();
+  // The other processes succeed only once rank 0 has written the output (or fail when it could not).
+  dist.barrier("the end of the run, after rank 0 wrote the output");
+  if (dist.is_root()) work->keep(false);  // complete: the work folder goes
   return report;
 }
 
@@ -578,7 +688,8 @@ nlohmann::json PruneReport::to_json() const {
         {"forward", seconds_forward},
         {"select", seconds_select},
         {"reconstruct", seconds_reconstruct},
-        {"write", seconds_write}}},
+        {"write", seconds_write},
+        {"communicate", seconds_communicate}}},
       {"peak_rss_bytes", peak_rss_bytes},
       {"activations", {{"bytes", activation_bytes}, {"on_disk", activations_on_disk}}},
       {"resumed_from_block", resumed_from_block >= 0 ? nlohmann::json(resumed_from_block) : nlohmann::json(nullptr)},

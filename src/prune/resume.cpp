@@ -88,9 +88,7 @@ fs::path ResumeFolder::path_for(const fs::path& out) {
 }
 
 ResumeFolder::ResumeFolder(const fs::path& out) : path_(path_for(out)) {
-  std::error_code ec;
-  fs::create_directories(path_, ec);
-  if (ec) throw Error(ErrorKind::kIo, describe(path_.string(), "cannot create the run's work folder: " + ec.message()));
+  create();
   const fs::path lock = path_ / kLockFile;
   lock_fd_ = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (lock_fd_ < 0) fail_io_errno(lock, "create lock file");
@@ -105,7 +103,21 @@ ResumeFolder::ResumeFolder(const fs::path& out) : path_(path_for(out)) {
   }
 }
 
+ResumeFolder::ResumeFolder(const fs::path& out, Shared) : path_(path_for(out)), owner_(false) {}
+
+void ResumeFolder::create() const {
+  std::error_code ec;
+  fs::create_directories(path_, ec);
+  if (ec) throw Error(ErrorKind::kIo, describe(path_.string(), "cannot create the run's work folder: " + ec.message()));
+}
+
 ResumeFolder::~ResumeFolder() {
+  if (!owner_) {
+    // A folder this process created for itself alone (not rank 0's, which holds the lock file), now empty.
+    std::error_code ignored;
+    fs::remove(path_, ignored);
+    return;
+  }
   if (!keep_) {
     std::error_code ignored;
     fs::remove_all(path_, ignored);
@@ -190,6 +202,17 @@ nlohmann::json run_fingerprint(const nlohmann::json& settings, const Checkpoint&
 
 void check_fingerprint(const nlohmann::json& saved, const nlohmann::json& current, const fs::path& state_file) {
   const std::string folder = state_file.parent_path().string();
+  // Each process of a job saved its own share of the activations: only a job of as many can continue them.
+  const nlohmann::json saved_settings = saved.value("settings_json", nlohmann::json::object());
+  const int saved_world = saved_settings.value("world_size", 1);
+  const int world = current["settings_json"].value("world_size", 1);
+  if (saved_world != world)
+    fail_usage(fmt::format(
+        "{}: the saved state was made by a job of {} process{}, and this job has {}: each process saved its own "
+        "share of the calibration activations, so resume with {} process{} (WORLD_SIZE, or srun's --ntasks), or "
+        "delete {} to start over",
+        state_file.string(), saved_world, saved_world == 1 ? "" : "es", world, saved_world,
+        saved_world == 1 ? "" : "es", folder));
   if (saved.value("settings", "") != current.value("settings", ""))
     fail_usage(fmt::format(
         "{}: the saved state was made with other settings ({}); rerun with the original "

@@ -238,6 +238,7 @@ RowSolveResult solve_rows_exact(const at::Tensor& dense_weight, const at::Tensor
 
   RowSolveResult result;
   result.dead_inputs = prepared.dead_inputs;
+  result.mean_diag = prepared.mean_diag;
   double damping = options.damp * prepared.mean_diag;
   for (int attempt = 0;; ++attempt) {
     result.damping = damping;

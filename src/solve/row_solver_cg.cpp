@@ -78,6 +78,7 @@ RowSolveResult solve_rows_cg(const at::Tensor& dense_weight, const at::Tensor& p
 
   RowSolveResult result;
   result.dead_inputs = prepared.dead_inputs;
+  result.mean_diag = prepared.mean_diag;
   result.damping = options.damp * prepared.mean_diag;
   const at::Tensor h = prepared.h.clone();
   h.diagonal().add_(result.damping);

@@ -38,4 +38,24 @@ void InputStatistics::add(const at::Tensor& x) {
     non_finite_ = true;
 }
 
+void InputStatistics::pool(const std::function<void(std::vector<at::Tensor>&)>& sum_over_shares) {
+  const c10::Device device = hessian_.defined() ? hessian_.device() : column_norms_.device();
+  // Counts travel as fp64, exact far beyond any calibration set.
+  std::vector<at::Tensor> parts{
+      at::tensor({static_cast<double>(samples_), static_cast<double>(tokens_), non_finite_ ? 1.0 : 0.0}, at::kDouble)
+          .to(device)};
+  const double own = static_cast<double>(samples_);
+  if (hessian_.defined()) parts.push_back(hessian_.mul_(own));
+  if (column_norms_.defined()) parts.push_back(column_norms_.mul_(own));
+  sum_over_shares(parts);
+  const at::Tensor counts = parts[0].cpu();
+  samples_ = static_cast<int64_t>(counts[0].item<double>());
+  tokens_ = static_cast<int64_t>(counts[1].item<double>());
+  non_finite_ = counts[2].item<double>() > 0;
+  const double total = samples_ > 0 ? static_cast<double>(samples_) : 1.0;
+  size_t next = 1;
+  if (hessian_.defined()) hessian_ = parts[next++].div_(total);
+  if (column_norms_.defined()) column_norms_ = parts[next++].div_(total);
+}
+
 }  // namespace optima

@@ -1,6 +1,7 @@
 // `optima prune`: the main job. Settings come from defaults, then a TOML config file (--config, read by main.cpp for
 // whichever subcommand runs), then the command line; --dump-config prints the resolved settings as a config file
-// and exits without checking that they are complete (a template to edit).
+// and exits without checking that they are complete (a template to edit). Started by torchrun or srun (RANK/WORLD_SIZE
+// or SLURM_PROCID/SLURM_NTASKS in the environment), the processes share one pruning run (dist/distributed.h).
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -8,6 +9,8 @@
 
 #include "commands.h"
 #include "optima/core/error.h"
+#include "optima/dist/distributed.h"
+#include "optima/io/tensor.h"
 #include "optima/prune/plan.h"
 #include "optima/prune/pruner.h"
 #include "optima/prune/sweep.h"
@@ -23,6 +26,7 @@ Command add_prune(CLI::App& root) {
     std::vector<std::string> methods = {"sparsegpt"}, patterns = {"unstructured"}, reconstructs = {"none"};
     std::vector<double> sparsities;
     EvalRequest eval_request;
+    double dist_timeout = 1800;
     bool dump_config = false;
   };
   auto o = std::make_shared<Options>();
@@ -81,6 +85,13 @@ Command add_prune(CLI::App& root) {
   app->add_option("--save-hessians", o->save_hessians, "Directory for the per-block Hessians (safetensors)");
   app->add_flag("--overwrite", p.overwrite, "Replace existing output directories");
   app->add_flag("--allow-non-finite", p.allow_non_finite, "Do not stop on NaN/Inf weights or activations");
+  app->add_option("--dist-timeout", o->dist_timeout,
+                  "Many processes (started by torchrun or srun: RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT or "
+                  "SLURM_PROCID/SLURM_NTASKS): seconds to wait for the others at the start and at each exchange. "
+                  "Each process takes a share of the calibration windows and of the reconstruction rows; "
+                  "rank 0 writes everything (and runs --eval)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   app->add_flag("--resume", p.resume,
                 "Continue the interrupted run whose state is in OUT.resume (SIGTERM/SIGINT save it and exit 75); "
                 "starts afresh when there is none");
@@ -111,11 +122,28 @@ Command add_prune(CLI::App& root) {
                 for (double s : o->sparsities) (void)SparsityPattern::parse(pattern, s);
             EvalRequest eval = o->eval_request;
             eval.dataset = o->eval;
+            const LaunchEnvironment launch = read_launch_environment();
+            if (launch.world_size > 1 && plans.size() > 1)
+              fail_usage(
+                  fmt::format("a sweep ({} settings) runs in one process, but the environment ({}) starts {}: "
+                              "prune one setting per job, or run the sweep as a job array "
+                              "(scripts/slurm/prune-array.sbatch)",
+                              plans.size(), launch.source, launch.world_size));
             auto progress = make_console_progress();
             if (plans.size() == 1) {
               PrunePlan plan = plans.front();
               plan.out = base.out;
-              const PruneReport report = prune_model(plan, *progress);
+              DistributedOptions dist_options;
+              dist_options.timeout = std::chrono::milliseconds(static_cast<int64_t>(o->dist_timeout * 1000));
+              dist_options.device = parse_device(plan.device);
+              const Distributed dist(launch, dist_options);
+              // Rank 0 speaks for the job; the others only warn.
+              if (!dist.is_root()) {
+                progress = make_null_progress();
+                if (spdlog::get_level() < spdlog::level::warn) spdlog::set_level(spdlog::level::warn);
+              }
+              const PruneReport report = prune_model(plan, *progress, nullptr, dist);
+              if (!dist.is_root()) return 0;
               std::printf("%s", report.summary().c_str());
               spdlog::info("wrote {} (report: {})", plan.out.string(), (plan.out / "prune_report.json").string());
               if (!eval.dataset.empty()) {

@@ -12,12 +12,17 @@
 #include "optima/core/interrupt.h"
 #include "optima/core/logging.h"
 #include "optima/core/version.h"
+#include "optima/dist/distributed.h"
 
 namespace {
 
 std::string version_text() {
-  return fmt::format("optima {} ({}), LibTorch {}, CUDA {}", OPTIMA_VERSION, OPTIMA_GIT_DESCRIBE, OPTIMA_TORCH_VERSION,
-                     OPTIMA_BUILT_WITH_CUDA ? "built in" : "not built");
+  std::string many;  // the c10d backends a job of many processes can use
+  if (optima::distributed_backend_available(c10::kCPU)) many += "gloo";
+  if (optima::distributed_backend_available(c10::Device(c10::kCUDA, 0))) many += many.empty() ? "nccl" : ", nccl";
+  return fmt::format("optima {} ({}), LibTorch {}, CUDA {}, many processes: {}", OPTIMA_VERSION, OPTIMA_GIT_DESCRIBE,
+                     OPTIMA_TORCH_VERSION, OPTIMA_BUILT_WITH_CUDA ? "built in" : "not built",
+                     many.empty() ? "not built" : many);
 }
 
 // Reads `--config FILE` (TOML) for the subcommand being run: keys outside a [section] belong to that subcommand, so

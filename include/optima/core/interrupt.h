@@ -14,8 +14,14 @@ void install_interrupt_handlers();
 // True once a SIGINT or SIGTERM arrived.
 bool interrupt_requested();
 
+// The signal that arrived (SIGINT or SIGTERM), or 0. A job of many processes exchanges it so that every process
+// stops at the same point.
+int interrupt_signal();
+
 // Throws Error(kInterrupted) naming `where` (e.g. "block 3, before mlp.down_proj") once a signal arrived.
 void check_interrupt(std::string_view where);
+// Throws Error(kInterrupted) for `signal_number` at `where`, as check_interrupt does.
+[[noreturn]] void throw_interrupted(int signal_number, std::string_view where);
 
 // Tests: raise or clear the flag without a signal.
 void request_interrupt_for_testing(bool on);

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "optima/core/progress.h"
+#include "optima/dist/distributed.h"
 #include "optima/prune/plan.h"
 
 namespace optima {
@@ -50,6 +51,7 @@ struct PruneReport {
   double seconds_select = 0;
   double seconds_reconstruct = 0;
   double seconds_write = 0;
+  double seconds_communicate = 0;  // inside collectives of a job of many processes, waiting included
   int64_t peak_rss_bytes = 0;
   int64_t activation_bytes = 0;      // calibration activations between blocks
   bool activations_on_disk = false;  // mapped from the work folder (--activation-memory)
@@ -66,7 +68,13 @@ struct CalibrationSet;
 // Runs the whole pipeline and writes plan.out (and plan.save_hessians). Throws optima::Error. `calibration`, when
 // given, is used instead of reading plan.calib (a sweep reads and tokenizes it once for all its settings); it must
 // have been built from plan.calib with plan.nsamples windows of calibration_seqlen(plan, ...) tokens.
-PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const CalibrationSet* calibration = nullptr);
+// In a job of many processes (`dist`, called by every process with the same plan) each process runs its share of
+// the calibration windows and of the reconstruction rows (prune/distributed_steps.h); only rank 0 writes, and every
+// process returns only once rank 0 has written. A signal to any process stops them all at the end of the same block,
+// each saving its share of the activations in the work folder (prune/resume.h), and --resume continues the job with
+// as many processes.
+PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const CalibrationSet* calibration = nullptr,
+                        const Distributed& dist = Distributed::single_process());
 
 // The window length a plan calibrates with on a model of `max_positions` positions: plan.seqlen, or by default
 // kDefaultSeqlen capped at the model's positions. Usage error when an explicit plan.seqlen exceeds them.

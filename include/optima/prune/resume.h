@@ -26,7 +26,12 @@ class ResumeFolder {
 
   // Creates or opens the folder and locks it (a usage error when another run holds it).
   explicit ResumeFolder(const std::filesystem::path& out);
-  // Removes the folder unless keep(true) is in force.
+  // The folder as a process of a job of many sees it: rank 0 owns (creates, locks, clears and removes) it; the
+  // others only read and write their own files in it, and create it only when they must write there (a folder
+  // that is not shared with rank 0).
+  struct Shared {};
+  ResumeFolder(const std::filesystem::path& out, Shared);
+  // The owner removes the folder unless keep(true) is in force; a sharer removes it only when it is empty.
   ~ResumeFolder();
   ResumeFolder(const ResumeFolder&) = delete;
   ResumeFolder& operator=(const ResumeFolder&) = delete;
@@ -47,10 +52,13 @@ class ResumeFolder {
   // {"bytes", "sha256"} of a file in the folder, for state.json; and the check of such a record.
   nlohmann::json describe_file(const std::string& name) const;
   void verify_file(const std::string& name, const nlohmann::json& record) const;
+  // Creates the folder if it is missing (a sharer, before it writes there).
+  void create() const;
 
  private:
   std::filesystem::path path_;
   int lock_fd_ = -1;
+  bool owner_ = true;
   bool keep_ = false;
 };
 

@@ -79,6 +79,7 @@ struct RowSolveResult {
   // report the absolute ||(H (ŵ − w))_T||.
   double kkt_residual = 0;
   double damping = 0;              // absolute damping added to diag H
+  double mean_diag = 0;            // mean of diag H after dead inputs were fixed: the unit of relative damping
   int64_t damping_retries = 0;     // fp64 factorizations that failed and were retried with more damping
   int64_t dead_inputs = 0;         // inputs with H_jj == 0
   double flops = 0;                // estimated flops: factorizations, triangular solves, matrix products

@@ -5,6 +5,8 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
+#include <vector>
 
 namespace optima {
 
@@ -18,6 +20,12 @@ class InputStatistics {
   //   H <- H * n / (n + b) + (sqrt(2 / (n + b)) x)ᵀ (sqrt(2 / (n + b)) x)   (n counts samples, b the batch's)
   //   s <- s * n / (n + b) + ||x_j||² / (n + b)                              (Wanda, per column j)
   void add(const at::Tensor& x);
+
+  // Replaces statistics accumulated over one share of the samples by those of all the shares together (a job of
+  // many processes, each with its own share): `sum_over_shares` must replace each tensor of the vector by its
+  // element-wise sum over the shares (an all-reduce). H and s are running means over samples, so each share is
+  // weighted by its sample count: H = sum_r n_r H_r / sum_r n_r, the single-process result up to round-off.
+  void pool(const std::function<void(std::vector<at::Tensor>&)>& sum_over_shares);
 
   int64_t samples() const { return samples_; }
   int64_t tokens() const { return tokens_; }
