@@ -5,7 +5,8 @@ compile_commands.json, in parallel, and fails on any finding. Headers are analys
 Each translation unit with LibTorch's headers costs clang-tidy 20-60 s of CPU, so results are cached: a unit that
 was clean is not analysed again while its key is unchanged. The key is the clang-tidy version, .clang-tidy, the
 compile command, and the contents of the unit and of every project header it includes (the compiler's -MM list,
-which leaves out system and LibTorch headers: those change only with the compile command's paths). The cache lives in
+which leaves out system and LibTorch headers: those change only with the compile command's paths), with paths inside
+the checkout taken relative to it. The cache lives in
 $OPTIMA_CACHE/clang-tidy (default ~/.cache/optima/clang-tidy), beside the ccache and torch caches CI keeps.
 
 Usage: scripts/tidy.py --build build/asan [-j 2] [--no-cache] [file ...]
@@ -45,13 +46,18 @@ def unit_key(entry, version, config):
     deps = subprocess.run(args + ["-MM"], cwd=entry["directory"], capture_output=True, text=True)
     if deps.returncode != 0:
         return None  # let clang-tidy report the problem
+    # Paths inside the checkout are hashed relative to it, so that clones in other folders (CI's fresh clone)
+    # share the cache, as they share ccache's entries.
+    def relative(text):
+        return text.replace(str(REPO), "@REPO@")
+
     h = hashlib.sha256()
     h.update(version.encode())
     h.update(config)
-    h.update(entry.get("command", " ".join(entry.get("arguments", []))).encode())
+    h.update(relative(entry.get("command", " ".join(entry.get("arguments", [])))).encode())
     for dep in sorted(set(deps.stdout.replace("\\\n", " ").split()[1:])):
         p = Path(entry["directory"], dep).resolve()
-        h.update(str(p).encode())
+        h.update(relative(str(p)).encode())
         h.update(p.read_bytes())
     return h.hexdigest()
 

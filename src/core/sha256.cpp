@@ -44,7 +44,7 @@ std::string Sha256::hex() const {
     throw Error(ErrorKind::kInternal, "sha256: digest finalisation failed");
   static const char kHex[] = "0123456789abcdef";
   std::string out;
-  out.reserve(2 * length);
+  out.reserve(2 * static_cast<size_t>(length));
   for (unsigned int i = 0; i < length; ++i) {
     out.push_back(kHex[digest[i] >> 4]);
     out.push_back(kHex[digest[i] & 0xf]);

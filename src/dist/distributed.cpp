@@ -360,6 +360,7 @@ std::vector<std::string> Distributed::all_gather_text(const std::string& text, s
       describe(), "all-gather", what, [&] { return impl_->backend->allgather(outputs, input); }, impl_->timeout,
       seconds_);
   std::vector<std::string> texts;
+  texts.reserve(static_cast<size_t>(world_size_));
   for (int r = 0; r < world_size_; ++r)
     texts.push_back(tensor_text(outputs[0][static_cast<size_t>(r)], n[r].item<int64_t>()));
   return texts;

@@ -3,6 +3,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <set>
 
@@ -36,6 +37,13 @@ std::vector<PrunePlan> expand_sweep(const PrunePlan& base, const std::vector<std
                                     const std::vector<std::string>& reconstructs) {
   if (methods.empty() || patterns.empty() || reconstructs.empty())
     fail_usage("a sweep needs at least one method, pattern and reconstruction");
+  // N:M patterns fix their own sparsity. Where the patterns are all N:M, a sparsity that is given anyway must
+  // equal N/M (SparsityPattern::parse refuses another); beside an unstructured pattern, it is that pattern's.
+  const bool any_unstructured =
+      std::any_of(patterns.begin(), patterns.end(), [](const std::string& p) { return p == "unstructured"; });
+  if (!any_unstructured)
+    for (const std::string& pattern : patterns)
+      for (double s : sparsities) (void)SparsityPattern::parse(pattern, s);
   std::vector<PrunePlan> plans;
   std::set<std::string> names;
   for (const std::string& method : methods)

@@ -11,7 +11,6 @@ Standard library only; ctest runs it as `bad_input` with the binary and the asse
 Cases that need the stories260k tokenizer skip without the assets; the read-only and full-disk cases mount a small
 tmpfs and skip where mounting is not permitted (not root).
 """
-import array
 import hashlib
 import json
 import math
@@ -22,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 import unittest
+
+from safetensors_file import edit as edit_tensors, edit_floats, read_checkpoint
 
 OPTIMA = None
 ASSETS = None
@@ -45,53 +46,6 @@ def optima(*args, timeout=300):
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def read_safetensors(path):
-    """[(name, dtype, shape, bytes)] in file order, and the metadata."""
-    with open(path, "rb") as f:
-        (header_len,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(header_len))
-        data = f.read()
-    metadata = header.pop("__metadata__", None)
-    tensors = sorted(((name, info["dtype"], info["shape"], data[info["data_offsets"][0]:info["data_offsets"][1]],
-                       info["data_offsets"][0]) for name, info in header.items()), key=lambda t: t[4])
-    return [t[:4] for t in tensors], metadata
-
-
-def write_safetensors(path, tensors, metadata=None):
-    header, offset = {}, 0
-    if metadata:
-        header["__metadata__"] = metadata
-    for name, dtype, shape, raw in tensors:
-        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(raw)]}
-        offset += len(raw)
-    text = json.dumps(header).encode()
-    text += b" " * ((8 - len(text) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text + b"".join(t[3] for t in tensors))
-
-
-def edit_tensors(path, edit):
-    """Rewrites a safetensors file with edit(list of [name, dtype, shape, bytes]) applied in place."""
-    tensors, metadata = read_safetensors(path)
-    tensors = [list(t) for t in tensors]
-    edit(tensors)
-    write_safetensors(path, [tuple(t) for t in tensors], metadata)
-
-
-def edit_floats(path, name, change):
-    """Calls change(values) on the F32 array of tensor `name` (and its shape) and writes the result back."""
-    def edit(tensors):
-        for t in tensors:
-            if t[0] == name:
-                values = array.array("f")
-                values.frombytes(t[3])
-                change(values, t[2])
-                t[3] = values.tobytes()
-                return
-        raise KeyError(name)
-    edit_tensors(path, edit)
-
-
 def tree_digest(directory):
     digest = hashlib.sha256()
     for root, dirs, files in os.walk(directory):
@@ -102,19 +56,6 @@ def tree_digest(directory):
             with open(path, "rb") as f:
                 digest.update(f.read())
     return digest.hexdigest()
-
-
-def read_weights(directory):
-    """{name: (shape, floats)} of every F32 tensor of a written checkpoint."""
-    out = {}
-    for file in sorted(os.listdir(directory)):
-        if file.endswith(".safetensors"):
-            for name, dtype, shape, raw in read_safetensors(os.path.join(directory, file))[0]:
-                if dtype == "F32":
-                    values = array.array("f")
-                    values.frombytes(raw)
-                    out[name] = (shape, values)
-    return out
 
 
 class BadInputCase(unittest.TestCase):
@@ -235,7 +176,7 @@ class ModelDirectory(BadInputCase):
         model = self.copy_model()
         weights = os.path.join(model, "model.safetensors")
         missing = "model.layers.1.mlp.up_proj.weight"
-        edit_tensors(weights, lambda ts: ts.remove(next(t for t in ts if t[0] == missing)))
+        edit_tensors(weights, lambda ts: ts.remove(next(t for t in ts if t.name == missing)))
         digest = tree_digest(model)
         self.assertRefused(self.prune(model), EXIT_INPUT, model, f"tensor '{missing}' is missing",
                            "expected shape [128, 64]", "found no such tensor", model=model, digest=digest)
@@ -288,9 +229,9 @@ class ModelDirectory(BadInputCase):
 
         def retype(dtype):
             def edit(tensors):
-                t = next(t for t in tensors if t[0] == name)
-                count = len(t[3]) // 4
-                t[1], t[3] = dtype, bytes(count * DTYPE_SIZE.get(dtype, 4))
+                i = next(i for i, t in enumerate(tensors) if t.name == name)
+                count = len(tensors[i].data) // 4
+                tensors[i] = tensors[i]._replace(dtype=dtype, data=bytes(count * DTYPE_SIZE.get(dtype, 4)))
             return edit
 
         for dtype, fragments in (("C64", ["unknown dtype", '"C64"']),
@@ -370,7 +311,7 @@ class NonFinite(BadInputCase):
             report = {layer["name"]: layer for layer in json.load(f)["layers"]}
         self.assertTrue(report[name[:-len(".weight")]]["skipped"])
         self.assertGreater(report["model.layers.1.mlp.down_proj"]["sparsity"], 0.49)
-        written = read_weights(self.out)[name][1]
+        written = read_checkpoint(self.out)[name].data
         self.assertTrue(math.isnan(written[77]))
         self.assertEqual(tree_digest(model), digest)
 
@@ -578,7 +519,7 @@ class Numerics(BadInputCase):
     def test_singular_hessians_prune_to_finite_weights(self):
         if not os.path.isdir(self.stories):
             self.skipTest(f"asset missing: {self.stories}")
-        dense = read_weights(self.model)
+        dense = read_checkpoint(self.model)
         runs = [(method, pattern, reconstruct, ["--nsamples", "1", "--seqlen", "8"])
                 for method in ("magnitude", "wanda", "sparsegpt") for pattern in ("unstructured", "2:4")
                 for reconstruct in ("none", "optima")]
@@ -610,11 +551,11 @@ class Numerics(BadInputCase):
                         self.assertGreater(layer["reconstruct_damping"], 0, layer["name"])
                         self.assertLess(layer["kkt_residual"], 1e-6, layer["name"])
                     self.assertTrue(layer["pattern_ok"], layer["name"])
-                written = read_weights(out)
-                for name, (shape, values) in written.items():
+                written = read_checkpoint(out)
+                for name, (_, _, shape, values) in written.items():
                     self.assertTrue(all(math.isfinite(v) for v in values), f"{name} has non-finite weights")
                     if not any(name.endswith(linear + ".weight") for linear in LLAMA_LINEARS):
-                        self.assertEqual(values, dense[name][1], f"{name} must be unchanged")
+                        self.assertEqual(values, dense[name].data, f"{name} must be unchanged")
                         continue
                     rows, cols = shape
                     zeros = [v == 0.0 for v in values]

@@ -7,17 +7,17 @@ leave no output; interrupted runs resume to byte-identical outputs.
 Standard library only; ctest runs it as `prune` with the binary and the assets folder:
     python3 tests/e2e/test_prune.py OPTIMA_BINARY [ASSETS_DIR]
 """
-import array
 import json
 import math
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
 import unittest
+
+from safetensors_file import read_checkpoint, tensors as read_tensors
 
 OPTIMA = None
 ASSETS = None
@@ -30,35 +30,6 @@ SELECTORS = ["magnitude", "wanda", "sparsegpt"]
 
 def optima(*args):
     return subprocess.run([OPTIMA, *args], capture_output=True, text=True, timeout=900)
-
-
-def read_safetensors(path):
-    """{name: (shape, flat list of floats)} for the F32 tensors of one file; other dtypes are returned as bytes."""
-    with open(path, "rb") as f:
-        (header_len,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(header_len))
-        data = f.read()
-    tensors = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        begin, end = info["data_offsets"]
-        raw = data[begin:end]
-        if info["dtype"] == "F32":
-            values = array.array("f")
-            values.frombytes(raw)
-            tensors[name] = (info["shape"], values)
-        else:
-            tensors[name] = (info["shape"], raw)
-    return tensors
-
-
-def read_checkpoint(directory):
-    tensors = {}
-    for name in sorted(os.listdir(directory)):
-        if name.endswith(".safetensors") and name != "masks.safetensors":
-            tensors.update(read_safetensors(os.path.join(directory, name)))
-    return tensors
 
 
 class Prune(unittest.TestCase):
@@ -100,13 +71,13 @@ class Prune(unittest.TestCase):
         """Reads the output back and checks every prunable matrix; returns the report."""
         pruned = read_checkpoint(out)
         self.assertEqual(sorted(pruned), sorted(self.dense), "the output must hold exactly the input's tensors")
-        for name, (shape, values) in self.dense.items():
+        for name, (_, _, shape, values) in self.dense.items():
             is_linear = any(name.endswith(f"{linear}.weight") for linear in LLAMA_LINEARS)
             if not is_linear:
-                self.assertEqual(pruned[name][1], values, f"{name} must be carried over unchanged")
+                self.assertEqual(pruned[name].data, values, f"{name} must be carried over unchanged")
                 continue
             rows, cols = shape
-            got = pruned[name][1]
+            got = pruned[name].data
             zeros = [v == 0.0 for v in got]
             if pattern == "unstructured":
                 fraction = sum(zeros) / len(zeros)
@@ -165,11 +136,11 @@ class Prune(unittest.TestCase):
         out, hessians = os.path.join(self.work, "masks"), os.path.join(self.work, "hessians")
         self.assertExit(self.prune(out, "--method", "wanda", "--pattern", "2:4", "--save-masks", "--save-hessians",
                                    hessians), EXIT_OK)
-        masks = read_safetensors(os.path.join(out, "masks.safetensors"))
+        masks = read_tensors(os.path.join(out, "masks.safetensors"))
         pruned = read_checkpoint(out)
         name = "model.layers.1.mlp.down_proj"
-        shape, packed = masks[name + ".mask"]
-        (rows, cols), values = pruned[name + ".weight"][0], pruned[name + ".weight"][1]
+        _, _, shape, packed = masks[name + ".mask"]
+        (rows, cols), values = pruned[name + ".weight"].shape, pruned[name + ".weight"].data
         self.assertEqual(shape, [rows, (cols + 7) // 8])
         for r in range(rows):
             for c in range(cols):
@@ -178,11 +149,11 @@ class Prune(unittest.TestCase):
                     self.assertEqual(values[r * cols + c], 0.0)
         files = sorted(os.listdir(hessians))
         self.assertEqual(files, [f"hessians-block-{b:04d}.safetensors" for b in range(5)])
-        block = read_safetensors(os.path.join(hessians, files[0]))
+        block = read_tensors(os.path.join(hessians, files[0]))
         sites = {"attn_in": 64, "attn_out": 64, "mlp_in": 64, "mlp_hidden": 172}
-        self.assertEqual({k: v[0] for k, v in block.items()},
+        self.assertEqual({k: v.shape for k, v in block.items()},
                          {f"model.layers.0.{site}": [n, n] for site, n in sites.items()})
-        for shape, values in block.values():
+        for _, _, shape, values in block.values():
             n = shape[0]
             for i in range(n):
                 self.assertGreaterEqual(values[i * n + i], 0.0)

@@ -1,9 +1,11 @@
 // Checkpoint directories: sharded writing and reading back, pytorch_model.bin through LibTorch's pickler, the
-// stories260k facts, and the errors a broken model directory must produce.
+// stories260k facts, the errors a broken model directory must produce, LibTorch tensor views of mapped safetensors
+// data, and the size and dtype parsers of the writer.
 #include <ATen/ops/equal.h>
 #include <ATen/ops/randn.h>
 #include <torch/csrc/jit/serialization/pickle.h>
 
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
@@ -13,6 +15,7 @@
 #include "optima/io/json_file.h"
 #include "optima/io/output_dir.h"
 #include "optima/io/safetensors.h"
+#include "optima/io/tensor.h"
 #include "optima/model/arch.h"
 #include "optima/model/inspect.h"
 #include "optima/model/random_model.h"
@@ -302,6 +305,73 @@ TEST(OutputDirectory, RefusesExistingAndInputAndCleansUp) {
     staged.commit();
   }
   EXPECT_TRUE(fs::exists(dir / "exists" / "b.txt"));
+}
+
+// Every dtype's bytes, viewed as a LibTorch tensor of the matching scalar type and shape without a copy.
+TEST(TensorViews, EveryDtypeViewsTheMappedBytes) {
+  TempDir dir;
+  std::mt19937_64 rng(std::random_device{}());
+  std::vector<std::vector<unsigned char>> buffers;
+  std::vector<TensorBytes> tensors;
+  for (DType dtype : kAllDTypes) {
+    const std::vector<int64_t> shape = {static_cast<int64_t>(1 + rng() % 5), static_cast<int64_t>(1 + rng() % 7)};
+    std::vector<unsigned char> bytes(static_cast<size_t>(shape[0] * shape[1] * dtype_size(dtype)));
+    for (auto& b : bytes) b = static_cast<unsigned char>(dtype == DType::kBool ? rng() % 2 : rng());
+    buffers.push_back(std::move(bytes));
+    tensors.push_back(
+        {"t." + std::string(dtype_name(dtype)), dtype, shape, buffers.back().data(), buffers.back().size()});
+  }
+  sort_for_safetensors(tensors);
+  write_safetensors(dir / "m.safetensors", tensors);
+  const auto file = SafetensorsFile::open(dir / "m.safetensors");
+  for (const TensorBytes& t : tensors) {
+    const TensorInfo* info = file->find(t.name);
+    ASSERT_NE(info, nullptr) << t.name;
+    const at::Tensor tensor = tensor_from_bytes(*info, file->data(*info), file->mapping());
+    EXPECT_EQ(tensor.scalar_type(), to_scalar_type(t.dtype)) << t.name;
+    EXPECT_EQ(tensor.sizes().vec(), t.shape) << t.name;
+    EXPECT_EQ(tensor.data_ptr(), static_cast<const void*>(file->data(*info))) << t.name;
+    EXPECT_EQ(std::memcmp(tensor.data_ptr(), t.data, t.nbytes), 0) << t.name;
+  }
+}
+
+TEST(TensorViews, ZeroCopyTensorKeepsMappingAlive) {
+  TempDir dir;
+  std::vector<float> values = {1, 2, 3, 4};
+  write_safetensors(dir / "a.safetensors", {{"x", DType::kF32, {2, 2}, values.data(), 16}});
+  at::Tensor tensor;
+  {
+    const auto file = SafetensorsFile::open(dir / "a.safetensors");
+    const TensorInfo& info = file->tensors()[0];
+    tensor = tensor_from_bytes(info, file->data(info), file->mapping());
+    EXPECT_EQ(tensor.data_ptr(), static_cast<const void*>(file->data(info)));  // no copy
+  }
+  EXPECT_EQ(tensor[1][1].item<float>(), 4.0f);  // the file object is gone; the mapping is not
+  tensor.fill_(7.0f);                           // private mapping: the file itself is untouched
+  const auto again = SafetensorsFile::open(dir / "a.safetensors");
+  float first = 0;
+  std::memcpy(&first, again->data(again->tensors()[0]), 4);
+  EXPECT_EQ(first, 1.0f);
+}
+
+TEST(Parsers, ByteSizes) {
+  EXPECT_EQ(parse_byte_size("5GB"), 5'000'000'000u);
+  EXPECT_EQ(parse_byte_size("500MB"), 500'000'000u);
+  EXPECT_EQ(parse_byte_size("2GiB"), 2147483648u);
+  EXPECT_EQ(parse_byte_size("1.5kb"), 1500u);
+  EXPECT_EQ(parse_byte_size("1234"), 1234u);
+  expect_error([] { parse_byte_size("12XB"); }, ErrorKind::kUsage, {"12XB", "unit"});
+  expect_error([] { parse_byte_size("GB"); }, ErrorKind::kUsage, {"GB"});
+  expect_error([] { parse_byte_size("0"); }, ErrorKind::kUsage, {"positive"});
+}
+
+TEST(Parsers, Dtypes) {
+  EXPECT_EQ(parse_float_dtype("bf16"), at::kBFloat16);
+  EXPECT_EQ(parse_float_dtype("float16"), at::kHalf);
+  expect_error([] { parse_float_dtype("int8"); }, ErrorKind::kUsage, {"int8"});
+  for (DType d : kAllDTypes) EXPECT_EQ(to_dtype(to_scalar_type(d), "x"), d);
+  EXPECT_EQ(parse_dtype("F8_E4M3"), DType::kF8E4M3);
+  EXPECT_FALSE(parse_dtype("F12").has_value());
 }
 
 }  // namespace

@@ -1,9 +1,7 @@
-// config.json access, architecture parsing per family, and small parsers (sizes, dtypes).
+// config.json access and architecture parsing per family (no LibTorch: part of optima_base_tests).
 #include <fstream>
 
-#include "optima/io/checkpoint_writer.h"
 #include "optima/io/model_config.h"
-#include "optima/io/tensor.h"
 #include "optima/model/arch.h"
 #include "test_util.h"
 
@@ -70,26 +68,6 @@ TEST(ModelShape, LlamaFamilyVariants) {
   base["model_type"] = "gpt_neox";
   expect_error([&] { read_model_shape(config_of(base)); }, ErrorKind::kInput,
                {"'model_type'", "unsupported", "opt, llama", "gpt_neox"});
-}
-
-TEST(Parsers, ByteSizes) {
-  EXPECT_EQ(parse_byte_size("5GB"), 5'000'000'000u);
-  EXPECT_EQ(parse_byte_size("500MB"), 500'000'000u);
-  EXPECT_EQ(parse_byte_size("2GiB"), 2147483648u);
-  EXPECT_EQ(parse_byte_size("1.5kb"), 1500u);
-  EXPECT_EQ(parse_byte_size("1234"), 1234u);
-  expect_error([] { parse_byte_size("12XB"); }, ErrorKind::kUsage, {"12XB", "unit"});
-  expect_error([] { parse_byte_size("GB"); }, ErrorKind::kUsage, {"GB"});
-  expect_error([] { parse_byte_size("0"); }, ErrorKind::kUsage, {"positive"});
-}
-
-TEST(Parsers, Dtypes) {
-  EXPECT_EQ(parse_float_dtype("bf16"), at::kBFloat16);
-  EXPECT_EQ(parse_float_dtype("float16"), at::kHalf);
-  expect_error([] { parse_float_dtype("int8"); }, ErrorKind::kUsage, {"int8"});
-  for (DType d : kAllDTypes) EXPECT_EQ(to_dtype(to_scalar_type(d), "x"), d);
-  EXPECT_EQ(parse_dtype("F8_E4M3"), DType::kF8E4M3);
-  EXPECT_FALSE(parse_dtype("F12").has_value());
 }
 
 }  // namespace

@@ -116,10 +116,6 @@ Command add_prune(CLI::App& root) {
                                                [](const std::string& s) { return s == "unstructured"; });
             if (sparsities.empty() && !only_n_m) sparsities = {0.5};
             std::vector<PrunePlan> plans = expand_sweep(base, o->methods, o->patterns, sparsities, o->reconstructs);
-            // A single N:M setting may still name its sparsity, which must then equal N/M.
-            if (only_n_m && !o->sparsities.empty())
-              for (const std::string& pattern : o->patterns)
-                for (double s : o->sparsities) (void)SparsityPattern::parse(pattern, s);
             EvalRequest eval = o->eval_request;
             eval.dataset = o->eval;
             const LaunchEnvironment launch = read_launch_environment();

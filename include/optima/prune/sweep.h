@@ -21,7 +21,7 @@ std::string sweep_setting_name(const PrunePlan& plan);
 
 // The settings of a sweep: every combination of the lists (N:M patterns take their own sparsity N/M, so they are
 // not repeated per sparsity), each a copy of `base` with out = base.out / sweep_setting_name(...). Usage errors for
-// empty lists, bad entries, and duplicates.
+// empty lists, bad entries, duplicates, and a sparsity other than N/M given with N:M patterns alone.
 std::vector<PrunePlan> expand_sweep(const PrunePlan& base, const std::vector<std::string>& methods,
                                     const std::vector<std::string>& patterns, const std::vector<double>& sparsities,
                                     const std::vector<std::string>& reconstructs);
