@@ -4,7 +4,9 @@
 #include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <map>
 #include <regex>
 #include <set>
@@ -354,10 +356,12 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
     }
     if (plan.save_masks && staged) {
       std::vector<TensorBytes> bytes;
-      for (const auto& [name, m] : masks)
+      for (const auto& entry : masks) {
+        const std::string& mask_name = entry.first;  // not a structured binding: clang 14 cannot capture one
         if (std::any_of(report.layers.begin(), report.layers.end(),
-                        [&](const LayerReport& l) { return l.block < completed && l.name + ".mask" == name; }))
-          bytes.push_back(tensor_bytes(name, m));
+                        [&](const LayerReport& l) { return l.block < completed && l.name + ".mask" == mask_name; }))
+          bytes.push_back(tensor_bytes(mask_name, entry.second));
+      }
       const std::string name = block_file_name("masks", completed);
       write_safetensors(work->path() / name, bytes, {{"format", "optima-masks"}});
       files[name] = work->describe_file(name);
@@ -566,6 +570,7 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
       if (hessian_dir && !hessians_to_save.empty()) {
         // Kept in the work folder until the run completes, so that a resumed run still has them.
         std::vector<TensorBytes> bytes;
+        bytes.reserve(hessians_to_save.size());
         for (const auto& [name, h] : hessians_to_save) bytes.push_back(tensor_bytes(name, h));
         const std::string name = block_file_name("hessians", b);
         write_safetensors(work->path() / name, bytes,
@@ -620,6 +625,7 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
     }
   if (staged && plan.save_masks && !masks.empty()) {
     std::vector<TensorBytes> bytes;
+    bytes.reserve(masks.size());
     for (const auto& [name, m] : masks) bytes.push_back(tensor_bytes(name, m));
     write_safetensors(staged->staging() / "masks.safetensors", bytes,
                       {{"format", "optima-masks"},
@@ -631,7 +637,7 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
   for (const LayerReport& l : report.layers) {
     const int64_t n = l.shape[0] * l.shape[1];
     total += n;
-    zeros += static_cast<int64_t>(l.sparsity * static_cast<double>(n) + 0.5);
+    zeros += std::llround(l.sparsity * static_cast<double>(n));
   }
   report.overall_sparsity = total ? static_cast<double>(zeros) / static_cast<double>(total) : 0.0;
   report.peak_rss_bytes = peak_rss_bytes();

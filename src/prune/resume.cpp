@@ -132,7 +132,7 @@ bool ResumeFolder::has_state() const {
 
 nlohmann::json ResumeFolder::read_state() const {
   const fs::path file = path_ / kStateFile;
-  const nlohmann::json state = read_json_file(file);
+  nlohmann::json state = read_json_file(file);
   if (!state.is_object() || state.value("format", "") != "optima-resume")
     fail_input(file.string(), "not a resumable state written by optima", "\"format\": \"optima-resume\"",
                state.is_object() ? state.value("format", "(none)") : "not an object");

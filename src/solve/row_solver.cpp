@@ -64,7 +64,7 @@ at::Tensor index_tensor(const std::vector<int64_t>& v, const at::Device& device)
 // row-long work vectors (weights, mask, deltas, residuals, products, indices).
 int64_t bytes_per_row(int64_t m, int64_t n, bool fp32) {
   const int64_t elem = fp32 ? 4 : 8;
-  return 2 * elem * m * m + 12 * 8 * n;
+  return 2 * elem * m * m + 12 * int64_t{8} * n;
 }
 
 // Solves one chunk in the given precision, writes its rows into `out` and returns its KKT residual.

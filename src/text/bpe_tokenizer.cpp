@@ -173,7 +173,7 @@ class ByteLevelBpe final : public Tokenizer {
     vocab_ = std::move(vocab);
     int32_t max_id = -1;
     for (const auto& [p, id] : vocab_) max_id = std::max(max_id, id);
-    pieces_.assign(static_cast<size_t>(max_id + 1), std::string());
+    pieces_.assign(static_cast<size_t>(max_id) + 1, std::string());
     piece_bytes_.assign(pieces_.size(), std::string());
     const auto& bu = byte_unicode();
     for (const auto& [p, id] : vocab_) {
@@ -457,12 +457,13 @@ void read_template(const json& tp, const fs::path& file, const std::string& key,
                                           ikey + ".SpecialToken.id");
       std::vector<int64_t> ids;
       if (specials.contains(name) && specials[name].contains("ids") && specials[name]["ids"].is_array()) {
+        const std::string ids_key = fmt::format("{}.special_tokens.{}.ids", key, name);
         for (const auto& v : specials[name]["ids"]) {
-          if (!v.is_number_integer()) unsupported(file, key + ".special_tokens." + name + ".ids", "integers", v);
+          if (!v.is_number_integer()) unsupported(file, ids_key, "integers", v);
           // An id the vocabulary and the added tokens lack would reach the model (past its embedding rows, or as a
           // token decode() cannot spell).
           if (!t.known_id(v.get<int64_t>()))
-            fail_input(key_where(file, key + ".special_tokens." + name + ".ids"), "template token id is not defined",
+            fail_input(key_where(file, ids_key), "template token id is not defined",
                        "an id of the vocabulary or of added_tokens", v.dump());
           ids.push_back(v.get<int64_t>());
         }
@@ -502,7 +503,8 @@ std::unordered_map<std::string, int32_t> read_vocab_object(const json& v, const 
   vocab.reserve(v.size());
   for (const auto& [piece, id] : v.items()) {
     if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= (int64_t{1} << 31))
-      fail_input(key_where(file, key + "." + piece), "bad token id", "a non-negative integer", id.dump());
+      fail_input(key_where(file, fmt::format("{}.{}", key, piece)), "bad token id", "a non-negative integer",
+                 id.dump());
     vocab.emplace(piece, id.get<int32_t>());
   }
   if (vocab.empty()) fail_input(key_where(file, key), "empty vocabulary", "at least one token", "none");
@@ -565,7 +567,8 @@ std::unique_ptr<Tokenizer> make_bpe_from_tokenizer_json(const fs::path& file, co
       !(model["dropout"].is_number() && model["dropout"].get<double>() == 0.0))
     unsupported(file, "model.dropout", "null", model["dropout"]);
   for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
-    if (model.contains(key) && !model[key].is_null() && model[key] != "")
+    if (model.contains(key) && !model[key].is_null() &&
+        !(model[key].is_string() && model[key].get_ref<const std::string&>().empty()))
       unsupported(file, std::string("model.") + key, "null or \"\"", model[key]);
   }
   if (get_bool(model, "byte_fallback", false, file, "model."))

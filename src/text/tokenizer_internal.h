@@ -39,9 +39,9 @@ struct TokenizerConfig {
 
 // Reads `dir`/tokenizer_config.json and `dir`/special_tokens_map.json when present.
 TokenizerConfig read_tokenizer_config(const std::filesystem::path& dir);
-// The same for files already parsed (`file` names them in errors); what read_tokenizer_config applies, in order.
-void apply_tokenizer_config(const nlohmann::json& j, const std::filesystem::path& file, TokenizerConfig& c);
-void apply_special_tokens_map(const nlohmann::json& j, const std::filesystem::path& file, TokenizerConfig& c);
+// The same for files already parsed (the paths name them in errors); what read_tokenizer_config applies, in order.
+void apply_tokenizer_config(const nlohmann::json& j, const std::filesystem::path& config_path, TokenizerConfig& c);
+void apply_special_tokens_map(const nlohmann::json& j, const std::filesystem::path& map_path, TokenizerConfig& c);
 
 // Reads a whole file; fail_input naming the file when it cannot be opened.
 std::string read_file(const std::filesystem::path& path);
@@ -80,8 +80,8 @@ inline uint64_t pair_key(int32_t a, int32_t b) {
 std::vector<int32_t> bpe_merge(const std::vector<int32_t>& symbols, const MergeTable& merges);
 
 // Factories. `where` strings in errors name the files these are read from.
-std::unique_ptr<Tokenizer> make_bpe_from_tokenizer_json(const std::filesystem::path& json_path,
-                                                        const nlohmann::json& tokenizer_json,
+// `j` is the parsed tokenizer.json at `file`.
+std::unique_ptr<Tokenizer> make_bpe_from_tokenizer_json(const std::filesystem::path& file, const nlohmann::json& j,
                                                         const TokenizerConfig& config);
 std::unique_ptr<Tokenizer> make_bpe_from_vocab_merges(const std::filesystem::path& vocab_path,
                                                       const std::filesystem::path& merges_path,
