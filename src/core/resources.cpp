@@ -4,6 +4,7 @@
 #include <malloc.h>
 #include <sys/resource.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <string>
 
@@ -25,6 +26,12 @@ ResidentBytes resident_bytes() {
     if (key == "RssFile:" && in >> kib) r.file = kib * 1024;
   }
   return r;
+}
+
+void tune_allocator() {
+#if defined(__GLIBC__)
+  if (std::getenv("MALLOC_MMAP_THRESHOLD_") == nullptr) mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+#endif
 }
 
 void release_free_memory() {

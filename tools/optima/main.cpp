@@ -11,6 +11,7 @@
 #include "optima/core/error.h"
 #include "optima/core/interrupt.h"
 #include "optima/core/logging.h"
+#include "optima/core/resources.h"
 #include "optima/core/version.h"
 #include "optima/dist/distributed.h"
 
@@ -50,6 +51,7 @@ class SubcommandConfig : public CLI::ConfigTOML {
 }  // namespace
 
 int main(int argc, char** argv) {
+  optima::tune_allocator();
   CLI::App app{"optima: one-shot pruning of large language models with exact OPTIMA reconstruction", "optima"};
   app.set_version_flag("--version", version_text());
   app.require_subcommand(1);
