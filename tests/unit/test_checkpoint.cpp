@@ -310,17 +310,8 @@ TEST(OutputDirectory, RefusesExistingAndInputAndCleansUp) {
 // Every dtype's bytes, viewed as a LibTorch tensor of the matching scalar type and shape without a copy.
 TEST(TensorViews, EveryDtypeViewsTheMappedBytes) {
   TempDir dir;
-  std::mt19937_64 rng(std::random_device{}());
-  std::vector<std::vector<unsigned char>> buffers;
-  std::vector<TensorBytes> tensors;
-  for (DType dtype : kAllDTypes) {
-    const std::vector<int64_t> shape = {static_cast<int64_t>(1 + rng() % 5), static_cast<int64_t>(1 + rng() % 7)};
-    std::vector<unsigned char> bytes(static_cast<size_t>(shape[0] * shape[1] * dtype_size(dtype)));
-    for (auto& b : bytes) b = static_cast<unsigned char>(dtype == DType::kBool ? rng() % 2 : rng());
-    buffers.push_back(std::move(bytes));
-    tensors.push_back(
-        {"t." + std::string(dtype_name(dtype)), dtype, shape, buffers.back().data(), buffers.back().size()});
-  }
+  const TensorsOfEveryDtype every = random_tensors_of_every_dtype();  // owns the bytes
+  std::vector<TensorBytes> tensors = every.tensors;
   sort_for_safetensors(tensors);
   write_safetensors(dir / "m.safetensors", tensors);
   const auto file = SafetensorsFile::open(dir / "m.safetensors");

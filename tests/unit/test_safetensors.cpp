@@ -30,17 +30,7 @@ void expect_input_error(const fs::path& file, const std::vector<std::string>& pa
 
 TEST(Safetensors, RoundTripEveryDtype) {
   TempDir dir;
-  std::mt19937_64 rng(std::random_device{}());
-  std::vector<std::vector<unsigned char>> buffers;
-  std::vector<TensorBytes> tensors;
-  for (DType dtype : kAllDTypes) {
-    const std::vector<int64_t> shape = {static_cast<int64_t>(1 + rng() % 5), static_cast<int64_t>(1 + rng() % 7)};
-    std::vector<unsigned char> bytes(static_cast<size_t>(shape[0] * shape[1] * dtype_size(dtype)));
-    for (auto& b : bytes) b = static_cast<unsigned char>(dtype == DType::kBool ? rng() % 2 : rng());
-    buffers.push_back(std::move(bytes));
-    tensors.push_back(
-        {"t." + std::string(dtype_name(dtype)), dtype, shape, buffers.back().data(), buffers.back().size()});
-  }
+  auto [buffers, tensors] = random_tensors_of_every_dtype();
   tensors.push_back({"scalar", DType::kF32, {}, buffers[1].data(), 4});
   tensors.push_back({"empty", DType::kF16, {0, 3}, nullptr, 0});
   auto sorted = tensors;

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "optima/core/error.h"
+#include "optima/io/safetensors.h"
 
 namespace optima::test {
 
@@ -62,6 +63,26 @@ inline void expect_error(const std::function<void()>& body, ErrorKind kind, cons
     return;
   }
   ADD_FAILURE() << "expected an optima::Error";
+}
+
+// One small tensor of every safetensors dtype, named "t.<dtype>", of a random 1-5 x 1-7 shape and random bytes
+// (0/1 for BOOL); the TensorBytes point into `buffers`.
+struct TensorsOfEveryDtype {
+  std::vector<std::vector<unsigned char>> buffers;
+  std::vector<TensorBytes> tensors;
+};
+inline TensorsOfEveryDtype random_tensors_of_every_dtype() {
+  std::mt19937_64 rng(std::random_device{}());
+  TensorsOfEveryDtype out;
+  for (DType dtype : kAllDTypes) {
+    const std::vector<int64_t> shape = {static_cast<int64_t>(1 + rng() % 5), static_cast<int64_t>(1 + rng() % 7)};
+    std::vector<unsigned char> bytes(static_cast<size_t>(shape[0] * shape[1] * dtype_size(dtype)));
+    for (auto& b : bytes) b = static_cast<unsigned char>(dtype == DType::kBool ? rng() % 2 : rng());
+    out.buffers.push_back(std::move(bytes));
+    out.tensors.push_back(
+        {"t." + std::string(dtype_name(dtype)), dtype, shape, out.buffers.back().data(), out.buffers.back().size()});
+  }
+  return out;
 }
 
 }  // namespace optima::test
