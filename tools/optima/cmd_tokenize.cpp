@@ -37,6 +37,7 @@ Command add_tokenize(CLI::App& root) {
             const auto tokenizer = load_tokenizer(o->model);
             const std::vector<int64_t> ids = tokenizer->encode(input, !o->no_special);
             std::vector<std::string> pieces;
+            pieces.reserve(ids.size());
             for (int64_t id : ids) pieces.push_back(tokenizer->piece(id));
             if (o->json) {
               const nlohmann::json j = {
