@@ -18,6 +18,11 @@ wanted() { [[ $checks == *",$1,"* ]]; }
 log() { printf '[check] %s\n' "$*" >&2; }
 t0=$(date +%s)
 summary=()
+# Records how long a step took since $1 (seconds since the epoch), in the log now and in the closing summary.
+done_step() {
+  summary+=("$2 $(($(date +%s) - $1)) s")
+  log "${summary[-1]}"
+}
 
 packages=()
 wanted asan || wanted tidy && packages+=(clang-tidy-14)
@@ -31,28 +36,27 @@ wanted fuzz && packages+=(clang-14 libclang-rt-14-dev)
 # builds them too, for a deeper look by hand. The tidy step reads this build's compile_commands.json.
 if wanted asan || wanted tidy; then
   build=$("$repo/scripts/build.sh" asan optima_base_tests | tail -n 1)
-  t=$(date +%s)
-  summary+=("sanitizer build $((t - t0)) s")
+  done_step "$t0" "sanitizer build"
 fi
 if wanted asan; then
   t1=$(date +%s)
   export ASAN_OPTIONS="abort_on_error=1:detect_leaks=1:strict_init_order=1:check_initialization_order=1"
   export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
   "$build/tests/optima_base_tests" --gtest_filter="${OPTIMA_ASAN_FILTER:-*}" --gtest_brief=1
-  summary+=("sanitizer unit tests $(($(date +%s) - t1)) s")
+  done_step "$t1" "sanitizer unit tests"
 fi
 
 # --- clang-tidy --------------------------------------------------------------------------------------------------
 if wanted tidy; then
   t1=$(date +%s)
   python3 "$repo/scripts/tidy.py" --build "$build" -j "$OPTIMA_JOBS"
-  summary+=("clang-tidy $(($(date +%s) - t1)) s")
+  done_step "$t1" "clang-tidy"
 fi
 
 # --- fuzzing -----------------------------------------------------------------------------------------------------
 if wanted fuzz && [[ ${OPTIMA_FUZZ_SECONDS:-15} != 0 ]]; then
   t1=$(date +%s)
   "$repo/scripts/fuzz.sh" "${OPTIMA_FUZZ_SECONDS:-15}"
-  summary+=("fuzzing $(($(date +%s) - t1)) s")
+  done_step "$t1" "fuzzing"
 fi
 log "$(IFS=';'; echo "${summary[*]:-nothing run}" | sed 's/;/, /g'); all checks $(($(date +%s) - t0)) s"
