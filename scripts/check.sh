@@ -25,7 +25,7 @@ done_step() {
 }
 
 packages=()
-wanted asan || wanted tidy && packages+=(clang-tidy-14)
+wanted tidy && packages+=(clang-tidy-14)
 wanted fuzz && packages+=(clang-14 libclang-rt-14-dev)
 ((${#packages[@]} == 0)) || "$repo/scripts/apt_ensure.sh" "${packages[@]}"
 
