@@ -17,6 +17,7 @@ import sys
 import tempfile
 import unittest
 
+from resume_checks import assert_same_output
 from safetensors_file import read_checkpoint, tensors as read_tensors
 
 OPTIMA = None
@@ -326,20 +327,9 @@ class Prune(unittest.TestCase):
         self.assertFalse(os.path.exists(state_dir), "a completed run removes its work folder")
 
         # Byte-identical outputs; the reports differ only in timings, memory and the resume record.
-        self.assertEqual(sorted(os.listdir(out)), sorted(os.listdir(reference)))
-        for name in os.listdir(out):
-            if name == "prune_report.json":
-                continue
-            with open(os.path.join(out, name), "rb") as a, open(os.path.join(reference, name), "rb") as b:
-                self.assertTrue(a.read() == b.read(), f"{name} differs from the uninterrupted run's")
-        with open(os.path.join(out, "prune_report.json")) as f:
-            resumed_report = json.load(f)
-        with open(os.path.join(reference, "prune_report.json")) as f:
-            reference_report = json.load(f)
+        resumed_report, reference_report = assert_same_output(self, out, reference, "the uninterrupted run's")
         self.assertEqual(resumed_report["resumed_from_block"], 3)
         self.assertIsNone(reference_report["resumed_from_block"])
-        untimed = lambda layers: [{k: v for k, v in l.items() if not k.startswith("seconds")} for l in layers]
-        self.assertEqual(untimed(resumed_report["layers"]), untimed(reference_report["layers"]))
         self.assertEqual([f for f in os.listdir(self.work) if "resumed" in f], ["resumed"])
 
     def test_bad_settings_are_refused_and_leave_no_output(self):
