@@ -7,15 +7,27 @@
 #include <cmath>
 #include <fstream>
 
+#include <unistd.h>
+
 #include <spdlog/spdlog.h>
 
 #include "optima/core/error.h"
 #include "optima/core/interrupt.h"
 #include "optima/io/checkpoint.h"
 #include "optima/io/tensor.h"
+#include "optima/prune/block_runner.h"
 #include "optima/text/tokenizer.h"
 
 namespace optima {
+
+namespace {
+
+// Where evaluation activations past the memory budget go: a file of this process in the temporary folder.
+std::filesystem::path spill_file_path() {
+  return std::filesystem::temp_directory_path() / fmt::format("optima-eval-{}.spill", ::getpid());
+}
+
+}  // namespace
 
 std::string read_eval_text(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -51,24 +63,23 @@ PerplexityResult evaluate_perplexity(const DecoderModel& model, const std::vecto
   const int64_t steps = layers + 1;
 
   // Hidden states of all windows, kept on the CPU between blocks (they are the run's only large state).
-  std::vector<at::Tensor> hidden;
-  for (int64_t b = 0; b < windows; b += batch) hidden.push_back(model.embed(ids.slice(0, b, b + batch)).cpu());
+  BlockRunner runner(model, windows, options.seqlen, batch, activation_budget_bytes(options.activation_memory),
+                     spill_file_path());
+  runner.embed(ids);
   for (int64_t layer = 0; layer < layers; ++layer) {
     progress.update({"eval", layer, steps, fmt::format("block {}/{}", layer + 1, layers)});
-    const BlockWeights block = model.load_block(layer);
-    for (at::Tensor& h : hidden) {
-      check_interrupt(fmt::format("evaluation, block {}", layer));
-      h = model.block_forward(block, h).cpu();
-    }
+    runner.propagate(model.load_block(layer), /*check_finite=*/false,
+                     [&] { check_interrupt(fmt::format("evaluation, block {}", layer)); });
   }
   progress.update({"eval", layers, steps, "head"});
   PerplexityResult result;
-  for (size_t i = 0; i < hidden.size(); ++i) {
+  for (size_t i = 0; i < runner.batches(); ++i) {
+    const at::Tensor hidden = runner.activations().get(i);
     // One window's logits at a time, in fp64: [seqlen, vocab] is 0.8 GB for OPT's 50272 tokens, a batch of eight
     // would be 6.6 GB.
-    for (int64_t w = 0; w < hidden[i].size(0); ++w) {
+    for (int64_t w = 0; w < hidden.size(0); ++w) {
       check_interrupt("evaluation (output head)");
-      const at::Tensor logits = model.logits(hidden[i].narrow(0, w, 1)).to(at::kDouble);
+      const at::Tensor logits = model.logits(hidden.narrow(0, w, 1)).to(at::kDouble);
       const at::Tensor targets = ids[static_cast<int64_t>(i) * batch + w].slice(0, 1).to(logits.device());
       const at::Tensor logprobs = at::log_softmax(logits[0].slice(0, 0, options.seqlen - 1), -1);
       result.window_nll.push_back(-logprobs.gather(-1, targets.unsqueeze(-1)).mean().item<double>());
@@ -106,9 +117,9 @@ PerplexityResult evaluate_model_dir(const std::filesystem::path& model_dir, cons
   options.batch_size = request.batch_size;
   options.max_windows = request.max_windows;
   options.source = request.dataset.string();
-  const std::filesystem::path tokenizer_dir = request.tokenizer.empty() ? model_dir : request.tokenizer;
-  const auto tokenizer = load_tokenizer(tokenizer_dir);
-  check_tokenizer_fits(*tokenizer, tokenizer_dir, model.shape().vocab_size, checkpoint.config().path());
+  options.activation_memory = request.activation_memory;
+  const auto tokenizer =
+      load_model_tokenizer(model_dir, request.tokenizer, model.shape().vocab_size, checkpoint.config().path());
   const std::vector<int64_t> stream = tokenizer->encode(read_eval_text(request.dataset), /*add_special=*/true);
   return evaluate_perplexity(model, stream, options, progress);
 }

@@ -13,8 +13,8 @@
 #include <limits>
 #include <string>
 
+#include "optima/core/byte_size.h"
 #include "optima/core/error.h"
-#include "optima/io/checkpoint_writer.h"
 #include "optima/io/output_dir.h"
 
 namespace optima {

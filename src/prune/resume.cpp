@@ -130,7 +130,57 @@ bool ResumeFolder::has_state() const {
   return fs::exists(path_ / kStateFile, ec);
 }
 
-nlohmann::json ResumeFolder::read_state() const {
+nlohmann::json RunState::to_json() const {
+  nlohmann::json j = {{"format", "optima-resume"},
+                      {"version", kResumeFormatVersion},
+                      {"fingerprint", fingerprint},
+                      {"next_block", next_block}};
+  if (writer) j["writer"] = *writer;
+  // One process saves one file, named as a string; a job of many processes names one per process.
+  if (activations.size() == 1) j["activations"] = activations.front();
+  if (activations.size() > 1) j["activations"] = activations;
+  if (masks) j["masks"] = *masks;
+  nlohmann::json layer_rows = nlohmann::json::array();
+  for (const LayerReport& l : layers) layer_rows.push_back(l.to_json());
+  j["report"] = {{"layers", layer_rows},
+                 {"timings",
+                  {{"total", timings.total},
+                   {"forward", timings.forward},
+                   {"select", timings.select},
+                   {"reconstruct", timings.reconstruct},
+                   {"write", timings.write}}}};
+  j["files"] = files;
+  return j;
+}
+
+RunState RunState::from_json(const nlohmann::json& j, const fs::path& file) {
+  try {
+    RunState s;
+    s.fingerprint = j.at("fingerprint");
+    s.next_block = j.at("next_block").get<int64_t>();
+    if (j.contains("writer")) s.writer = j.at("writer");
+    if (j.contains("activations")) {
+      const nlohmann::json& names = j.at("activations");
+      s.activations =
+          names.is_array() ? names.get<std::vector<std::string>>() : std::vector<std::string>{names.get<std::string>()};
+    }
+    if (j.contains("masks")) s.masks = j.at("masks").get<std::string>();
+    for (const nlohmann::json& l : j.at("report").at("layers")) s.layers.push_back(LayerReport::from_json(l));
+    const nlohmann::json& t = j.at("report").at("timings");
+    s.timings.total = t.at("total");
+    s.timings.forward = t.at("forward");
+    s.timings.select = t.at("select");
+    s.timings.reconstruct = t.at("reconstruct");
+    s.timings.write = t.at("write");
+    s.files = j.at("files");
+    return s;
+  } catch (const nlohmann::json::exception& e) {
+    fail_input(file.string(), fmt::format("incomplete or damaged resumable state ({})", e.what()),
+               "a state.json written by optima", "something else");
+  }
+}
+
+RunState ResumeFolder::read_state() const {
   const fs::path file = path_ / kStateFile;
   nlohmann::json state = read_json_file(file);
   if (!state.is_object() || state.value("format", "") != "optima-resume")
@@ -140,16 +190,15 @@ nlohmann::json ResumeFolder::read_state() const {
   if (version != kResumeFormatVersion)
     fail_input(file.string(), "resumable state of another optima version; delete the folder to start over",
                std::to_string(kResumeFormatVersion), std::to_string(version));
-  return state;
+  return RunState::from_json(state, file);
 }
 
-void ResumeFolder::write_state(const nlohmann::json& state) {
-  write_text_file(path_ / kStateFile, state.dump(1) + "\n");
+void ResumeFolder::write_state(const RunState& state) {
+  write_text_file(path_ / kStateFile, state.to_json().dump(1) + "\n");
   std::set<std::string> named = {kStateFile, kLockFile};
-  if (state.contains("files"))
-    for (const auto& [name, record] : state["files"].items()) named.insert(name);
-  if (state.contains("writer"))
-    for (const nlohmann::json& shard : state["writer"]["shards"]) named.insert(shard["file"].get<std::string>());
+  for (const auto& [name, record] : state.files.items()) named.insert(name);
+  if (state.writer)
+    for (const nlohmann::json& shard : state.writer->at("shards")) named.insert(shard["file"].get<std::string>());
   for (const auto& entry : fs::directory_iterator(path_)) {
     const std::string name = entry.path().filename().string();
     // Files the run still uses (the activation spill file, per-block Hessians) are kept.

@@ -12,9 +12,8 @@
 #include "optima/io/checkpoint.h"
 #include "optima/io/output_dir.h"
 #include "optima/model/arch.h"
+#include "optima/prune/calibration_input.h"
 #include "optima/prune/pruner.h"
-#include "optima/text/calibration.h"
-#include "optima/text/tokenizer.h"
 
 namespace optima {
 namespace fs = std::filesystem;
@@ -28,13 +27,13 @@ using Clock = SteadyClock;
 std::string sweep_setting_name(const PrunePlan& plan) {
   const std::string pattern =
       plan.pattern.is_unstructured() ? "unstructured" : fmt::format("{}of{}", plan.pattern.n(), plan.pattern.m());
-  return fmt::format("{}{}-{}-{:g}", plan.method, plan.reconstruct == "optima" ? "+optima" : "", pattern,
+  return fmt::format("{}{}-{}-{:g}", plan.method, plan.reconstruct == Reconstruct::kOptima ? "+optima" : "", pattern,
                      plan.pattern.sparsity());
 }
 
 std::vector<PrunePlan> expand_sweep(const PrunePlan& base, const std::vector<std::string>& methods,
                                     const std::vector<std::string>& patterns, const std::vector<double>& sparsities,
-                                    const std::vector<std::string>& reconstructs) {
+                                    const std::vector<Reconstruct>& reconstructs) {
   if (methods.empty() || patterns.empty() || reconstructs.empty())
     fail_usage("a sweep needs at least one method, pattern and reconstruction");
   // N:M patterns fix their own sparsity. Where the patterns are all N:M, a sparsity that is given anyway must
@@ -47,7 +46,7 @@ std::vector<PrunePlan> expand_sweep(const PrunePlan& base, const std::vector<std
   std::vector<PrunePlan> plans;
   std::set<std::string> names;
   for (const std::string& method : methods)
-    for (const std::string& reconstruct : reconstructs)
+    for (const Reconstruct reconstruct : reconstructs)
       for (const std::string& pattern : patterns) {
         const bool unstructured = pattern == "unstructured";
         if (unstructured && sparsities.empty()) fail_usage("an unstructured pattern needs --sparsity");
@@ -81,6 +80,7 @@ EvalRequest request_for(const PrunePlan& plan, const EvalRequest& eval) {
   request.tokenizer = plan.tokenizer;
   request.device = plan.device;
   request.dtype = plan.dtype;
+  request.activation_memory = plan.activation_memory;
   return request;
 }
 
@@ -101,10 +101,7 @@ nlohmann::json run_sweep(const std::vector<PrunePlan>& plans, const fs::path& ou
     const Checkpoint checkpoint = Checkpoint::open(first.model);
     const ModelShape shape = read_model_shape(checkpoint.config());
     const int64_t seqlen = calibration_seqlen(first, shape.max_positions, checkpoint.config().path().string());
-    const std::filesystem::path tokenizer_dir = first.tokenizer.empty() ? first.model : first.tokenizer;
-    const auto tokenizer = load_tokenizer(tokenizer_dir);
-    check_tokenizer_fits(*tokenizer, tokenizer_dir, shape.vocab_size, checkpoint.config().path());
-    calibration = load_calibration(first.calib, *tokenizer, {first.nsamples, seqlen, first.seed});
+    calibration = load_plan_calibration(first, checkpoint, shape, seqlen);
     spdlog::info("sweep: {} settings share the calibration set: {}", plans.size(), calibration.description);
   }
 
@@ -133,7 +130,7 @@ nlohmann::json run_sweep(const std::vector<PrunePlan>& plans, const fs::path& ou
                           {"method", plan.method},
                           {"pattern", plan.pattern.name()},
                           {"sparsity", plan.pattern.sparsity()},
-                          {"reconstruct", plan.reconstruct},
+                          {"reconstruct", std::string(to_string(plan.reconstruct))},
                           {"overall_sparsity", report.overall_sparsity},
                           {"mean_layer_error", report.layers.empty() ? 0.0 : error_sum / report.layers.size()},
                           {"seconds", seconds_since(t0)},

@@ -11,37 +11,29 @@ namespace {
 
 class MagnitudeSelector final : public MaskSelector {
  public:
-  explicit MagnitudeSelector(const SelectorOptions& options) : pattern_(options.pattern) {}
-
-  std::string name() const override { return "magnitude"; }
-  bool needs_hessian() const override { return false; }
-  bool needs_act_norms() const override { return false; }
-
-  Selection select(const at::Tensor& weight, const LayerStats& /*stats*/) const override {
+  Selection select(const at::Tensor& weight, const LayerStats& /*stats*/,
+                   const SparsityPattern& target) const override {
     const at::NoGradGuard no_grad;  // weights may be parameters that require grad; selection is never traced
     check_weight(weight, "magnitude selector");
-    pattern_.check_fits(weight.size(1),
-                        fmt::format("magnitude selector, weight [{}, {}]", weight.size(0), weight.size(1)));
+    target.check_fits(weight.size(1),
+                      fmt::format("magnitude selector, weight [{}, {}]", weight.size(0), weight.size(1)));
     // Widening fp16/bf16 to fp32 is exact and monotone, so the mask is the one the reference finds on |W| in the
     // model's own dtype.
     const at::Tensor w = weight.to(compute_dtype(weight));
     check_finite(w, "magnitude selector", "the weight");
     const at::Tensor scores = w.abs();
     Selection result;
-    result.pruned = pattern_.is_n_m() ? n_m_mask(scores, pattern_.n(), pattern_.m())
-                                      : global_threshold_mask(scores, pattern_.sparsity());
+    result.pruned =
+        target.is_n_m() ? n_m_mask(scores, target.n(), target.m()) : global_threshold_mask(scores, target.sparsity());
     result.weight = w.masked_fill(result.pruned, 0);
     return result;
   }
-
- private:
-  SparsityPattern pattern_;
 };
 
 }  // namespace
 
-std::unique_ptr<MaskSelector> make_magnitude_selector(const SelectorOptions& options) {
-  return std::make_unique<MagnitudeSelector>(options);
+std::unique_ptr<MaskSelector> make_magnitude_selector(const SelectorSettings& /*settings*/) {
+  return std::make_unique<MagnitudeSelector>();
 }
 
 }  // namespace optima

@@ -7,7 +7,6 @@
 #include <ATen/ops/topk.h>
 #include <ATen/ops/zeros.h>
 #include <fmt/format.h>
-#include <fmt/ranges.h>  // fmt::join (moved here in fmt 11)
 
 #include <tuple>
 
@@ -73,22 +72,58 @@ void check_finite(const at::Tensor& tensor, std::string_view who, std::string_vi
     fail(ErrorKind::kNumeric, who, fmt::format("{} has NaN or infinite entries", what));
 }
 
-std::unique_ptr<MaskSelector> make_selector(std::string_view name, const SelectorOptions& options) {
-  if (!(options.percdamp >= 0.0 && options.percdamp < 1e30))
+// Each selector's factory lives in its own file; its line in the table below is all that registers it.
+std::unique_ptr<MaskSelector> make_magnitude_selector(const SelectorSettings& settings);
+std::unique_ptr<MaskSelector> make_wanda_selector(const SelectorSettings& settings);
+std::unique_ptr<MaskSelector> make_sparsegpt_selector(const SelectorSettings& settings);
+void check_sparsegpt_settings(const SelectorSettings& settings, const SparsityPattern& target);
+
+namespace {
+
+constexpr SelectorInfo kSelectors[] = {
+    {"magnitude", "|W|, one threshold per matrix (no calibration)", SelectorInputs::kNone, make_magnitude_selector},
+    {"wanda", "|W|·‖X_j‖ per output row", SelectorInputs::kNorms, make_wanda_selector},
+    {"sparsegpt", "OBS updates in column blocks", SelectorInputs::kHessian, make_sparsegpt_selector,
+     check_sparsegpt_settings},
+};
+
+void check_run_settings(const SelectorSettings& settings) {
+  if (!(settings.percdamp >= 0.0 && settings.percdamp < 1e30))
     fail_usage(fmt::format("percdamp must be a finite non-negative fraction of mean(diag H) (expected >= 0, found {})",
-                           options.percdamp));
-  if (options.blocksize < 1)
-    fail_usage(fmt::format("blocksize must be positive (expected >= 1, found {})", options.blocksize));
-  if (name == "magnitude") return make_magnitude_selector(options);
-  if (name == "wanda") return make_wanda_selector(options);
-  if (name == "sparsegpt") {
-    // SparseGPT picks N:M groups relative to each block's start; blocks that split groups would break the pattern.
-    if (options.pattern.is_n_m() && options.blocksize % options.pattern.m() != 0)
-      fail_usage(fmt::format("sparsegpt with the {} pattern needs blocksize to be a multiple of {} (found {})",
-                             options.pattern.to_string(), options.pattern.m(), options.blocksize));
-    return make_sparsegpt_selector(options);
-  }
-  fail_usage(fmt::format("unknown selector '{}' (expected one of {})", name, fmt::join(kSelectorNames, ", ")));
+                           settings.percdamp));
+  if (settings.blocksize < 1)
+    fail_usage(fmt::format("blocksize must be positive (expected >= 1, found {})", settings.blocksize));
+}
+
+}  // namespace
+
+std::span<const SelectorInfo> selector_table() {
+  return kSelectors;
+}
+
+std::string selector_names(std::string_view separator) {
+  std::string out;
+  for (const SelectorInfo& info : kSelectors)
+    out += (out.empty() ? "" : std::string(separator)) + std::string(info.name);
+  return out;
+}
+
+const SelectorInfo& find_selector(std::string_view name) {
+  for (const SelectorInfo& info : kSelectors)
+    if (info.name == name) return info;
+  fail_usage(fmt::format("unknown selector '{}' (expected one of {})", name, selector_names()));
+}
+
+void check_selector_settings(std::string_view name, const SelectorSettings& settings, const SparsityPattern& target) {
+  const SelectorInfo& info = find_selector(name);
+  check_run_settings(settings);
+  if (info.check) info.check(settings, target);
+}
+
+std::unique_ptr<MaskSelector> make_selector(std::string_view name, const SelectorSettings& settings) {
+  const SelectorInfo& info = find_selector(name);
+  check_run_settings(settings);
+  return info.make(settings);
 }
 
 }  // namespace optima

@@ -19,6 +19,9 @@
 #include "optima/select/selector.h"
 
 namespace optima {
+
+void check_sparsegpt_settings(const SelectorSettings& settings, const SparsityPattern& target);
+
 namespace {
 
 constexpr std::string_view kWho = "sparsegpt selector";
@@ -37,18 +40,15 @@ at::Tensor upper_cholesky_of_inverse(const at::Tensor& hessian) {
 
 class SparseGptSelector final : public MaskSelector {
  public:
-  explicit SparseGptSelector(const SelectorOptions& options) : options_(options) {}
+  explicit SparseGptSelector(const SelectorSettings& settings) : settings_(settings) {}
 
-  std::string name() const override { return "sparsegpt"; }
-  bool needs_hessian() const override { return true; }
-  bool needs_act_norms() const override { return false; }
-
-  Selection select(const at::Tensor& weight, const LayerStats& stats) const override {
+  Selection select(const at::Tensor& weight, const LayerStats& stats, const SparsityPattern& target) const override {
     const at::NoGradGuard no_grad;  // weights may be parameters that require grad; selection is never traced
     check_weight(weight, kWho);
     const int64_t rows = weight.size(0);
     const int64_t cols = weight.size(1);
-    const SparsityPattern& pattern = options_.pattern;
+    const SparsityPattern& pattern = target;
+    check_sparsegpt_settings(settings_, pattern);
     pattern.check_fits(cols, fmt::format("{}, weight [{}, {}]", kWho, rows, cols));
     if (!stats.hessian.defined())
       fail(ErrorKind::kInternal, kWho, "the Hessian of the layer input was not accumulated");
@@ -75,7 +75,7 @@ class SparseGptSelector final : public MaskSelector {
     // The damping stays a tensor of the compute dtype, as in the reference (percdamp * torch.mean(torch.diag(H))).
     const at::Tensor undamped = diag.clone();
     const at::Tensor mean_diag = undamped.mean();
-    at::Tensor damp = mean_diag * options_.percdamp;
+    at::Tensor damp = mean_diag * settings_.percdamp;
     Selection result;
     at::Tensor u;
     for (;; ++result.damping_retries) {
@@ -90,13 +90,13 @@ class SparseGptSelector final : public MaskSelector {
                          cols, cols, kMaxDampingRetries, damp.item<double>(),
                          damp.item<double>() / mean_diag.item<double>(), mean_diag.item<double>()));
       // Ten times more each time; with percdamp 0 the first retry starts at 1e-6 of the mean diagonal.
-      const bool undamped_start = options_.percdamp == 0 && result.damping_retries == 0;
+      const bool undamped_start = settings_.percdamp == 0 && result.damping_retries == 0;
       damp = undamped_start ? mean_diag * 1e-6 : damp * 10;
     }
     result.damping = damp.item<double>();
 
     result.pruned = at::zeros({rows, cols}, w.options().dtype(at::kBool));
-    const int64_t blocksize = options_.blocksize;
+    const int64_t blocksize = settings_.blocksize;
     for (int64_t a = 0; a < cols; a += blocksize) {
       const int64_t b = std::min(a + blocksize, cols);
       const int64_t count = b - a;
@@ -139,13 +139,20 @@ class SparseGptSelector final : public MaskSelector {
   }
 
  private:
-  SelectorOptions options_;
+  SelectorSettings settings_;
 };
 
 }  // namespace
 
-std::unique_ptr<MaskSelector> make_sparsegpt_selector(const SelectorOptions& options) {
-  return std::make_unique<SparseGptSelector>(options);
+std::unique_ptr<MaskSelector> make_sparsegpt_selector(const SelectorSettings& settings) {
+  return std::make_unique<SparseGptSelector>(settings);
+}
+
+void check_sparsegpt_settings(const SelectorSettings& settings, const SparsityPattern& target) {
+  // SparseGPT picks N:M groups relative to each block's start; blocks that split groups would break the pattern.
+  if (target.is_n_m() && settings.blocksize % target.m() != 0)
+    fail_usage(fmt::format("sparsegpt with the {} pattern needs blocksize to be a multiple of {} (found {})",
+                           target.to_string(), target.m(), settings.blocksize));
 }
 
 }  // namespace optima

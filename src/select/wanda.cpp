@@ -17,17 +17,11 @@ constexpr std::string_view kWho = "wanda selector";
 
 class WandaSelector final : public MaskSelector {
  public:
-  explicit WandaSelector(const SelectorOptions& options) : pattern_(options.pattern) {}
-
-  std::string name() const override { return "wanda"; }
-  bool needs_hessian() const override { return false; }
-  bool needs_act_norms() const override { return true; }
-
-  Selection select(const at::Tensor& weight, const LayerStats& stats) const override {
+  Selection select(const at::Tensor& weight, const LayerStats& stats, const SparsityPattern& target) const override {
     const at::NoGradGuard no_grad;  // weights may be parameters that require grad; selection is never traced
     check_weight(weight, kWho);
     const int64_t in = weight.size(1);
-    pattern_.check_fits(in, fmt::format("{}, weight [{}, {}]", kWho, weight.size(0), in));
+    target.check_fits(in, fmt::format("{}, weight [{}, {}]", kWho, weight.size(0), in));
     if (!stats.act_sq_norm.defined())
       fail(ErrorKind::kInternal, kWho, "the activation statistic (act_sq_norm) was not accumulated");
     if (stats.act_sq_norm.dim() != 1 || stats.act_sq_norm.size(0) != in)
@@ -45,19 +39,16 @@ class WandaSelector final : public MaskSelector {
     const at::Tensor scores = w.abs() * at::sqrt(stat).unsqueeze(0);
     Selection result;
     result.pruned =
-        pattern_.is_n_m() ? n_m_mask(scores, pattern_.n(), pattern_.m()) : per_row_mask(scores, pattern_.sparsity());
+        target.is_n_m() ? n_m_mask(scores, target.n(), target.m()) : per_row_mask(scores, target.sparsity());
     result.weight = w.masked_fill(result.pruned, 0);
     return result;
   }
-
- private:
-  SparsityPattern pattern_;
 };
 
 }  // namespace
 
-std::unique_ptr<MaskSelector> make_wanda_selector(const SelectorOptions& options) {
-  return std::make_unique<WandaSelector>(options);
+std::unique_ptr<MaskSelector> make_wanda_selector(const SelectorSettings& /*settings*/) {
+  return std::make_unique<WandaSelector>();
 }
 
 }  // namespace optima

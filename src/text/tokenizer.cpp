@@ -315,4 +315,12 @@ void check_tokenizer_fits(const Tokenizer& tokenizer, const fs::path& tokenizer_
         tokenizer_dir.string(), size, model_vocab, config_path.string());
 }
 
+std::unique_ptr<Tokenizer> load_model_tokenizer(const fs::path& model_dir, const fs::path& tokenizer_dir,
+                                                int64_t model_vocab, const fs::path& config_path) {
+  const fs::path dir = tokenizer_dir.empty() ? model_dir : tokenizer_dir;
+  auto tokenizer = load_tokenizer(dir);
+  check_tokenizer_fits(*tokenizer, dir, model_vocab, config_path);
+  return tokenizer;
+}
+
 }  // namespace optima

@@ -10,6 +10,7 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 
+#include "optima/core/byte_size.h"
 #include "optima/io/checkpoint.h"
 #include "optima/io/checkpoint_writer.h"
 #include "optima/io/json_file.h"

@@ -185,7 +185,8 @@ TEST(Distributed, ABuildWithoutTheBackendSaysSo) {
   expect_error([&] { Distributed d(env, {}); }, ErrorKind::kUsage, {"rank 0 of 2", "without Gloo"});
 }
 
-// Two shares pooled give the statistics of all the samples: the reference's running means weighted by samples.
+// Two shares pooled give the statistics of all the samples (the reference's running means weighted by samples),
+// checked against one accumulation and against the closed forms.
 TEST(InputStatistics, PoolingSharesEqualsOneAccumulation) {
   at::manual_seed(3);
   const int64_t features = 24;
@@ -212,6 +213,12 @@ TEST(InputStatistics, PoolingSharesEqualsOneAccumulation) {
   EXPECT_FALSE(first.saw_non_finite());
   EXPECT_TRUE(at::allclose(first.hessian(), all.hessian(), 1e-12, 1e-12));
   EXPECT_TRUE(at::allclose(first.column_sq_norms(), all.column_sq_norms(), 1e-12, 1e-12));
+  // Both are the closed forms over all N samples' tokens: H = (2/N) XᵀX and s_j = Σ x_j² / N.
+  const at::Tensor x = at::cat(batches, 0).reshape({-1, features}).to(at::kDouble);
+  const double n = static_cast<double>(all.samples());
+  EXPECT_EQ(all.samples(), 9);
+  EXPECT_TRUE(at::allclose(first.hessian(), x.t().mm(x) * (2.0 / n), 1e-10, 1e-12));
+  EXPECT_TRUE(at::allclose(first.column_sq_norms(), x.square().sum(0) / n, 1e-10, 1e-12));
   // A share without samples adds nothing.
   InputStatistics empty(features, c10::kCPU, true, false, at::kDouble);
   InputStatistics alone(features, c10::kCPU, true, false, at::kDouble);

@@ -480,12 +480,12 @@ class SelectorReferenceTest : public ::testing::TestWithParam<SelectorParam> {
   }
 
   Selection run(const Case& c, at::ScalarType dtype) const {
-    SelectorOptions options{pattern(), 0.01, c.blocksize};
-    const auto selector = make_selector(selector_name(), options);
+    const SelectorInfo& info = find_selector(selector_name());
+    const auto selector = make_selector(selector_name(), {0.01, c.blocksize});
     LayerStats stats;
-    if (selector->needs_hessian()) stats.hessian = to_tensor(c.h, dtype);
-    if (selector->needs_act_norms()) stats.act_sq_norm = to_tensor(c.stat, dtype);
-    return selector->select(to_tensor(c.w, dtype), stats);
+    if (info.needs_hessian()) stats.hessian = to_tensor(c.h, dtype);
+    if (info.needs_norms()) stats.act_sq_norm = to_tensor(c.stat, dtype);
+    return selector->select(to_tensor(c.w, dtype), stats, pattern());
   }
 };
 
@@ -623,7 +623,7 @@ INSTANTIATE_TEST_SUITE_P(AllSelectors, SelectorReferenceTest,
 
 Selection run_sparsegpt(const Mat& w, const Mat& h, const SparsityPattern& pattern, double percdamp,
                         at::ScalarType dtype) {
-  return make_selector("sparsegpt", {pattern, percdamp, 128})->select(to_tensor(w, dtype), {to_tensor(h, dtype), {}});
+  return make_selector("sparsegpt", {percdamp, 128})->select(to_tensor(w, dtype), {to_tensor(h, dtype), {}}, pattern);
 }
 
 TEST(SparseGptTest, DeadColumnsAreZeroedAndPruned) {
@@ -733,31 +733,32 @@ TEST(SparseGptTest, RejectsBadStatistics) {
   Mat h = random_hessian(rng, 16);
   const auto selector = make_selector("sparsegpt", {});
   const at::Tensor weight = to_tensor(w, at::kFloat);
-  expect_error([&] { selector->select(weight, {}); }, ErrorKind::kInternal, {"sparsegpt", "Hessian"});
+  expect_error([&] { selector->select(weight, {}, SparsityPattern()); }, ErrorKind::kInternal,
+               {"sparsegpt", "Hessian"});
   expect_error(
       [&] {
-        selector->select(weight, {at::eye(8), {}});
+        selector->select(weight, {at::eye(8), {}}, SparsityPattern());
       },
       ErrorKind::kInput, {"sparsegpt", "expected [16, 16], found [8, 8]"});
   Mat nan_h = h;
   nan_h(3, 5) = std::nan("");
   expect_error(
       [&] {
-        selector->select(weight, {to_tensor(nan_h, at::kFloat), {}});
+        selector->select(weight, {to_tensor(nan_h, at::kFloat), {}}, SparsityPattern());
       },
       ErrorKind::kNumeric, {"sparsegpt", "Hessian", "NaN"});
   Mat negative_h = h;
   negative_h(2, 2) = -1;
   expect_error(
       [&] {
-        selector->select(weight, {to_tensor(negative_h, at::kFloat), {}});
+        selector->select(weight, {to_tensor(negative_h, at::kFloat), {}}, SparsityPattern());
       },
       ErrorKind::kNumeric, {"sparsegpt", "negative diagonal"});
   Mat inf_w = w;
   inf_w(1, 1) = INFINITY;
   expect_error(
       [&] {
-        selector->select(to_tensor(inf_w, at::kFloat), {to_tensor(h, at::kFloat), {}});
+        selector->select(to_tensor(inf_w, at::kFloat), {to_tensor(h, at::kFloat), {}}, SparsityPattern());
       },
       ErrorKind::kNumeric, {"sparsegpt", "weight", "infinite"});
 }
@@ -765,15 +766,20 @@ TEST(SparseGptTest, RejectsBadStatistics) {
 TEST(WandaTest, RejectsBadStatistics) {
   const auto selector = make_selector("wanda", {});
   const at::Tensor weight = at::randn({4, 8});
-  expect_error([&] { selector->select(weight, {}); }, ErrorKind::kInternal, {"wanda", "act_sq_norm"});
+  expect_error([&] { selector->select(weight, {}, SparsityPattern()); }, ErrorKind::kInternal,
+               {"wanda", "act_sq_norm"});
   expect_error(
       [&] {
-        selector->select(weight, {{}, at::ones({7})});
+        selector->select(weight, {{}, at::ones({7})}, SparsityPattern());
       },
       ErrorKind::kInput, {"wanda", "expected [8], found [7]"});
   at::Tensor negative = at::ones({8});
   negative[3] = -1;
-  expect_error([&] { selector->select(weight, {{}, negative}); }, ErrorKind::kNumeric, {"wanda", "negative"});
+  expect_error(
+      [&] {
+        selector->select(weight, {{}, negative}, SparsityPattern());
+      },
+      ErrorKind::kNumeric, {"wanda", "negative"});
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -826,57 +832,79 @@ TEST(PatternTest, RejectsBadSettings) {
 }
 
 TEST(SelectorFactoryTest, MakesEachSelectorAndRejectsBadOptions) {
-  for (std::string_view name : kSelectorNames) {
-    const auto selector = make_selector(name, {});
-    EXPECT_EQ(selector->name(), name);
-    EXPECT_EQ(selector->needs_hessian(), name == "sparsegpt");
-    EXPECT_EQ(selector->needs_act_norms(), name == "wanda");
+  std::vector<std::string_view> names;
+  for (const SelectorInfo& info : selector_table()) {
+    names.push_back(info.name);
+    EXPECT_NE(make_selector(info.name), nullptr);
+    EXPECT_EQ(&find_selector(info.name), &info);
+    EXPECT_EQ(info.needs_hessian(), info.name == "sparsegpt");
+    EXPECT_EQ(info.needs_norms(), info.name == "wanda");
+    EXPECT_EQ(info.needs_calibration(), info.name != "magnitude");
   }
+  EXPECT_EQ(names, (std::vector<std::string_view>{"magnitude", "wanda", "sparsegpt"}));
+  EXPECT_EQ(selector_names(), "magnitude, wanda, sparsegpt");
   expect_error([] { make_selector("obs", {}); }, ErrorKind::kUsage,
                {"unknown selector 'obs'", "magnitude, wanda, sparsegpt"});
+  expect_error([] { make_selector("sparsegpt", {-0.1, 128}); }, ErrorKind::kUsage, {"percdamp", "found -0.1"});
+  expect_error([] { make_selector("sparsegpt", {std::nan(""), 128}); }, ErrorKind::kUsage, {"percdamp"});
+  expect_error([] { make_selector("sparsegpt", {0.01, 0}); }, ErrorKind::kUsage, {"blocksize", "found 0"});
+  // The target comes with each layer: a block size that splits its N:M groups is refused when the settings are
+  // checked (before any model is loaded) and by select() itself.
   expect_error(
       [] {
-        make_selector("sparsegpt", {SparsityPattern(), -0.1, 128});
-      },
-      ErrorKind::kUsage, {"percdamp", "found -0.1"});
-  expect_error(
-      [] {
-        make_selector("sparsegpt", {SparsityPattern(), std::nan(""), 128});
-      },
-      ErrorKind::kUsage, {"percdamp"});
-  expect_error(
-      [] {
-        make_selector("sparsegpt", {SparsityPattern(), 0.01, 0});
-      },
-      ErrorKind::kUsage, {"blocksize", "found 0"});
-  expect_error(
-      [] {
-        make_selector("sparsegpt", {SparsityPattern::n_m(4, 8), 0.01, 100});
+        check_selector_settings("sparsegpt", {0.01, 100}, SparsityPattern::n_m(4, 8));
       },
       ErrorKind::kUsage, {"blocksize", "multiple of 8", "found 100"});
-  make_selector("sparsegpt", {SparsityPattern::n_m(2, 4), 0.01, 100});  // 100 is a multiple of 4
+  const auto sparsegpt = make_selector("sparsegpt", {0.01, 100});
+  expect_error(
+      [&] {
+        sparsegpt->select(at::randn({4, 200}), {at::eye(200), {}}, SparsityPattern::n_m(4, 8));
+      },
+      ErrorKind::kUsage, {"blocksize", "multiple of 8", "found 100"});
+  check_selector_settings("sparsegpt", {0.01, 100}, SparsityPattern::n_m(2, 4));  // 100 is a multiple of 4
+  const Selection fits = sparsegpt->select(at::randn({4, 200}), {at::eye(200), {}}, SparsityPattern::n_m(2, 4));
+  EXPECT_EQ(fits.pruned.sum().item<int64_t>(), 4 * 100);
+  expect_error([] { check_selector_settings("obs", {}, SparsityPattern()); }, ErrorKind::kUsage,
+               {"unknown selector 'obs'"});
+}
+
+// The same selector object prunes each layer to the target it is given (a per-layer sparsity allocation needs
+// nothing else).
+TEST(SelectorFactoryTest, TargetIsPerCall) {
+  const at::Tensor h = at::eye(64);
+  const LayerStats stats{h, at::ones({64})};
+  for (const SelectorInfo& info : selector_table()) {
+    const auto selector = make_selector(info.name);
+    const at::Tensor w = at::randn({16, 64}, at::kDouble);
+    for (double sparsity : {0.25, 0.5, 0.75}) {
+      const Selection s = selector->select(w, stats, SparsityPattern::unstructured(sparsity));
+      EXPECT_NEAR(s.pruned.to(at::kDouble).mean().item<double>(), sparsity, 1.0 / 64) << info.name;
+    }
+  }
 }
 
 TEST(SelectorFactoryTest, EverySelectorChecksTheWeight) {
   const at::Tensor h = at::eye(202);
-  for (std::string_view name : kSelectorNames) {
-    const auto selector = make_selector(name, {SparsityPattern::n_m(2, 4)});
+  const SparsityPattern p24 = SparsityPattern::n_m(2, 4);
+  for (const SelectorInfo& info : selector_table()) {
+    const std::string_view name = info.name;
+    const auto selector = make_selector(name);
     const LayerStats stats{h, at::ones({202})};
     expect_error(
         [&] {
-          selector->select(at::randn({8, 202}), stats);
+          selector->select(at::randn({8, 202}), stats, p24);
         },
         ErrorKind::kUsage, {std::string(name), "2:4", "expected in_features divisible by 4, found 202"});
-    expect_error([&] { selector->select(at::randn({8}), stats); }, ErrorKind::kInput,
+    expect_error([&] { selector->select(at::randn({8}), stats, p24); }, ErrorKind::kInput,
                  {std::string(name), "matrix", "found 1"});
     expect_error(
         [&] {
-          selector->select(at::ones({8, 8}, at::kInt), stats);
+          selector->select(at::ones({8, 8}, at::kInt), stats, p24);
         },
         ErrorKind::kInput, {std::string(name), "floating-point", "found Int"});
     expect_error(
         [&] {
-          selector->select(at::full({4, 8}, NAN), LayerStats{at::eye(8), at::ones({8})});
+          selector->select(at::full({4, 8}, NAN), LayerStats{at::eye(8), at::ones({8})}, p24);
         },
         ErrorKind::kNumeric, {std::string(name), "weight", "NaN"});
   }
@@ -896,10 +924,11 @@ TEST(SelectorDtypeTest, LowPrecisionWeightsComputeInFloat32) {
   for (at::ScalarType low : {at::kHalf, at::kBFloat16}) {
     const at::Tensor weight = to_tensor(w, low);
     const LayerStats stats{to_tensor(h, at::kFloat), to_tensor(stat, at::kFloat)};
-    for (std::string_view name : kSelectorNames) {
-      const auto selector = make_selector(name, {SparsityPattern::n_m(2, 4)});
-      const Selection from_low = selector->select(weight, stats);
-      const Selection from_fp32 = selector->select(weight.to(at::kFloat), stats);
+    for (const SelectorInfo& info : selector_table()) {
+      const std::string_view name = info.name;
+      const auto selector = make_selector(name);
+      const Selection from_low = selector->select(weight, stats, SparsityPattern::n_m(2, 4));
+      const Selection from_fp32 = selector->select(weight.to(at::kFloat), stats, SparsityPattern::n_m(2, 4));
       EXPECT_EQ(from_low.weight.scalar_type(), at::kFloat) << name;
       EXPECT_TRUE(at::equal(from_low.pruned, from_fp32.pruned)) << name;
       EXPECT_TRUE(at::equal(from_low.weight, from_fp32.weight)) << name;
@@ -917,13 +946,14 @@ TEST(SelectorDeviceTest, CudaMatchesCpu) {
   const Mat h = random_hessian(rng, 200, random_dead_columns(rng, 200));
   std::vector<double> stat(200);
   for (double& s : stat) s = std::exp(std::normal_distribution<double>()(rng));
-  for (std::string_view name : kSelectorNames)
+  for (const SelectorInfo& info : selector_table())
     for (const SparsityPattern& p : {SparsityPattern::unstructured(0.5), SparsityPattern::n_m(2, 4)}) {
-      const auto selector = make_selector(name, {p});
+      const std::string_view name = info.name;
+      const auto selector = make_selector(name);
       const LayerStats cpu_stats{to_tensor(h, at::kDouble), to_tensor(stat, at::kDouble)};
       const LayerStats cuda_stats{cpu_stats.hessian.to(at::kCUDA), cpu_stats.act_sq_norm.to(at::kCUDA)};
-      const Selection cpu = selector->select(to_tensor(w, at::kDouble), cpu_stats);
-      const Selection cuda = selector->select(to_tensor(w, at::kDouble).to(at::kCUDA), cuda_stats);
+      const Selection cpu = selector->select(to_tensor(w, at::kDouble), cpu_stats, p);
+      const Selection cuda = selector->select(to_tensor(w, at::kDouble).to(at::kCUDA), cuda_stats, p);
       EXPECT_TRUE(cuda.weight.is_cuda()) << name;
       EXPECT_TRUE(cuda.pruned.is_cuda()) << name;
       EXPECT_TRUE(at::equal(cpu.pruned, cuda.pruned.cpu())) << name << " " << p.to_string();

@@ -36,24 +36,24 @@ void check_case(const StressCase& c) {
   const at::Tensor h = stressed_hessian(c.tokens, 7);
   at::manual_seed(11);
   const at::Tensor w = at::randn({kOut, kIn}) * 0.05;
-  SelectorOptions options;
-  options.pattern = std::string(c.pattern) == "2:4" ? SparsityPattern::n_m(2, 4) : SparsityPattern::unstructured(0.5);
-  const auto selector = make_selector(c.method, options);
+  const SparsityPattern target =
+      std::string(c.pattern) == "2:4" ? SparsityPattern::n_m(2, 4) : SparsityPattern::unstructured(0.5);
+  const auto selector = make_selector(c.method);
   LayerStats stats;
   stats.hessian = h;
   stats.act_sq_norm = h.diagonal().clone() / 2;  // Wanda's statistic: the mean squared column norm
-  const Selection selection = selector->select(w, stats);
+  const Selection selection = selector->select(w, stats, target);
   SCOPED_TRACE(::testing::Message() << c.method << " " << c.pattern << ", " << c.tokens << " tokens");
   EXPECT_TRUE(selection.weight.isfinite().all().item<bool>());
   EXPECT_TRUE(std::isfinite(selection.damping));
   EXPECT_GE(selection.damping, 0.0);
-  const double wanted = options.pattern.sparsity();
+  const double wanted = target.sparsity();
   auto check_pattern = [&](const at::Tensor& written, const std::string& what) {
     const at::Tensor zeros = written == 0;
     EXPECT_GE(zeros.to(at::kDouble).mean().item<double>(), wanted - 1.0 / kIn) << what;
-    if (options.pattern.is_n_m()) {
-      const at::Tensor groups = zeros.reshape({kOut, -1, options.pattern.m()}).sum(-1);
-      EXPECT_TRUE((groups >= options.pattern.n()).all().item<bool>()) << what;
+    if (target.is_n_m()) {
+      const at::Tensor groups = zeros.reshape({kOut, -1, target.m()}).sum(-1);
+      EXPECT_TRUE((groups >= target.n()).all().item<bool>()) << what;
     }
   };
   check_pattern(selection.weight.masked_fill(selection.pruned, 0), "selector");

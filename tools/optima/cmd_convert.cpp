@@ -3,6 +3,8 @@
 #include <spdlog/spdlog.h>
 
 #include "commands.h"
+#include "optima/core/byte_size.h"
+#include "optima/core/defaults.h"
 #include "optima/io/checkpoint.h"
 #include "optima/io/checkpoint_writer.h"
 #include "optima/io/tensor.h"
@@ -13,7 +15,7 @@ Command add_convert(CLI::App& root) {
   auto* app =
       root.add_subcommand("convert", "Rewrite a checkpoint as (sharded) safetensors, optionally in another dtype");
   struct Options {
-    std::string model, out, dtype, max_shard = "5GB";
+    std::string model, out, dtype, max_shard = std::string(kDefaultMaxShardSize);
     bool overwrite = false;
   };
   auto o = std::make_shared<Options>();

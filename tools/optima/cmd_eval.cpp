@@ -12,8 +12,8 @@ namespace optima::cli {
 Command add_eval(CLI::App& root) {
   auto* app = root.add_subcommand("eval", "Perplexity on a text file (rows joined by blank lines, windows of seqlen)");
   struct Options {
-    std::string model, dataset, tokenizer, device = "cpu", dtype;
-    int64_t seqlen = 2048, batch_size = 8, max_windows = 0;
+    std::string model, dataset, tokenizer, device = "cpu", dtype, activation_memory = EvalRequest{}.activation_memory;
+    int64_t seqlen = kDefaultEvalSeqlen, batch_size = kDefaultEvalBatchSize, max_windows = 0;
     bool json = false;
   };
   auto o = std::make_shared<Options>();
@@ -26,6 +26,10 @@ Command add_eval(CLI::App& root) {
   app->add_option("--dtype", o->dtype, "Compute dtype (default: the checkpoint's)");
   app->add_option("--batch-size", o->batch_size, "Windows per forward call")->capture_default_str();
   app->add_option("--max-windows", o->max_windows, "Evaluate only the first N windows (0: all)")->capture_default_str();
+  app->add_option("--activation-memory", o->activation_memory,
+                  "Memory for the windows' hidden states between blocks, e.g. 8GiB; past it they are mapped from a "
+                  "temporary file (auto: half the memory available, none: no limit)")
+      ->capture_default_str();
   app->add_flag("--json", o->json, "Print the result as JSON");
   return {app, [o] {
             EvalRequest request;
@@ -36,6 +40,7 @@ Command add_eval(CLI::App& root) {
             request.seqlen = o->seqlen;
             request.batch_size = o->batch_size;
             request.max_windows = o->max_windows;
+            request.activation_memory = o->activation_memory;
             auto progress = make_console_progress();
             const PerplexityResult r = evaluate_model_dir(o->model, request, *progress);
             if (o->json) {

@@ -2,6 +2,8 @@
 #include <spdlog/spdlog.h>
 
 #include "commands.h"
+#include "optima/core/byte_size.h"
+#include "optima/core/defaults.h"
 #include "optima/core/error.h"
 #include "optima/io/checkpoint_writer.h"
 #include "optima/io/json_file.h"
@@ -13,7 +15,7 @@ namespace optima::cli {
 Command add_make_random(CLI::App& root) {
   auto* app = root.add_subcommand("make-random", "Write a random model of a real architecture (OPT, LLaMA family)");
   struct Options {
-    std::string preset, config, out, dtype = "float32", max_shard = "5GB", tokenizer;
+    std::string preset, config, out, dtype = "float32", max_shard = std::string(kDefaultMaxShardSize), tokenizer;
     uint64_t seed = 0;
     bool overwrite = false;
   };

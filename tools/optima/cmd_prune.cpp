@@ -14,16 +14,34 @@
 #include "optima/prune/plan.h"
 #include "optima/prune/pruner.h"
 #include "optima/prune/sweep.h"
+#include "optima/select/selector.h"
 
 namespace optima::cli {
+namespace {
+
+// "Mask selector (a list sweeps): magnitude (...), wanda (...), ..." from the selector table.
+std::string method_help() {
+  std::string text = "Mask selector (a list sweeps):";
+  for (const SelectorInfo& info : selector_table())
+    text += fmt::format("{} {} ({})", text.back() == ':' ? "" : ",", info.name, info.help);
+  return text;
+}
+
+}  // namespace
 
 Command add_prune(CLI::App& root) {
   auto* app = root.add_subcommand("prune", "Prune a model: select masks, optionally reconstruct, write a checkpoint");
   struct Options {
     PrunePlan plan;
-    std::string model, out, calib, tokenizer, save_hessians, propagation = "reference", eval;
+    std::string model, out, calib, tokenizer, save_hessians, eval;
+    // Enum settings as written; parsed once, when the command runs.
+    std::string propagation = std::string(to_string(Propagation::kReference));
+    std::string qp_precision = std::string(to_string(PrunePlan{}.qp_precision));
+    std::string qp_solver = std::string(to_string(PrunePlan{}.qp_solver));
+    std::string hessian_dtype = std::string(to_string(PrunePlan{}.hessian_dtype));
     // Lists (comma-separated or TOML arrays): more than one setting makes a sweep.
-    std::vector<std::string> methods = {"sparsegpt"}, patterns = {"unstructured"}, reconstructs = {"none"};
+    std::vector<std::string> methods = {PrunePlan{}.method}, patterns = {"unstructured"},
+                             reconstructs = {std::string(to_string(Reconstruct::kNone))};
     std::vector<double> sparsities;
     EvalRequest eval_request;
     double dist_timeout = 1800;
@@ -44,9 +62,7 @@ Command add_prune(CLI::App& root) {
   app->add_option("--pattern", o->patterns, "unstructured, 2:4, 4:8 or N:M (a list sweeps)")
       ->delimiter(',')
       ->capture_default_str();
-  app->add_option("--method", o->methods, "magnitude, wanda or sparsegpt (a list sweeps)")
-      ->delimiter(',')
-      ->capture_default_str();
+  app->add_option("--method", o->methods, method_help())->delimiter(',')->capture_default_str();
   app->add_option("--reconstruct", o->reconstructs,
                   "none, or optima: exact per-row reconstruction after selection (none,optima sweeps both)")
       ->delimiter(',')
@@ -67,14 +83,14 @@ Command add_prune(CLI::App& root) {
   app->add_option("--blocksize", p.blocksize, "SparseGPT columns per block")->capture_default_str();
   app->add_option("--propagation", o->propagation, "reference or true-sequential")->capture_default_str();
   app->add_option("--qp-damp", p.qp_damp, "OPTIMA relative damping of H")->capture_default_str();
-  app->add_option("--qp-precision", p.qp_precision, "OPTIMA solve precision: fp64 or fp32 (refined)")
+  app->add_option("--qp-precision", o->qp_precision, "OPTIMA solve precision: fp64 or fp32 (refined)")
       ->capture_default_str();
   app->add_option("--qp-memory", p.qp_memory, "OPTIMA memory budget per chunk of rows")->capture_default_str();
-  app->add_option("--qp-solver", p.qp_solver, "OPTIMA solver: exact (batched Cholesky) or cg (for layers too large)")
+  app->add_option("--qp-solver", o->qp_solver, "OPTIMA solver: exact (batched Cholesky) or cg (for layers too large)")
       ->capture_default_str();
   app->add_option("--qp-tol", p.qp_tol, "cg: relative KKT residual to reach on every row")->capture_default_str();
   app->add_option("--qp-max-iter", p.qp_max_iter, "cg: iteration budget per layer")->capture_default_str();
-  app->add_option("--hessian-dtype", p.hessian_dtype, "Accumulate H in fp32 (the reference) or fp64")
+  app->add_option("--hessian-dtype", o->hessian_dtype, "Accumulate H in fp32 (the reference) or fp64")
       ->capture_default_str();
   app->add_option("--device", p.device, "cpu, cuda or cuda:N")->capture_default_str();
   app->add_option("--dtype", p.dtype, "Forward-pass dtype (default: the checkpoint's)");
@@ -111,11 +127,16 @@ Command add_prune(CLI::App& root) {
             base.tokenizer = o->tokenizer;
             base.save_hessians = o->save_hessians;
             base.propagation = parse_propagation(o->propagation);
+            base.qp_precision = parse_qp_precision(o->qp_precision);
+            base.qp_solver = parse_qp_solver(o->qp_solver);
+            base.hessian_dtype = parse_stats_dtype(o->hessian_dtype);
+            std::vector<Reconstruct> reconstructs;
+            for (const std::string& r : o->reconstructs) reconstructs.push_back(parse_reconstruct(r));
             std::vector<double> sparsities = o->sparsities;
             const bool only_n_m = std::none_of(o->patterns.begin(), o->patterns.end(),
                                                [](const std::string& s) { return s == "unstructured"; });
-            if (sparsities.empty() && !only_n_m) sparsities = {0.5};
-            std::vector<PrunePlan> plans = expand_sweep(base, o->methods, o->patterns, sparsities, o->reconstructs);
+            if (sparsities.empty() && !only_n_m) sparsities = {kDefaultSparsity};
+            std::vector<PrunePlan> plans = expand_sweep(base, o->methods, o->patterns, sparsities, reconstructs);
             EvalRequest eval = o->eval_request;
             eval.dataset = o->eval;
             const LaunchEnvironment launch = read_launch_environment();
@@ -146,6 +167,7 @@ Command add_prune(CLI::App& root) {
                 eval.tokenizer = plan.tokenizer;
                 eval.device = plan.device;
                 eval.dtype = plan.dtype;
+                eval.activation_memory = plan.activation_memory;
                 const PerplexityResult r = evaluate_model_dir(plan.out, eval, *progress);
                 std::printf("perplexity %.4f  (seqlen %lld, %lld windows, %s)\n", r.perplexity,
                             static_cast<long long>(r.seqlen), static_cast<long long>(r.windows),

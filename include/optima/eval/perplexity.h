@@ -2,8 +2,9 @@
 //
 // Rows joined with "\n\n", tokenized once, cut into n = floor(T / seqlen) non-overlapping windows (the tail is
 // dropped); each window runs on its own; a window's loss is the mean cross-entropy of its seqlen - 1 next-token
-// predictions; perplexity = exp(mean over windows of that loss). The model runs block by block over all windows,
-// so memory holds one block plus the windows' activations, never the whole model.
+// predictions; perplexity = exp(mean over windows of that loss). The model runs block by block over all windows
+// (prune/block_runner.h), so memory holds one block plus the windows' activations, never the whole model, and the
+// activations go to a temporary file past --activation-memory.
 #pragma once
 
 #include <cstdint>
@@ -11,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "optima/core/defaults.h"
 #include "optima/core/progress.h"
 #include "optima/model/decoder.h"
 
@@ -19,10 +21,13 @@ namespace optima {
 class Tokenizer;
 
 struct PerplexityOptions {
-  int64_t seqlen = 2048;
-  int64_t batch_size = 8;                  // windows per forward call
-  int64_t max_windows = 0;                 // 0: all
-  std::string source = "evaluation text";  // what errors name: the dataset file when there is one
+  int64_t seqlen = kDefaultEvalSeqlen;
+  int64_t batch_size = kDefaultEvalBatchSize;  // windows per forward call
+  int64_t max_windows = 0;                     // 0: all
+  std::string source = "evaluation text";      // what errors name: the dataset file when there is one
+  // Memory for the windows' hidden states between blocks (--activation-memory: auto, none or a size); past it they
+  // are mapped from a temporary file.
+  std::string activation_memory = "auto";
 };
 
 struct PerplexityResult {
@@ -49,10 +54,11 @@ struct EvalRequest {
   std::filesystem::path dataset;    // text file, one row per line
   std::filesystem::path tokenizer;  // empty: the model directory
   std::string device = "cpu";
-  std::string dtype;      // empty: the checkpoint's
-  int64_t seqlen = 2048;  // capped at the model's positions (logged)
-  int64_t batch_size = 8;
-  int64_t max_windows = 0;  // 0: all
+  std::string dtype;                    // empty: the checkpoint's
+  int64_t seqlen = kDefaultEvalSeqlen;  // capped at the model's positions (logged)
+  int64_t batch_size = kDefaultEvalBatchSize;
+  int64_t max_windows = 0;                 // 0: all
+  std::string activation_memory = "auto";  // as PerplexityOptions
 };
 
 // Opens the model directory, tokenizes the dataset and runs the protocol (optima eval, and prune --eval).

@@ -23,10 +23,12 @@
 #include <string_view>
 #include <vector>
 
+#include "optima/core/defaults.h"
+
 namespace optima {
 
 struct CheckpointWriterOptions {
-  uint64_t max_shard_bytes = 5'000'000'000;  // transformers' default, "5GB"
+  uint64_t max_shard_bytes = kDefaultMaxShardBytes;
   std::map<std::string, std::string> metadata{{"format", "pt"}};
 };
 
@@ -61,11 +63,8 @@ class CheckpointWriter {
   bool finished_ = false;
 };
 
-// Parses "5GB", "500MB", "2GiB", "1048576" into bytes (decimal units as transformers uses them, binary with "i").
-uint64_t parse_byte_size(std::string_view text);
-
 struct RewriteOptions {
-  uint64_t max_shard_bytes = 5'000'000'000;
+  uint64_t max_shard_bytes = kDefaultMaxShardBytes;
   std::optional<at::ScalarType> dtype;  // cast floating-point tensors; keep the stored types when absent
   bool overwrite = false;
 };

@@ -13,12 +13,14 @@
 #include <string_view>
 #include <vector>
 
+#include "optima/core/defaults.h"
+
 namespace optima {
 
 struct RandomModelOptions {
   uint64_t seed = 0;
   c10::ScalarType dtype = c10::ScalarType::Float;
-  uint64_t max_shard_bytes = 5'000'000'000;
+  uint64_t max_shard_bytes = kDefaultMaxShardBytes;
   double init_std = 0.02;
   bool overwrite = false;
   std::filesystem::path tokenizer_dir;  // tokenizer files to copy alongside, if not empty

@@ -1,5 +1,5 @@
 // The resolved settings of one pruning run (defaults < config file < command line), and their checks.
-// Protocol defaults live here and nowhere else.
+// Every default comes from core/defaults.h; enum settings are parsed once, at the edge, with the tables below.
 #pragma once
 
 #include <cstdint>
@@ -8,29 +8,30 @@
 #include <optional>
 #include <string>
 
+#include "optima/core/defaults.h"
+#include "optima/core/enum_names.h"
 #include "optima/select/pattern.h"
 #include "optima/solve/row_solver.h"
 
 namespace optima {
 
-// The field's published protocol.
-inline constexpr int64_t kDefaultNsamples = 128;
-inline constexpr int64_t kDefaultSeqlen = 2048;
-inline constexpr uint64_t kDefaultSeed = 0;
-inline constexpr double kDefaultPercdamp = 0.01;
-inline constexpr int64_t kDefaultBlocksize = 128;
-
 enum class Propagation {
   kReference,       // every sublayer's statistics come from the dense block's inputs (SparseGPT, Wanda, OPTIMA)
   kTrueSequential,  // q/k/v, then o, then gate/up (fc1), then down (fc2): each group sees the pruned earlier ones
 };
+// After selection: nothing, or OPTIMA's exact per-row reconstruction.
+enum class Reconstruct { kNone, kOptima };
+// OPTIMA's solver: batched Cholesky factorizations, or conjugate gradients on all rows at once (huge layers).
+enum class QpSolver { kExact, kCg };
+// The dtype H and Wanda's statistic are accumulated in: fp32 as the reference, or fp64.
+enum class StatsDtype { kFloat32, kFloat64 };
 
 struct PrunePlan {
   std::filesystem::path model;
   std::filesystem::path out;
   std::filesystem::path calib;
-  std::filesystem::path tokenizer;  // empty: the model directory
-  std::string method = "sparsegpt";
+  std::filesystem::path tokenizer;   // empty: the model directory
+  std::string method = "sparsegpt";  // a selector of select/selector.h's table
   SparsityPattern pattern;
   int64_t nsamples = kDefaultNsamples;
   int64_t seqlen = 0;  // 0: kDefaultSeqlen, capped at the model's positions (an explicit value is never capped)
@@ -39,20 +40,20 @@ struct PrunePlan {
   int64_t blocksize = kDefaultBlocksize;
   Propagation propagation = Propagation::kReference;
   std::string device = "cpu";
-  std::string dtype;                      // compute dtype for the forward pass; empty: the checkpoint's
-  std::string skip;                       // regex of linear layer names left dense
-  std::string reconstruct = "none";       // "none" or "optima"
+  std::string dtype;  // compute dtype for the forward pass; empty: the checkpoint's
+  std::string skip;   // regex of linear layer names left dense
+  Reconstruct reconstruct = Reconstruct::kNone;
   double qp_damp = kDefaultRowSolveDamp;  // OPTIMA solve: relative damping (solve/row_solver.h says why)
   // "fp32": fp32 factorizations refined against fp64 residuals to the same KKT tolerance as "fp64" (chunks fp32
   // cannot hold are solved again in fp64), 30-40% faster on CPU (bench/solver_cpu.json); "fp64": everything in fp64.
-  std::string qp_precision = "fp32";
-  std::string qp_memory = "1GiB";      // memory budget of one chunk of gathered systems
-  std::string qp_solver = "exact";     // "exact" (batched Cholesky) or "cg" (conjugate gradients, for huge layers)
-  double qp_tol = 1e-6;                // cg: relative KKT residual at which every row stops
-  int64_t qp_max_iter = 2000;          // cg: iteration budget per layer
-  std::string hessian_dtype = "fp32";  // accumulation dtype of H and Wanda's statistic: fp32 (reference) or fp64
-  int64_t batch_size = 1;              // calibration samples per forward call
-  std::string max_shard_size = "5GB";
+  SolvePrecision qp_precision = SolvePrecision::kFloat32Refined;
+  std::string qp_memory = std::string(kDefaultQpMemory);  // memory budget of one chunk of gathered systems
+  QpSolver qp_solver = QpSolver::kExact;
+  double qp_tol = kDefaultQpTolerance;            // cg: relative KKT residual at which every row stops
+  int64_t qp_max_iter = kDefaultQpMaxIterations;  // cg: iteration budget per layer
+  StatsDtype hessian_dtype = StatsDtype::kFloat32;
+  int64_t batch_size = 1;  // calibration samples per forward call
+  std::string max_shard_size = std::string(kDefaultMaxShardSize);
   bool save_masks = false;
   std::filesystem::path save_hessians;  // empty: do not save
   bool overwrite = false;
@@ -65,7 +66,47 @@ struct PrunePlan {
   nlohmann::json to_json() const;
 };
 
-std::string to_string(Propagation propagation);
-Propagation parse_propagation(std::string_view name);
+// The names of each setting's values, as the command line, config files and reports spell them.
+inline constexpr EnumName<Propagation> kPropagationNames[] = {{Propagation::kReference, "reference"},
+                                                              {Propagation::kTrueSequential, "true-sequential"},
+                                                              {Propagation::kTrueSequential, "sequential", true}};
+inline constexpr EnumName<Reconstruct> kReconstructNames[] = {{Reconstruct::kNone, "none"},
+                                                              {Reconstruct::kOptima, "optima"}};
+inline constexpr EnumName<QpSolver> kQpSolverNames[] = {{QpSolver::kExact, "exact"}, {QpSolver::kCg, "cg"}};
+inline constexpr EnumName<SolvePrecision> kQpPrecisionNames[] = {{SolvePrecision::kFloat64, "fp64"},
+                                                                 {SolvePrecision::kFloat32Refined, "fp32"}};
+inline constexpr EnumName<StatsDtype> kStatsDtypeNames[] = {{StatsDtype::kFloat32, "fp32"},
+                                                            {StatsDtype::kFloat64, "fp64"}};
+
+inline std::string_view to_string(Propagation v) {
+  return enum_name<Propagation>(kPropagationNames, v);
+}
+inline std::string_view to_string(Reconstruct v) {
+  return enum_name<Reconstruct>(kReconstructNames, v);
+}
+inline std::string_view to_string(QpSolver v) {
+  return enum_name<QpSolver>(kQpSolverNames, v);
+}
+inline std::string_view to_string(SolvePrecision v) {
+  return enum_name<SolvePrecision>(kQpPrecisionNames, v);
+}
+inline std::string_view to_string(StatsDtype v) {
+  return enum_name<StatsDtype>(kStatsDtypeNames, v);
+}
+inline Propagation parse_propagation(std::string_view text) {
+  return parse_enum<Propagation>(kPropagationNames, text, "propagation mode");
+}
+inline Reconstruct parse_reconstruct(std::string_view text) {
+  return parse_enum<Reconstruct>(kReconstructNames, text, "--reconstruct");
+}
+inline QpSolver parse_qp_solver(std::string_view text) {
+  return parse_enum<QpSolver>(kQpSolverNames, text, "--qp-solver");
+}
+inline SolvePrecision parse_qp_precision(std::string_view text) {
+  return parse_enum<SolvePrecision>(kQpPrecisionNames, text, "--qp-precision");
+}
+inline StatsDtype parse_stats_dtype(std::string_view text) {
+  return parse_enum<StatsDtype>(kStatsDtypeNames, text, "--hessian-dtype");
+}
 
 }  // namespace optima

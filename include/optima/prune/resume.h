@@ -8,9 +8,14 @@
 // corrupt is refused with a message that says what differs. A completed run removes the folder.
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
+#include <vector>
+
+#include "optima/prune/report.h"
 
 namespace optima {
 
@@ -19,6 +24,24 @@ struct CalibrationSet;
 class ActivationStore;
 
 inline constexpr int kResumeFormatVersion = 1;
+
+// What an interrupted run saved, as state.json holds it: the next block to prune, what identifies the run, the
+// output writer's files, the activations entering the next block (one file per process), the masks so far, the
+// report so far, and a checksum record of every file of the folder the state uses.
+struct RunState {
+  nlohmann::json fingerprint;
+  int64_t next_block = 0;
+  std::optional<nlohmann::json> writer;             // the checkpoint writer's suspended files (rank 0's output)
+  std::vector<std::string> activations;             // per process, in rank order; none without calibration data
+  std::optional<std::string> masks;                 // --save-masks: the file of the masks of blocks before next_block
+  std::vector<LayerReport> layers;                  // of blocks before next_block
+  RunTimings timings;                               // total, forward, select, reconstruct and write so far
+  nlohmann::json files = nlohmann::json::object();  // name -> {"bytes", "sha256"}
+
+  nlohmann::json to_json() const;
+  // An input error naming `file` when a field is missing or of the wrong type.
+  static RunState from_json(const nlohmann::json& state, const std::filesystem::path& file);
+};
 
 class ResumeFolder {
  public:
@@ -39,10 +62,10 @@ class ResumeFolder {
   const std::filesystem::path& path() const { return path_; }
   bool has_state() const;
   // state.json, checked for its format and version (an input error naming the file otherwise).
-  nlohmann::json read_state() const;
+  RunState read_state() const;
   // Writes state.json atomically, then removes the files of the folder that it does not name (in "files" or the
   // writer's shards), which an earlier state may have used.
-  void write_state(const nlohmann::json& state);
+  void write_state(const RunState& state);
   // Removes everything but the lock: the leftovers of a run killed before it could save a state.
   void clear();
   // Whether the destructor leaves the folder: true while it holds a state worth keeping (a saved one being

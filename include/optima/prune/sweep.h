@@ -24,7 +24,7 @@ std::string sweep_setting_name(const PrunePlan& plan);
 // empty lists, bad entries, duplicates, and a sparsity other than N/M given with N:M patterns alone.
 std::vector<PrunePlan> expand_sweep(const PrunePlan& base, const std::vector<std::string>& methods,
                                     const std::vector<std::string>& patterns, const std::vector<double>& sparsities,
-                                    const std::vector<std::string>& reconstructs);
+                                    const std::vector<Reconstruct>& reconstructs);
 
 // Runs the settings (all with the same model, calibration and output root `out`) and returns the sweep table, also
 // written to out/sweep.json. With an eval dataset, the dense model is evaluated first as the table's baseline; each

@@ -1,5 +1,10 @@
-// Mask selectors: given a linear layer's weight and the statistics of its input, choose which weights to zero
-// (magnitude, Wanda, SparseGPT), following the reference implementations exactly (docs: algorithms.md §5).
+// Mask selectors: given a linear layer's weight, the statistics of its input and the layer's target (a sparsity or
+// an N:M pattern), choose which weights to zero, following the reference implementations exactly (docs:
+// algorithms.md §5).
+//
+// Selectors are registered in one table (selector_table(), src/select/selector.cpp): its name, what statistics it
+// reads, its help text and its factory. Validation, the command line's allowed values and help, sweeps and tests
+// all read that table; adding a selector is one file defining its factory plus one line there.
 //
 // Selectors are device-generic: the same ATen code runs on CPU and CUDA tensors, and results come back on the
 // weight's device. They compute in fp32 as the reference code does, except that float64 weights are processed in
@@ -10,9 +15,11 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 
+#include "optima/core/defaults.h"
 #include "optima/select/pattern.h"
 
 namespace optima {
@@ -23,10 +30,10 @@ struct LayerStats {
   at::Tensor act_sq_norm;  // [in] fp32: Wanda's running mean of squared column norms; may be undefined
 };
 
-struct SelectorOptions {
-  SparsityPattern pattern;
-  double percdamp = 0.01;   // SparseGPT: damping added to diag(H), as a fraction of mean(diag H)
-  int64_t blocksize = 128;  // SparseGPT: columns per lazy-update block
+// Settings a selector keeps for a whole run; the target of each layer is passed to select().
+struct SelectorSettings {
+  double percdamp = kDefaultPercdamp;     // SparseGPT: damping added to diag(H), as a fraction of mean(diag H)
+  int64_t blocksize = kDefaultBlocksize;  // SparseGPT: columns per lazy-update block
 };
 
 struct Selection {
@@ -40,24 +47,45 @@ struct Selection {
 class MaskSelector {
  public:
   virtual ~MaskSelector() = default;
-  virtual std::string name() const = 0;  // "magnitude", "wanda", "sparsegpt"
-  virtual bool needs_hessian() const = 0;
-  virtual bool needs_act_norms() const = 0;
-  // weight: [out, in], any floating dtype, any device; the statistics the selector needs must be defined and match.
-  virtual Selection select(const at::Tensor& weight, const LayerStats& stats) const = 0;
+  // weight: [out, in], any floating dtype, any device; the statistics the selector reads (its table entry says
+  // which) must be defined and match. `target` is this layer's sparsity or N:M pattern.
+  virtual Selection select(const at::Tensor& weight, const LayerStats& stats, const SparsityPattern& target) const = 0;
 };
 
-// The selector names make_selector accepts, in the order error messages list them.
-inline constexpr std::string_view kSelectorNames[] = {"magnitude", "wanda", "sparsegpt"};
+// The input statistics a selector reads. Every pruning run with calibration data accumulates H anyway (the report's
+// errors and OPTIMA need it); Wanda's column norms are accumulated only for selectors that read them.
+enum class SelectorInputs {
+  kNone,     // the weight alone
+  kNorms,    // the squared column norms of the input (Wanda's statistic)
+  kHessian,  // H = (2/n) sum x x^T
+};
 
-// Usage error for an unknown name (listing the known ones) or invalid options (percdamp < 0, blocksize < 1,
-// a SparseGPT blocksize that is not a multiple of M for N:M).
-std::unique_ptr<MaskSelector> make_selector(std::string_view name, const SelectorOptions& options);
+struct SelectorInfo {
+  std::string_view name;  // as --method spells it
+  std::string_view help;  // one line for --help and error messages
+  SelectorInputs inputs;
+  std::unique_ptr<MaskSelector> (*make)(const SelectorSettings& settings);
+  // Usage error for settings the selector cannot run with on `target` (e.g. a SparseGPT block size that splits
+  // N:M groups); checked before any model is loaded. May be null.
+  void (*check)(const SelectorSettings& settings, const SparsityPattern& target) = nullptr;
 
-// The concrete selectors, which make_selector dispatches to (options already validated).
-std::unique_ptr<MaskSelector> make_magnitude_selector(const SelectorOptions& options);
-std::unique_ptr<MaskSelector> make_wanda_selector(const SelectorOptions& options);
-std::unique_ptr<MaskSelector> make_sparsegpt_selector(const SelectorOptions& options);
+  bool needs_calibration() const { return inputs != SelectorInputs::kNone; }
+  bool needs_norms() const { return inputs == SelectorInputs::kNorms; }
+  bool needs_hessian() const { return inputs == SelectorInputs::kHessian; }
+};
+
+// Every selector, in the order help texts and error messages list them.
+std::span<const SelectorInfo> selector_table();
+// The entry of `name`; a usage error listing the known names when there is none.
+const SelectorInfo& find_selector(std::string_view name);
+// "magnitude, wanda, sparsegpt": the names for help texts and messages.
+std::string selector_names(std::string_view separator = ", ");
+
+// Usage error for settings no selector accepts (percdamp < 0 or not finite, blocksize < 1), or that `name` cannot
+// run with on `target`; an unknown name is a usage error too.
+void check_selector_settings(std::string_view name, const SelectorSettings& settings, const SparsityPattern& target);
+// The selector `name`, after checking the run-wide settings (not any target's: select() checks its own).
+std::unique_ptr<MaskSelector> make_selector(std::string_view name, const SelectorSettings& settings = {});
 
 // SparseGPT's retry policy: after a failed Cholesky factorization the damping is multiplied by 10, at most this
 // many times, before the layer is declared numerically hopeless.

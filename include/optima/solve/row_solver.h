@@ -34,18 +34,19 @@
 
 #include <cstdint>
 
+#include "optima/core/defaults.h"
+
 namespace optima {
 
-// Relative damping used when none is given: 1e-6 · mean(diag H). Measured (bench/solver_cpu.json, "damping") on
-// LLM-like Hessians (outlier input features, correlated inputs; 768 inputs, 256 rows, 50% magnitude mask), as the
-// increase of the undamped objective over the undamped optimum:
+// The relative damping used when none is given (kDefaultRowSolveDamp, core/defaults.h): 1e-6 · mean(diag H). Measured
+// (bench/solver_cpu.json, "damping") on LLM-like Hessians (outlier input features, correlated inputs; 768 inputs, 256
+// rows, 50% magnitude mask), as the increase of the undamped objective over the undamped optimum:
 //   full rank (8192 tokens, cond 2.6e6):  1e-8: 7e-12   1e-6: 7e-8   1e-4: 3e-4   1e-2: 5e-2
 //   rank 512 (512 tokens, singular):      0 and 1e-8 need 4 and 1 damping retries and send half of the fp32 rows
 //                                         to fp64;   1e-6: 8e-5, no retry, no fallback   1e-4: 0.10   1e-2: 1.6
 // So 1e-6 keeps the paper's (undamped) optimum to 1e-7 where H has full rank, which is the usual case with 128 x 2048
 // calibration tokens, and makes singular H (dead or duplicated features) well-posed without retries; SparseGPT's
 // 1e-2 would give up percents of the objective that OPTIMA exists to win.
-inline constexpr double kDefaultRowSolveDamp = 1e-6;
 
 enum class SolvePrecision {
   kFloat64,         // gathers, factorizations and solves in fp64

@@ -59,6 +59,12 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& dir);
 void check_tokenizer_fits(const Tokenizer& tokenizer, const std::filesystem::path& tokenizer_dir, int64_t model_vocab,
                           const std::filesystem::path& config_path);
 
+// The tokenizer of a model: loaded from `tokenizer_dir` (empty: `model_dir`) and checked to fit the model's
+// embedding of `model_vocab` rows (vocab_size in `config_path`).
+std::unique_ptr<Tokenizer> load_model_tokenizer(const std::filesystem::path& model_dir,
+                                                const std::filesystem::path& tokenizer_dir, int64_t model_vocab,
+                                                const std::filesystem::path& config_path);
+
 // Replaces each maximal ill-formed subsequence of `bytes` by U+FFFD, exactly as Python's
 // bytes.decode("utf-8", errors="replace") and Rust's String::from_utf8_lossy do; valid UTF-8 is returned unchanged.
 std::string sanitize_utf8(std::string_view bytes);

@@ -1,0 +1,70 @@
+// What a pruning run reports: one row per linear layer (sparsity, pattern check, errors, solver figures, time) and
+// the run's totals, as prune_report.json and as a table for people. The JSON form is read back when a run resumes.
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace optima {
+
+struct LayerReport {
+  std::string name;  // e.g. "model.layers.3.mlp.down_proj"
+  int64_t block = 0;
+  std::string site;  // input site shared with other layers ("attn_in", ...)
+  std::vector<int64_t> shape;
+  bool skipped = false;       // left dense by --skip (or --allow-non-finite)
+  double sparsity = 0;        // achieved fraction of zeros
+  bool pattern_ok = false;    // N:M groups all have N zeros / unstructured fraction as requested
+  double error_selector = 0;  // ||(W - W_sel) X||² / ||W X||² on the calibration data
+  double error_final = 0;     // the same for the written weights (after reconstruction, if any)
+  double kkt_residual = -1;   // reconstruction only: max_r ||(H(ŵ - w))_T|| / ||(H w)_T||
+  double damping = 0;         // damping added to diag(H) by the selector (SparseGPT)
+  int64_t damping_retries = 0;
+  double reconstruct_damping = 0;
+  int64_t qp_fp64_fallback_rows = 0;  // fp32 solves: rows that had to be solved again in fp64
+  int64_t qp_chunks = 0;              // exact solver: batches of gathered systems
+  int64_t qp_iterations = 0;          // cg only
+  bool qp_converged = true;           // cg only: every row reached --qp-tol
+  double seconds_select = 0;
+  double seconds_reconstruct = 0;
+
+  bool reconstructed() const { return kkt_residual >= 0; }
+  nlohmann::json to_json() const;
+  static LayerReport from_json(const nlohmann::json& j);
+};
+
+// Wall time of the run's phases, in seconds.
+struct RunTimings {
+  double total = 0;
+  double calibration = 0;
+  double forward = 0;
+  double select = 0;
+  double reconstruct = 0;
+  double write = 0;
+  double communicate = 0;  // inside collectives of a job of many processes, waiting included
+};
+
+struct PruneReport {
+  nlohmann::json settings;
+  std::string calibration;  // which sampling rule ran, on what
+  std::string model_type;
+  int64_t num_layers = 0;
+  std::vector<LayerReport> layers;
+  double overall_sparsity = 0;  // zeros over all prunable weights
+  RunTimings seconds;
+  int64_t peak_rss_bytes = 0;
+  int64_t activation_bytes = 0;      // calibration activations between blocks
+  bool activations_on_disk = false;  // mapped from the work folder (--activation-memory)
+  int64_t resumed_from_block = -1;   // -1: not resumed
+  double seconds_before_resume = 0;  // time the interrupted runs took (included in seconds.total)
+
+  // Sets overall_sparsity from the layers' rows.
+  void total_sparsity();
+  nlohmann::json to_json() const;
+  // A table for people: one row per layer and a total.
+  std::string summary() const;
+};
+
+}  // namespace optima

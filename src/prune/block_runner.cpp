@@ -1,0 +1,59 @@
+// Token windows through a model block by block, with their activations kept between blocks (see block_runner.h).
+#include "optima/prune/block_runner.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "optima/core/error.h"
+
+namespace optima {
+
+namespace {
+
+std::vector<std::vector<int64_t>> batch_shapes(int64_t windows, int64_t seqlen, int64_t batch_size, int64_t hidden) {
+  std::vector<std::vector<int64_t>> shapes;
+  for (int64_t b = 0; b < windows; b += batch_size)
+    shapes.push_back({std::min(batch_size, windows - b), seqlen, hidden});
+  return shapes;
+}
+
+}  // namespace
+
+BlockRunner::BlockRunner(const DecoderModel& model, int64_t windows, int64_t seqlen, int64_t batch_size,
+                         uint64_t budget_bytes, const std::filesystem::path& spill_file)
+    : model_(model),
+      batch_size_(batch_size),
+      store_(std::make_unique<ActivationStore>(batch_shapes(windows, seqlen, batch_size, model.shape().hidden_size),
+                                               model.dtype(), budget_bytes, spill_file)) {}
+
+void BlockRunner::embed(const at::Tensor& ids) {
+  for (size_t i = 0; i < store_->size(); ++i) {
+    const int64_t begin = static_cast<int64_t>(i) * batch_size_;
+    store_->set(i, model_.embed(ids.slice(0, begin, std::min(begin + batch_size_, ids.size(0)))));
+    store_->release(i);
+  }
+}
+
+void BlockRunner::observe(const BlockWeights& block, const SiteHook& hook, const std::function<void()>& before_batch) {
+  for (size_t i = 0; i < store_->size(); ++i) {
+    if (before_batch) before_batch();
+    model_.block_forward(block, store_->get(i), hook);
+    store_->release(i);
+  }
+}
+
+void BlockRunner::propagate(const BlockWeights& block, bool check_finite, const std::function<void()>& before_batch) {
+  for (size_t i = 0; i < store_->size(); ++i) {
+    if (before_batch) before_batch();
+    const at::Tensor h = model_.block_forward(block, store_->get(i));
+    if (check_finite && !at::isfinite(h).all().item<bool>())
+      throw Error(ErrorKind::kNumeric,
+                  fmt::format("block {}: the pruned block produced NaN or Inf activations; stopping", block.index));
+    store_->set(i, h);
+    store_->release(i);
+  }
+}
+
+}  // namespace optima
