@@ -6,6 +6,7 @@ Standard library only; ctest runs it as `cli` with the binary and the assets fol
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,46 @@ EXIT_OK, EXIT_USAGE, EXIT_INPUT = 0, 2, 3
 GOLDEN_OPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "models", "opt")
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "configs")
 
+# A value for every option of `optima prune` that differs from its default: (command-line value, the value the
+# dumped TOML must hold; None for a flag). Strings carry what a TOML writer must quote or escape.
+PRUNE_SETTINGS = {
+    "--model": ("models/my model, v2 #1", "models/my model, v2 #1"),
+    "--out": ("out/it's [1] = \"x\"", "out/it's [1] = \"x\""),
+    "--sparsity": ("0.55,0.65", [0.55, 0.65]),
+    "--pattern": ("2:4,4:8", ["2:4", "4:8"]),
+    "--method": ("wanda,magnitude", ["wanda", "magnitude"]),
+    "--reconstruct": ("optima", "optima"),
+    "--eval": ("C:\\data\\wiki.test.raw", "C:\\data\\wiki.test.raw"),
+    "--eval-seqlen": ("256", 256),
+    "--eval-max-windows": ("7", 7),
+    "--calib": ("calib\twith tab.jsonl", "calib\twith tab.jsonl"),
+    "--tokenizer": ("tokenizers/ünïcode", "tokenizers/ünïcode"),
+    "--nsamples": ("16", 16),
+    "--seqlen": ("256", 256),
+    "--seed": ("18446744073709551615", 18446744073709551615),
+    "--percdamp": ("0.02", 0.02),
+    "--blocksize": ("64", 64),
+    "--propagation": ("true-sequential", "true-sequential"),
+    "--qp-damp": ("1e-08", 1e-08),
+    "--qp-precision": ("fp64", "fp64"),
+    "--qp-memory": ("2GiB", "2GiB"),
+    "--qp-solver": ("cg", "cg"),
+    "--qp-tol": ("1e-07", 1e-07),
+    "--qp-max-iter": ("500", 500),
+    "--hessian-dtype": ("fp64", "fp64"),
+    "--device": ("cuda:1", "cuda:1"),
+    "--dtype": ("bfloat16", "bfloat16"),
+    "--batch-size": ("4", 4),
+    "--skip": ("layers\\.(0|1)\\.", "layers\\.(0|1)\\."),
+    "--max-shard-size": ("1000000", "1000000"),  # a string that looks like a number stays a string
+    "--save-masks": (None, True),
+    "--save-hessians": ("hess'ians\"dir", "hess'ians\"dir"),
+    "--overwrite": (None, True),
+    "--allow-non-finite": (None, True),
+    "--dist-timeout": ("60.5", 60.5),
+    "--resume": (None, True),
+    "--activation-memory": ("8GiB", "8GiB"),
+}
 
 
 def optima(*args):
@@ -113,7 +154,7 @@ class Cli(unittest.TestCase):
 
 
 class ConfigFile(unittest.TestCase):
-    """`--config FILE.toml` is checked as strictly as the command line."""
+    """`--config FILE.toml` is checked as strictly as the command line, and --dump-config writes what it reads."""
 
     def setUp(self):
         self.tmp = tempfile.TemporaryDirectory(prefix="optima-config-")
@@ -202,12 +243,13 @@ class ConfigFile(unittest.TestCase):
     def test_valid_config_still_works(self):
         config = self.write_config(
             "# a sweep\nlog-level = 'warn'  # optima's own\nmethod = [\"wanda\",\n  \"sparsegpt\", # two\n]\n"
-            "sparsity = [0.5, 0.6]\nnsamples = 0x40\nsave-masks = true\n"
+            "sparsity = [0.5, 0.6]\nnsamples = 0x40\nskip = 'layers\\.0\\.'\nsave-masks = true\n"
             "[prune]\nseqlen = 1_024\n[eval]\nmax-windows = 3\n")
         dumped = tomllib.loads(self.dump("--config", config, "--model", "m", "--out", "o", "--nsamples", "32"))
         self.assertEqual(dumped["method"], ["wanda", "sparsegpt"])
         self.assertEqual(dumped["sparsity"], [0.5, 0.6])
         self.assertEqual(dumped["nsamples"], 32)  # the command line wins
+        self.assertEqual(dumped["skip"], "layers\\.0\\.")
         self.assertEqual((dumped["save-masks"], dumped["seqlen"]), (True, 1024))
         self.assertNotIn("max-windows", dumped)
         # The ready configs are valid and read as written.
@@ -216,6 +258,27 @@ class ConfigFile(unittest.TestCase):
                 wanted = tomllib.load(f)
                 dumped = tomllib.loads(self.dump("--config", os.path.join(CONFIGS, name), "--model", "x", "--out", "y"))
                 self.assertEqual({key: dumped.get(key) for key in wanted}, wanted)
+
+    def test_every_prune_option_survives_dump_and_read_back(self):
+        help_text = optima("prune", "--help").stdout
+        options = set(re.findall(r"^\s+(?:-\w,)?(--[a-z][a-z0-9-]*)", help_text, re.MULTILINE))
+        self.assertIn("--sparsity", options)
+        missing = options - {"--help", "--dump-config"} - PRUNE_SETTINGS.keys()
+        self.assertFalse(missing, f"give these options a non-default value in PRUNE_SETTINGS: {sorted(missing)}")
+        args = []
+        for option, (value, _) in PRUNE_SETTINGS.items():
+            args += [option] if value is None else [option, value]
+        first = self.dump(*args)
+        defaults = tomllib.loads(self.dump("--model", "m", "--out", "o"))
+        values = tomllib.loads(first)
+        for option, (_, wanted) in PRUNE_SETTINGS.items():
+            key = option[2:]
+            with self.subTest(option=option):
+                self.assertEqual(values.get(key), wanted)
+                self.assertNotEqual(defaults.get(key), wanted)
+        config = self.write_config(first, "dumped.toml")
+        self.assertEqual(self.dump("--config", config), first)
+
 
 if __name__ == "__main__":
     OPTIMA = os.path.abspath(sys.argv[1])

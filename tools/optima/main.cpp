@@ -598,7 +598,8 @@ class SettingsChecker {
   std::string file_;
 };
 
-// A string as TOML writes it, quoted and escaped.
+// --- writing settings (--dump-config) ----------------------------------------------------------------------------
+
 std::string toml_string(const std::string& text) {
   const auto is_control = [](char c) { return (static_cast<unsigned char>(c) < 0x20) || c == 0x7F; };
   const bool has_control = std::any_of(text.begin(), text.end(), is_control);
@@ -619,6 +620,47 @@ std::string toml_string(const std::string& text) {
   return out + "\"";
 }
 
+std::string toml_float(double value) {
+  if (std::isnan(value)) return "nan";
+  if (std::isinf(value)) return value > 0 ? "inf" : "-inf";
+  std::string text = fmt::format("{}", value);  // the shortest text that reads back as the same double
+  if (text.find_first_of(".e") == std::string::npos) text += ".0";
+  return text;
+}
+
+template <typename Number>
+Number converted(const std::string& text) {
+  Number number{};
+  OPTIMA_ASSERT(CLI::detail::lexical_cast(text, number));  // CLI11 accepted this text when it parsed it
+  return number;
+}
+
+std::string toml_scalar(ValueType type, const std::string& text) {
+  switch (type) {
+    case ValueType::kInteger: return std::to_string(converted<int64_t>(text));
+    case ValueType::kUnsigned: return std::to_string(converted<uint64_t>(text));
+    case ValueType::kNumber: return toml_float(converted<double>(text));
+    default: return toml_string(text);
+  }
+}
+
+// The TOML value of an option as parsed, or of its default; nullopt for an option with neither.
+std::optional<std::string> toml_value(const CLI::Option& option, bool default_also) {
+  const bool given = option.count() > 0;
+  if (!given && !default_also) return std::nullopt;
+  const ValueType type = value_type(option);
+  if (type == ValueType::kFlag) return given && option.as<bool>() ? "true" : "false";
+  if (!given && option.get_default_str().empty()) return std::nullopt;
+  std::vector<std::string> values;
+  for (const std::string& text : option.as<std::vector<std::string>>()) values.push_back(toml_scalar(type, text));
+  if (values.size() == 1) return values.front();
+  return fmt::format("[{}]", fmt::join(values, ", "));
+}
+
+std::string comment_lines(const std::string& text) {
+  return "# " + CLI::detail::fix_newlines("# ", text) + "\n";
+}
+
 // Reads `--config FILE` for the subcommand being run: keys outside a [section] belong to it, so
 // `optima prune --config sparsegpt.toml` takes the bare `method = "sparsegpt"` lines that --dump-config prints;
 // `[NAME]` holds the settings of subcommand NAME, used when NAME runs and checked (not used) otherwise, so one file
@@ -635,6 +677,19 @@ class SubcommandConfig : public CLI::ConfigTOML {
     const std::string file = root_.get_config_ptr()->as<std::string>();  // CLI11 takes at most one --config
     const std::string text{std::istreambuf_iterator<char>(input), std::istreambuf_iterator<char>()};
     return checked_items(TomlReader(file, text).read(), file, running);
+  }
+
+  std::string to_config(const CLI::App* app, bool default_also, bool write_description,
+                        std::string /*prefix*/) const override {
+    std::string out = write_description ? comment_lines(app->get_description()) : "";
+    for (const CLI::Option* option : settings_of(*app)) {
+      const std::optional<std::string> value = toml_value(*option, default_also);
+      if (!value) continue;
+      if (write_description && !option->get_description().empty())
+        out += "\n" + comment_lines(option->get_description());
+      out += fmt::format("{} = {}\n", option->get_single_name(), *value);
+    }
+    return out;
   }
 
  private:
