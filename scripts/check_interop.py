@@ -12,16 +12,21 @@ nothing here depends on optima's own idea of the layouts:
      logits equal the original model's exactly;
   2. `optima inspect --json` agrees with transformers on the parameter count and the linear layers;
   3. `optima make-random` models (sharded, float32 and bfloat16) load in transformers with no missing keys and
-     match the safetensors library tensor for tensor;
+     match the safetensors library tensor for tensor; their values are those of each module's initialisation
+     (norm weights one, biases zero, linear and embedding weights drawn from N(0, std^2) with the config's std);
+     the same seed writes byte-identical files, another seed other random tensors, and bfloat16 is the float32
+     model rounded;
   4. `optima prune` checkpoints of the real stories260k (magnitude, Wanda, SparseGPT; 50% and 2:4; with and
-     without OPTIMA) load in transformers and give the perplexity `optima eval` gives, and with --save-hessians
-     the written OPTIMA weights equal the float64 optimum of the QP built from the saved Hessians.
+     without OPTIMA) load in transformers and give the perplexity `optima eval` gives; the masks saved with
+     --save-masks have the requested sparsity and are zero in the written weights; and with --save-hessians the
+     written OPTIMA weights equal the float64 optimum of the QP built from the saved Hessians and masks.
 
 Exit status 0 when every check passes, 1 on the first failure, 77 when the Python packages are missing (ctest
 reports that as skipped).
 """
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -139,12 +144,61 @@ def check_convert(optima, work):
         print(f"ok  convert + inspect: {name} (safetensors, bin, sharded bin)")
 
 
+def check_initialisation(tag, model, std):
+    """Checks each parameter of a make-random model by the module that holds it: norm weights one, biases zero,
+    linear and embedding weights with the mean, standard deviation and share within one standard deviation of
+    N(0, std^2), to six standard errors for their element count. Returns the names of the random parameters."""
+    covered, random = set(), set()
+    for prefix, module in model.named_modules():
+        params = dict(module.named_parameters(recurse=False))
+        if not params:
+            continue
+        where = f"{tag}: {prefix} ({type(module).__name__})"
+        if isinstance(module, torch.nn.LayerNorm) or type(module).__name__.endswith("RMSNorm"):
+            assert bool((module.weight == 1).all()), f"{where}: norm weight is not all ones"
+        elif isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+            w = module.weight.detach().double().flatten()
+            n = w.numel()
+            mean, sd = float(w.mean()), float(w.std())
+            inside = float((w.abs() <= std).double().mean())
+            assert abs(mean) <= 6 * std / math.sqrt(n), f"{where}: weight mean {mean:.3g} is not 0 (std {std})"
+            assert abs(sd / std - 1) <= 6 / math.sqrt(2 * n), f"{where}: weight std {sd:.5g}, expected {std}"
+            within = math.erf(1 / math.sqrt(2))  # the share of a normal distribution within one std: 0.6827
+            assert abs(inside - within) <= 6 * math.sqrt(within * (1 - within) / n), \
+                f"{where}: {inside:.4f} of the weights within one std, expected {within:.4f} of a normal"
+            random.add(f"{prefix}.weight")
+        else:
+            raise AssertionError(f"{where}: a module with parameters this check does not know")
+        if params.get("bias") is not None:
+            assert bool((module.bias == 0).all()), f"{where}: bias is not all zeros"
+        covered |= {f"{prefix}.{name}" for name in params}
+    missed = set(dict(model.named_parameters())) - covered
+    assert not missed, f"{tag}: parameters not checked: {sorted(missed)}"
+    return random
+
+
+def same_files(a, b):
+    """Whether two folders hold the same files with the same bytes."""
+    if sorted(os.listdir(a)) != sorted(os.listdir(b)):
+        return False
+    for name in os.listdir(a):
+        with open(os.path.join(a, name), "rb") as fa, open(os.path.join(b, name), "rb") as fb:
+            if fa.read() != fb.read():
+                return False
+    return True
+
+
 def check_make_random(optima, work):
     for preset in ("opt-tiny", "llama-tiny"):
-        for dtype in ("float32", "bfloat16"):
-            out = os.path.join(work, f"{preset}-{dtype}")
+        def make(dtype, seed, tag=""):
+            out = os.path.join(work, f"{preset}-{dtype}-{seed}{tag}")
             run(optima, "make-random", "--preset", preset, "--out", out, "--dtype", dtype,
-                "--max-shard-size", "2MB", "--seed", "3")
+                "--max-shard-size", "2MB", "--seed", str(seed))
+            return out
+
+        outputs = {"float32": make("float32", 3), "bfloat16": make("bfloat16", 3)}
+        files = {}
+        for dtype, out in outputs.items():
             written = read_safetensors_dir(out)
             model = load_clean(out)
             state = model.state_dict()
@@ -153,7 +207,26 @@ def check_make_random(optima, work):
             with torch.no_grad():
                 logits = model(torch.arange(16)[None]).logits
             assert torch.isfinite(logits).all()
+            files[dtype] = written
+            if dtype == "float32":
+                with open(os.path.join(out, "config.json")) as f:
+                    config = json.load(f)
+                std = config["init_std"] if "init_std" in config else config["initializer_range"]
+                random = check_initialisation(preset, model, std) & set(written)
             print(f"ok  make-random: {preset} {dtype} ({len(written)} tensors)")
+        assert random, f"{preset}: no random tensors"
+        for key, value in files["float32"].items():
+            rounded = files["bfloat16"][key]
+            assert rounded.dtype == torch.bfloat16 and torch.equal(value.to(torch.bfloat16), rounded), \
+                f"{preset}: {key} in bfloat16 is not the float32 tensor rounded"
+        assert same_files(outputs["float32"], make("float32", 3, "-again")), \
+            f"{preset}: the same seed wrote different files"
+        other = read_safetensors_dir(make("float32", 4))
+        for key, value in files["float32"].items():
+            assert torch.equal(other[key], value) == (key not in random), \
+                f"{preset}: {key} {'is the same' if key in random else 'differs'} with another seed"
+        print(f"ok  make-random: {preset} initialisation ({len(random)} random tensors, std {std}), seeds, "
+              f"bfloat16 rounding")
 
 
 def transformers_perplexity(model, ids, seqlen):
@@ -193,22 +266,60 @@ def check_prune(optima, work, assets):
             out, hessians = os.path.join(work, tag), os.path.join(work, tag + "-hessians")
             run(optima, "prune", "--model", model_dir, "--out", out, "--calib", calib, "--nsamples", "16",
                 "--seqlen", "128", "--method", method, "--pattern", pattern, "--sparsity", "0.5",
-                "--reconstruct", reconstruct, "--save-hessians", hessians)
+                "--reconstruct", reconstruct, "--save-hessians", hessians, "--save-masks")
+            pruned = load_file(os.path.join(out, "model.safetensors"))
+            masks = read_masks(os.path.join(out, "masks.safetensors"), pruned)
+            check_masks(tag, method, pattern, reconstruct, dense, pruned, masks)
             model = load_clean(out)
             want = json.loads(run(optima, "eval", "--model", out, "--dataset", eval_rows, "--seqlen", str(seqlen),
                                   "--json"))["perplexity"]
             got = transformers_perplexity(model, ids, seqlen)
             assert abs(got - want) <= 1e-4 * want, f"{tag}: perplexity {want} in optima, {got} in transformers"
             if reconstruct == "optima":
-                check_optimality(tag, dense, load_file(os.path.join(out, "model.safetensors")), hessians,
-                                 os.path.join(out, "prune_report.json"))
+                check_optimality(tag, dense, pruned, masks, hessians, os.path.join(out, "prune_report.json"))
             print(f"ok  prune: {tag} loads in transformers, perplexity {got:.4f} (optima {want:.4f})")
 
 
-def check_optimality(tag, dense, pruned, hessian_dir, report_path):
-    """For every layer and row: the written weights are zero on the pruned set S and, on the kept set T, equal the
-    float64 solution of (H_TT + lambda I) w_T = (H_TT + lambda I) w_T_dense + H_TS w_S_dense, i.e. the exact
-    optimum of the QP with the damping the report names."""
+def read_masks(path, weights):
+    """{layer: bool [rows, cols] tensor, True = pruned} from masks.safetensors, whose rows pack 8 input columns per
+    byte: bit i of byte k is column 8k + i, least significant bit first, 1 = pruned. The padding bits past the last
+    column must be clear."""
+    masks = {}
+    for key, packed in load_file(path).items():
+        assert key.endswith(".mask") and packed.dtype == torch.uint8, f"{path}: {key} is not a packed mask"
+        name = key[:-len(".mask")]
+        rows, cols = weights[name + ".weight"].shape
+        assert list(packed.shape) == [rows, (cols + 7) // 8], f"{path}: {key} has shape {list(packed.shape)}"
+        bits = ((packed.to(torch.int32).unsqueeze(-1) >> torch.arange(8, dtype=torch.int32)) & 1).reshape(rows, -1)
+        assert not bool(bits[:, cols:].any()), f"{path}: {key} has padding bits set"
+        masks[name] = bits[:, :cols].bool()
+    return masks
+
+
+def check_masks(tag, method, pattern, reconstruct, dense, pruned, masks):
+    """Every prunable layer has a mask with the requested sparsity (exactly 2 of every 4 inputs, or 50% of the matrix
+    up to one weight per threshold), the written weights are zero on it, and magnitude and Wanda without OPTIMA keep
+    the other weights as they were."""
+    linears = {key[:-len(".weight")] for key in dense if key.endswith("_proj.weight")}
+    assert set(masks) == linears, f"{tag}: masks differ from the prunable layers: {set(masks) ^ linears}"
+    for name, mask in masks.items():
+        written, weight = pruned[name + ".weight"], dense[name + ".weight"]
+        if pattern == "2:4":
+            per_group = mask.reshape(mask.shape[0], -1, 4).sum(-1)
+            assert bool((per_group == 2).all()), f"{tag}: {name}: a group of 4 without exactly 2 pruned"
+        else:
+            fraction = float(mask.double().mean())
+            assert abs(fraction - 0.5) <= 1e-3, f"{tag}: {name}: {fraction:.4f} of the weights pruned, expected 0.5"
+        assert bool((written[mask] == 0).all()), f"{tag}: {name}: weights in the mask are not zero"
+        if method in ("magnitude", "wanda") and reconstruct == "none":
+            assert torch.equal(written[~mask], weight[~mask]), f"{tag}: {name}: kept weights changed"
+    print(f"ok  prune: {tag} masks ({len(masks)} layers) have the {pattern} sparsity and are zero in the weights")
+
+
+def check_optimality(tag, dense, pruned, masks, hessian_dir, report_path):
+    """For every layer and row, with the pruned set S from the saved mask and the kept set T the rest: the written
+    weights on T equal the float64 solution of (H_TT + lambda I) w_T = (H_TT + lambda I) w_T_dense + H_TS w_S_dense,
+    i.e. the exact optimum of the QP with the damping the report names (zero on S is checked in check_masks)."""
     with open(report_path) as f:
         layers = json.load(f)["layers"]
     saved = {}
@@ -223,8 +334,8 @@ def check_optimality(tag, dense, pruned, hessian_dir, report_path):
         w = dense[layer["name"] + ".weight"].double()
         written = pruned[layer["name"] + ".weight"].double()
         for r in range(w.shape[0]):
-            kept = written[r] != 0
-            pruned_set = ~kept
+            pruned_set = masks[layer["name"]][r]
+            kept = ~pruned_set
             if not bool(kept.any()):
                 continue
             h_tt = h[kept][:, kept]

@@ -56,12 +56,13 @@ def tensors(path):
     return {t.name: decoded(t) for t in read(path)[0]}
 
 
-def read_checkpoint(directory, exclude=("masks.safetensors",)):
-    """{name: Tensor} over every *.safetensors file of a checkpoint folder but `exclude`, F32 decoded."""
+def read_checkpoint(directory, exclude=("masks.safetensors",), raw=False):
+    """{name: Tensor} over every *.safetensors file of a checkpoint folder but `exclude`, F32 decoded unless raw."""
     out = {}
     for file in sorted(os.listdir(directory)):
         if file.endswith(".safetensors") and file not in exclude:
-            out.update(tensors(os.path.join(directory, file)))
+            path = os.path.join(directory, file)
+            out.update({t.name: t for t in read(path)[0]} if raw else tensors(path))
     return out
 
 

@@ -43,6 +43,11 @@ class Prune(unittest.TestCase):
         cls.tmp = tempfile.TemporaryDirectory(prefix="optima-prune-")
         cls.work = cls.tmp.name
         cls.dense = read_checkpoint(cls.model)
+        # The checks below take every zero of an output for a pruned weight (per-row counts, masks, block-0 zeros):
+        # that holds because the input has no zero weights.
+        with_zeros = [name for name, t in cls.dense.items() if 0.0 in t.data]
+        if with_zeros:
+            raise AssertionError(f"{cls.model} has zero weights before pruning: {with_zeros}")
         cls.eval_text = os.path.join(cls.work, "eval.txt")
         with open(cls.calib, encoding="utf-8") as f:
             rows = [line for line in f.read().splitlines() if line.strip()]
@@ -69,7 +74,13 @@ class Prune(unittest.TestCase):
         return json.loads(result.stdout)["perplexity"]
 
     def check_pruned(self, out, pattern, sparsity):
-        """Reads the output back and checks every prunable matrix; returns the report."""
+        """Reads the output back and checks every prunable matrix against the requested pattern and sparsity and
+        against the report; returns the report."""
+        with open(os.path.join(out, "prune_report.json")) as f:
+            report = json.load(f)
+        self.assertEqual(len(report["layers"]), 35)
+        layers = {layer["name"]: layer for layer in report["layers"]}
+        method = report["settings"]["method"]
         pruned = read_checkpoint(out)
         self.assertEqual(sorted(pruned), sorted(self.dense), "the output must hold exactly the input's tensors")
         for name, (_, _, shape, values) in self.dense.items():
@@ -77,31 +88,60 @@ class Prune(unittest.TestCase):
             if not is_linear:
                 self.assertEqual(pruned[name].data, values, f"{name} must be carried over unchanged")
                 continue
+            layer = layers[name[:-len(".weight")]]
+            self.assertTrue(math.isfinite(layer["error_final"]), layer["name"])
             rows, cols = shape
             got = pruned[name].data
             zeros = [v == 0.0 for v in got]
             if pattern == "unstructured":
                 fraction = sum(zeros) / len(zeros)
-                # The reference thresholds zero int(numel * s) (+1 at the threshold itself) weights per matrix or
-                # per row; a 172-wide row rounds down by at most one weight.
+                # The report's sparsity is the zero fraction of the matrix as written.
+                self.assertAlmostEqual(layer["sparsity"], fraction, delta=1e-12, msg=name)
+                # Magnitude zeroes the int(numel * s) + 1 weights at or below one threshold per matrix, SparseGPT
+                # the same per 128-column block (two in a 172-wide matrix), Wanda int(cols * s) per row: below s by
+                # at most the rounding of each row, above it by at most one weight per threshold.
                 self.assertGreaterEqual(fraction, sparsity - 1.0 / cols - 1e-9, name)
                 self.assertLessEqual(fraction, sparsity + 2.0 / (rows * cols) + 1.0 / cols, name)
+                if method == "wanda":
+                    per_row = int(cols * sparsity)
+                    for r in range(rows):
+                        self.assertEqual(sum(zeros[r * cols:(r + 1) * cols]), per_row,
+                                         f"{name}: row {r} has not int({cols} * {sparsity}) zeros")
             else:
+                self.assertTrue(layer["pattern_ok"], name)
                 n, m = map(int, pattern.split(":"))
                 for r in range(rows):
                     for g in range(0, cols, m):
                         self.assertGreaterEqual(sum(zeros[r * cols + g:r * cols + g + m]), n,
                                                 f"{name}: row {r} group {g // m} has fewer than {n} zeros")
-        with open(os.path.join(out, "prune_report.json")) as f:
-            report = json.load(f)
-        self.assertEqual(len(report["layers"]), 35)
-        for layer in report["layers"]:
-            self.assertTrue(layer["pattern_ok"], layer["name"])
-            self.assertTrue(math.isfinite(layer["error_final"]), layer["name"])
         # The input model is never modified, and no temporary output is left behind.
         self.assertEqual(read_checkpoint(self.model), self.dense)
         self.assertEqual([f for f in os.listdir(self.work) if "partial" in f or f.startswith(".")], [])
         return report
+
+    def check_masks(self, out, pattern):
+        """Checks masks.safetensors against the written weights: one mask per prunable matrix, [rows, ceil(cols/8)]
+        bytes, bit c % 8 of byte c // 8 (least significant first) set exactly where the written weight is zero, the
+        padding bits clear, and for N:M exactly N bits set in each group of M."""
+        masks = read_tensors(os.path.join(out, "masks.safetensors"))
+        pruned = read_checkpoint(out)
+        linears = sorted(name[:-len(".weight")] for name in self.dense
+                         if any(name.endswith(f"{linear}.weight") for linear in LLAMA_LINEARS))
+        self.assertEqual(sorted(masks), [f"{name}.mask" for name in linears])
+        for name in linears:
+            _, dtype, shape, packed = masks[name + ".mask"]
+            (rows, cols), values = pruned[name + ".weight"].shape, pruned[name + ".weight"].data
+            self.assertEqual((dtype, shape), ("U8", [rows, (cols + 7) // 8]), name)
+            width = shape[1]
+            for r in range(rows):
+                bits = [(packed[r * width + c // 8] >> (c % 8)) & 1 for c in range(8 * width)]
+                self.assertEqual(bits[:cols], [int(v == 0.0) for v in values[r * cols:(r + 1) * cols]],
+                                 f"{name}: row {r}: the mask is not the written zeros")
+                self.assertEqual(sum(bits[cols:]), 0, f"{name}: row {r}: padding bits set")
+                if pattern != "unstructured":
+                    n, m = map(int, pattern.split(":"))
+                    for g in range(0, cols, m):
+                        self.assertEqual(sum(bits[g:g + m]), n, f"{name}: row {r} group {g // m}")
 
     def test_every_selector_and_pattern_with_and_without_optima(self):
         dense_ppl = self.perplexity(self.model)
@@ -117,15 +157,27 @@ class Prune(unittest.TestCase):
                     plain = self.check_pruned(base, pattern, sparsity)
                     self.assertExit(self.prune(base + "-optima", *args, "--reconstruct", "optima"), EXIT_OK, "kkt")
                     optimal = self.check_pruned(base + "-optima", pattern, sparsity)
+                    written_plain, written_optimal = read_checkpoint(base), read_checkpoint(base + "-optima")
                     for before, after in zip(plain["layers"], optimal["layers"]):
                         self.assertEqual(before["name"], after["name"])
                         self.assertLess(after["kkt_residual"], 1e-8, after["name"])
-                    # Reference propagation: block 0 sees the same (dense) inputs with and without OPTIMA, so its
-                    # layers have the same masks and OPTIMA's exact solve can only lower the error. (Later blocks
-                    # see different inputs, compared in the report of one run below.)
-                    for layer in optimal["layers"]:
-                        self.assertLessEqual(layer["error_final"], layer["error_selector"] * (1 + 1e-6) + 1e-12,
-                                             layer["name"])
+                        # Within a run, OPTIMA's exact solve on the selector's mask can only lower the error (up to
+                        # the damping of the solve).
+                        self.assertLessEqual(after["error_final"], after["error_selector"] * (1 + 1e-6) + 1e-12,
+                                             after["name"])
+                        if after["block"] != 0:
+                            continue
+                        # Reference propagation: block 0 sees the same (dense) inputs with and without OPTIMA, so
+                        # its layers get the same masks (the same zeros in both outputs) and the same selector
+                        # error, and OPTIMA ends at or below the run without it. Later blocks see different inputs.
+                        self.assertAlmostEqual(after["error_selector"], before["error_selector"],
+                                               delta=1e-9 * before["error_selector"], msg=after["name"])
+                        self.assertLessEqual(after["error_final"], before["error_final"] * (1 + 1e-6) + 1e-12,
+                                             after["name"])
+                        weight = after["name"] + ".weight"
+                        self.assertEqual([v == 0.0 for v in written_optimal[weight].data],
+                                         [v == 0.0 for v in written_plain[weight].data],
+                                         f"{weight}: the zeros differ with and without OPTIMA")
                     ppl_plain, ppl_optima = self.perplexity(base), self.perplexity(base + "-optima")
                     for ppl in (ppl_plain, ppl_optima):
                         self.assertTrue(math.isfinite(ppl))
@@ -137,17 +189,7 @@ class Prune(unittest.TestCase):
         out, hessians = os.path.join(self.work, "masks"), os.path.join(self.work, "hessians")
         self.assertExit(self.prune(out, "--method", "wanda", "--pattern", "2:4", "--save-masks", "--save-hessians",
                                    hessians), EXIT_OK)
-        masks = read_tensors(os.path.join(out, "masks.safetensors"))
-        pruned = read_checkpoint(out)
-        name = "model.layers.1.mlp.down_proj"
-        _, _, shape, packed = masks[name + ".mask"]
-        (rows, cols), values = pruned[name + ".weight"].shape, pruned[name + ".weight"].data
-        self.assertEqual(shape, [rows, (cols + 7) // 8])
-        for r in range(rows):
-            for c in range(cols):
-                bit = (packed[r * shape[1] + c // 8] >> (c % 8)) & 1
-                if bit:
-                    self.assertEqual(values[r * cols + c], 0.0)
+        self.check_masks(out, "2:4")
         files = sorted(os.listdir(hessians))
         self.assertEqual(files, [f"hessians-block-{b:04d}.safetensors" for b in range(5)])
         block = read_tensors(os.path.join(hessians, files[0]))
@@ -227,8 +269,15 @@ class Prune(unittest.TestCase):
         self.assertEqual({row["name"] for row in table["settings"]}, names)
         self.assertEqual((table["dense"]["seqlen"], table["dense"]["windows"]), (128, 3))
         for row in table["settings"]:
-            pattern = "unstructured" if row["pattern"] == "unstructured" else "2:4"
-            self.check_pruned(os.path.join(out, row["name"]), pattern, row["sparsity"])
+            # The setting requested for this folder, from its name (e.g. wanda+optima-unstructured-0.6, 2of4-0.5).
+            pattern, requested = row["name"].split("-")[1:]
+            if pattern == "unstructured":
+                sparsity = float(requested)
+            else:
+                n, m = map(int, pattern.split("of"))
+                pattern, sparsity = f"{n}:{m}", n / m
+            self.assertEqual((row["pattern"], row["sparsity"]), (pattern, sparsity), row["name"])
+            self.check_pruned(os.path.join(out, row["name"]), pattern, sparsity)
             self.assertGreater(row["eval"]["perplexity"], table["dense"]["perplexity"] * 0.98, row["name"])
             self.assertTrue(math.isfinite(row["eval"]["perplexity"]))
         by_name = {row["name"]: row for row in table["settings"]}
@@ -328,6 +377,7 @@ class Prune(unittest.TestCase):
 
         # Byte-identical outputs; the reports differ only in timings, memory and the resume record.
         resumed_report, reference_report = assert_same_output(self, out, reference, "the uninterrupted run's")
+        self.check_masks(reference, "unstructured")
         self.assertEqual(resumed_report["resumed_from_block"], 3)
         self.assertIsNone(reference_report["resumed_from_block"])
         self.assertEqual([f for f in os.listdir(self.work) if "resumed" in f], ["resumed"])
