@@ -1,8 +1,13 @@
-// config.json access and architecture parsing per family (no LibTorch: part of optima_base_tests).
+// config.json access, architecture parsing per family and input-site names (no LibTorch: part of
+// optima_base_tests).
 #include <fstream>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "optima/io/model_config.h"
 #include "optima/model/arch.h"
+#include "optima/model/input_site.h"
 #include "test_util.h"
 
 namespace optima::test {
@@ -68,6 +73,22 @@ TEST(ModelShape, LlamaFamilyVariants) {
   base["model_type"] = "gpt_neox";
   expect_error([&] { read_model_shape(config_of(base)); }, ErrorKind::kInput,
                {"'model_type'", "unsupported", "opt, llama", "gpt_neox"});
+}
+
+TEST(InputSite, NamesRoundTrip) {
+  const std::vector<std::pair<InputSite, std::string>> names = {{InputSite::kAttentionInput, "attn_in"},
+                                                                {InputSite::kAttentionOutput, "attn_out"},
+                                                                {InputSite::kMlpInput, "mlp_in"},
+                                                                {InputSite::kMlpHidden, "mlp_hidden"}};
+  ASSERT_EQ(names.size(), kAllInputSites.size());
+  for (const auto& [site, name] : names) {
+    EXPECT_EQ(to_string(site), name);
+    EXPECT_EQ(parse_input_site(name), site) << name;
+  }
+  for (InputSite site : kAllInputSites) EXPECT_EQ(parse_input_site(to_string(site)), site);
+  EXPECT_EQ(parse_input_site("attn"), std::nullopt);
+  EXPECT_EQ(parse_input_site("ATTN_IN"), std::nullopt);
+  EXPECT_EQ(parse_input_site(""), std::nullopt);
 }
 
 }  // namespace
