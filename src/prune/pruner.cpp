@@ -65,7 +65,7 @@ at::Tensor pack_mask(const at::Tensor& pruned) {
 std::vector<std::string> sites_in_order(const std::vector<LinearLayer>& layers) {
   std::vector<std::string> sites;
   for (const LinearLayer& l : layers)
-    if (std::find(sites.begin(), sites.end(), l.input) == sites.end()) sites.push_back(l.input);
+    if (std::find(sites.begin(), sites.end(), to_string(l.input)) == sites.end()) sites.push_back(to_string(l.input));
   return sites;
 }
 
@@ -411,15 +411,15 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
       auto collect = [&](const std::set<std::string>& wanted) {
         const auto t0 = Clock::now();
         for (const std::string& site : wanted) {
-          const LinearLayer& first =
-              *std::find_if(linears.begin(), linears.end(), [&](const LinearLayer& l) { return l.input == site; });
+          const LinearLayer& first = *std::find_if(linears.begin(), linears.end(),
+                                                   [&](const LinearLayer& l) { return to_string(l.input) == site; });
           stats.erase(site);
           stats.emplace(site, InputStatistics(first.in_features, run.device, need_hessian, need_norms, hessian_dtype));
         }
         for (size_t i = 0; i < hidden.size(); ++i) {
           poll_interrupt(fmt::format("block {} (statistics)", b));
-          model.block_forward(block, hidden.get(i), [&](const std::string& site, const at::Tensor& x) {
-            if (wanted.count(site)) stats.at(site).add(x);
+          model.block_forward(block, hidden.get(i), [&](InputSite site, const at::Tensor& x) {
+            if (wanted.count(to_string(site))) stats.at(to_string(site)).add(x);
           });
           hidden.release(i);
         }
@@ -436,7 +436,7 @@ PruneReport prune_model(const PrunePlan& plan, ProgressSink& progress, const Cal
 
       auto prune_site = [&](const std::string& site) {
         for (const LinearLayer& layer : linears) {
-          if (layer.input != site) continue;
+          if (to_string(layer.input) != site) continue;
           const std::string name = prefix + layer.name;
           poll_interrupt(fmt::format("block {}, before {}", b, layer.name));
           LayerReport lr;
