@@ -4,11 +4,13 @@
 // A family reads its shape from config.json, lists a block's prunable linear layers and the input site each reads,
 // names every tensor, and runs the forward pass (embedding, one block with a hook on each input site, logits). It
 // owns its whole block forward, so a family with other norms, a fused projection or a different attention adds a
-// file and a registry line without touching shared code; the shared pieces (norms, rotary embeddings, causal
-// attention) are helpers it may call (src/model/families/ops.h).
+// file and its entry in the registry without touching shared code; the shared pieces (norms, rotary embeddings,
+// causal attention) are helpers it may call (src/model/families/ops.h).
 //
 // Parsing and the forward pass share one file, so families need LibTorch and are part of optima_lib, not of the
-// LibTorch-free optima_base; the config fuzzer (tests/fuzz) links LibTorch to reach them.
+// LibTorch-free optima_base. Keeping a family in one file is worth that: clang's libFuzzer with ASan and UBSan
+// compiles the family files against LibTorch's headers and links LibTorch (uninstrumented, and never called by the
+// config parsing it fuzzes), so the config fuzzer (tests/fuzz) still reaches every family's config code.
 #pragma once
 
 #include <ATen/core/Tensor.h>
