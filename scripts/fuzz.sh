@@ -20,9 +20,12 @@ log() { printf '[fuzz] %s\n' "$*" >&2; }
 "$repo/scripts/apt_ensure.sh" cmake ninja-build pkg-config ccache libfmt-dev nlohmann-json3-dev libpcre2-dev \
   libsentencepiece-dev clang-14 libclang-rt-14-dev
 
+# fuzz_model_config links LibTorch (the model families hold their forward passes too): the pinned one of setup.sh.
+python=$("$repo/scripts/setup.sh" | tail -n 1)
+
 build="$repo/build/fuzz"
 export CCACHE_BASEDIR="$repo" CCACHE_NOHASHDIR=true
-cmake -S "$repo/tests/fuzz" -B "$build" -G Ninja -DCMAKE_CXX_COMPILER=clang++-14 >/dev/null
+cmake -S "$repo/tests/fuzz" -B "$build" -G Ninja -DCMAKE_CXX_COMPILER=clang++-14 -DOPTIMA_PYTHON="$python" >/dev/null
 cmake --build "$build" -j "${OPTIMA_JOBS:-2}" --target "${targets[@]}" >&2
 
 # Findings stop the run at once with a stack trace; leaks count too (the parsers own no global state).

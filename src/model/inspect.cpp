@@ -5,6 +5,7 @@
 #include <fmt/ranges.h>
 
 #include "optima/io/dtype.h"
+#include "optima/model/family.h"
 
 namespace optima {
 
@@ -38,7 +39,7 @@ nlohmann::json to_json(const InspectReport& r) {
           {"format", r.format},
           {"weight_files", r.weight_files},
           {"model_type", s.model_type},
-          {"family", family_name(s.family)},
+          {"family", s.family->name()},
           {"num_layers", s.num_layers},
           {"hidden_size", s.hidden_size},
           {"intermediate_size", s.intermediate_size},
@@ -58,7 +59,7 @@ std::string to_text(const InspectReport& r) {
   std::string out;
   out += fmt::format("model        {}\n", r.dir);
   out += fmt::format("weights      {} ({} file{})\n", r.format, r.weight_files, r.weight_files == 1 ? "" : "s");
-  out += fmt::format("model_type   {} (family {})\n", s.model_type, family_name(s.family));
+  out += fmt::format("model_type   {} (family {})\n", s.model_type, s.family->name());
   out += fmt::format("layers       {}\nhidden       {}\nintermediate {}\n", s.num_layers, s.hidden_size,
                      s.intermediate_size);
   out += fmt::format("heads        {} (kv {}, head_dim {})\n", s.num_heads, s.num_kv_heads, s.head_dim);

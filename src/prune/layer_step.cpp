@@ -102,7 +102,7 @@ RowSolveResult LayerPruner::reconstruct(const at::Tensor& dense, const at::Tenso
                ? solve_rows_cg(w_rows, pruned_rows, hessian, start_rows, s.tolerance, s.max_iterations, options)
                : solve_rows_exact(w_rows, pruned_rows, hessian, options);
   };
-  const RowSolveResult r =
+  RowSolveResult r =
       in_layer(name, [&] { return solve_rows_shared(dist_, solve, dense, pruned, start, s.options, name); });
   if (!r.converged)
     spdlog::warn(

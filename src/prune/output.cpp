@@ -105,10 +105,12 @@ class CheckpointOutput final : public OutputSink {
     for (const auto& [name, record] : hessian_files_.items()) state.files[name] = record;
     if (!save_masks_) return;
     std::map<std::string, at::Tensor> done;
-    for (const auto& [mask_name, mask] : masks_)
+    for (const auto& entry : masks_) {
+      const std::string& mask_name = entry.first;  // not a structured binding: clang 14 cannot capture one
       if (std::any_of(state.layers.begin(), state.layers.end(),
                       [&](const LayerReport& l) { return l.name + ".mask" == mask_name; }))
-        done.emplace(mask_name, mask);
+        done.emplace(mask_name, entry.second);
+    }
     const std::string name = block_file_name("masks", state.next_block);
     write_masks(work_->path() / name, done, {{"format", "optima-masks"}});
     state.files[name] = work_->describe_file(name);

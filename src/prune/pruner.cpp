@@ -32,7 +32,7 @@ namespace fs = std::filesystem;
 namespace {
 
 using Clock = SteadyClock;
-using Site = decltype(LinearLayer::input);
+using Site = InputSite;
 
 // The settings a saved state must share with the run resuming it: those that change what is computed or
 // written. Paths are left out (the model and calibration are identified by content instead), as are settings
@@ -64,8 +64,8 @@ std::vector<Site> sites_in_order(const std::vector<LinearLayer>& layers) {
   return sites;
 }
 
-std::string site_name(const Site& site) {
-  return std::string(site);
+std::string site_name(Site site) {
+  return std::string(to_string(site));
 }
 
 RunOptions run_options(const PrunePlan& plan) {
@@ -302,7 +302,7 @@ class PruneRun {
     };
     runner_->observe(
         block_,
-        [&](const auto& site, const at::Tensor& x) {
+        [&](Site site, const at::Tensor& x) {
           if (is_wanted(site)) stats_.at(site).add(x);
         },
         [&] { poll_interrupt(fmt::format("block {} (statistics)", b)); });

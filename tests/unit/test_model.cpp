@@ -75,17 +75,37 @@ TEST(Decoder, HooksSeeEveryLinearInput) {
   const DecoderModel model(checkpoint);
   const BlockWeights block = model.load_block(1);
   const at::Tensor hidden = at::randn({2, 7, 32});
-  std::map<std::string, at::Tensor> seen;
+  std::map<InputSite, at::Tensor> seen;
   const at::Tensor out =
-      model.block_forward(block, hidden, [&](const std::string& site, const at::Tensor& x) { seen[site] = x.clone(); });
+      model.block_forward(block, hidden, [&](InputSite site, const at::Tensor& x) { seen[site] = x.clone(); });
   ASSERT_EQ(seen.size(), 4u);
   // Each site's input, pushed through its linear layers, is what the block computed: check the MLP path exactly.
-  const at::Tensor mid = at::silu(at::linear(seen["mlp_in"], block.get("mlp.gate_proj.weight"))) *
-                         at::linear(seen["mlp_in"], block.get("mlp.up_proj.weight"));
-  EXPECT_TRUE(at::allclose(mid, seen["mlp_hidden"], 1e-5, 1e-6));
-  EXPECT_EQ(seen["attn_out"].sizes(), (std::vector<int64_t>{2, 7, 32}));
-  EXPECT_EQ(seen["mlp_hidden"].size(2), 48);
+  const at::Tensor mid = at::silu(at::linear(seen[InputSite::kMlpInput], block.get("mlp.gate_proj.weight"))) *
+                         at::linear(seen[InputSite::kMlpInput], block.get("mlp.up_proj.weight"));
+  EXPECT_TRUE(at::allclose(mid, seen[InputSite::kMlpHidden], 1e-5, 1e-6));
+  EXPECT_EQ(seen[InputSite::kAttentionOutput].sizes(), (std::vector<int64_t>{2, 7, 32}));
+  EXPECT_EQ(seen[InputSite::kMlpHidden].size(2), 48);
   EXPECT_EQ(out.sizes(), hidden.sizes());
+}
+
+// What a family's forward pass shows its hook agrees with its layer list: each input site once, in the order of
+// the linear layers that read it, as wide as those layers' inputs.
+TEST_P(GoldenModel, HookSeesTheSitesOfTheLinearLayersInOrder) {
+  const Checkpoint checkpoint = Checkpoint::open(test_data_dir() / "models" / GetParam());
+  const DecoderModel model(checkpoint);
+  std::vector<InputSite> expected;
+  std::map<InputSite, int64_t> width;
+  for (const LinearLayer& l : linear_layers(model.shape())) {
+    if (expected.empty() || expected.back() != l.input) expected.push_back(l.input);
+    width[l.input] = l.in_features;
+  }
+  std::vector<InputSite> seen;
+  const at::Tensor hidden = model.embed(at::arange(5, at::kLong).unsqueeze(0));
+  model.block_forward(model.load_block(0), hidden, [&](InputSite site, const at::Tensor& x) {
+    seen.push_back(site);
+    EXPECT_EQ(x.size(-1), width[site]) << to_string(site);
+  });
+  EXPECT_EQ(seen, expected) << GetParam();
 }
 
 TEST(Decoder, ReducedPrecisionStaysCloseToFp32) {

@@ -1,4 +1,5 @@
 // `optima make-random`: writes a random-initialised model of a real architecture (for tests, demos, benchmarks).
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include "commands.h"
@@ -8,12 +9,15 @@
 #include "optima/io/checkpoint_writer.h"
 #include "optima/io/json_file.h"
 #include "optima/io/tensor.h"
+#include "optima/model/arch.h"
 #include "optima/model/random_model.h"
 
 namespace optima::cli {
 
 Command add_make_random(CLI::App& root) {
-  auto* app = root.add_subcommand("make-random", "Write a random model of a real architecture (OPT, LLaMA family)");
+  const std::string model_types = fmt::format("{}", fmt::join(supported_model_types(), ", "));
+  auto* app = root.add_subcommand("make-random",
+                                  "Write a random model of a real architecture (model_type " + model_types + ")");
   struct Options {
     std::string preset, config, out, dtype = "float32", max_shard = std::string(kDefaultMaxShardSize), tokenizer;
     uint64_t seed = 0;
@@ -21,7 +25,9 @@ Command add_make_random(CLI::App& root) {
   };
   auto o = std::make_shared<Options>();
   auto* preset = app->add_option("--preset", o->preset, "Built-in configuration: opt-tiny or llama-tiny");
-  auto* config_option = app->add_option("--config", o->config, "A Hugging Face config.json (e.g. OPT-125M's)");
+  auto* config_option =
+      app->add_option("--config", o->config,
+                      "A Hugging Face config.json whose model_type is one of " + model_types + " (e.g. OPT-125M's)");
   preset->excludes(config_option);
   app->add_option("--out", o->out, "Output model directory")->required();
   app->add_option("--seed", o->seed, "Random seed")->capture_default_str();

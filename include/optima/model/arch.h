@@ -1,26 +1,34 @@
-// Architecture specifications of the supported model families: the one place that knows tensor names, shapes,
-// which linear layers a decoder block has, and which of them read the same input.
+// Architectures of the supported model families as shapes and tensor layouts: what config.json says, which linear
+// layers a decoder block has and which input site each reads, and the name and shape of every tensor.
 //
-// Families: "opt" (model_type opt) and "llama" (model_type llama, mistral, qwen2). Everything else in optima asks
-// these functions rather than spelling out layer names.
+// Each family lives in one file under src/model/families/, implementing model/family.h, and is registered by
+// model_type in src/model/families/registry.cpp. The functions here dispatch to the shape's family, so that the
+// rest of optima never spells out a layer or tensor name.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "optima/io/model_config.h"
+#include "optima/model/input_site.h"
 
 namespace optima {
 
 class Checkpoint;
+class Family;
 
-enum class Family { kOpt, kLlama };
+// Settings that only one family reads (OPT's layer-norm placement, LLaMA's rotary scaling, ...). Each family derives
+// its own in its own file, so that a new family's keys need no new field in ModelShape.
+struct FamilySettings {
+  virtual ~FamilySettings() = default;
+};
 
-// What config.json says about a model, resolved with each family's defaults.
+// What config.json says about a model, resolved with its family's defaults.
 struct ModelShape {
   std::string model_type;
-  Family family = Family::kLlama;
+  const Family* family = nullptr;  // set by read_model_shape; the registry's families live as long as the program
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;
   int64_t num_layers = 0;
@@ -30,36 +38,20 @@ struct ModelShape {
   int64_t intermediate_size = 0;
   int64_t max_positions = 0;
   bool tie_word_embeddings = true;
-  // OPT
-  int64_t word_embed_proj_dim = 0;
-  bool layer_norm_before = true;
-  bool final_layer_norm = true;
-  bool linear_bias = true;
-  // LLaMA family
-  bool qkv_bias = false;  // Qwen2, or attention_bias
-  bool o_bias = false;    // attention_bias
-  bool mlp_bias = false;
-  double norm_eps = 1e-5;
-  double rope_theta = 10000.0;
-  std::string rope_type = "default";  // "default", "linear" or "llama3"
-  double rope_factor = 1.0;
-  double rope_low_freq_factor = 1.0;           // llama3
-  double rope_high_freq_factor = 4.0;          // llama3
-  int64_t rope_original_max_positions = 8192;  // llama3
+  std::shared_ptr<const FamilySettings> settings;  // the family's own, made by its read_shape
 };
 
 // Reads and checks the architecture keys of config.json; an unknown model_type or a missing or inconsistent key is
 // an input error naming the key and the file.
 ModelShape read_model_shape(const ModelConfig& config);
 
-std::string family_name(Family family);
-// model_type values optima can run, for messages and --help.
+// model_type values optima can run, in registry order, for messages and --help.
 std::vector<std::string> supported_model_types();
 
 // A prunable linear layer of a decoder block.
 struct LinearLayer {
-  std::string name;   // relative to the block, e.g. "self_attn.q_proj"
-  std::string input;  // the input site it reads; layers with the same site share one Hessian
+  std::string name;                              // relative to the block, e.g. "self_attn.q_proj"
+  InputSite input = InputSite::kAttentionInput;  // layers with the same site share one Hessian
   int64_t out_features = 0;
   int64_t in_features = 0;
   bool bias = false;
@@ -78,7 +70,8 @@ struct ExpectedTensor {
   TensorInit init = TensorInit::kNormal;  // how a random model of this shape initialises it
 };
 
-// Tensors outside the blocks: embeddings, positions, projections, final norm, an untied head.
+// Tensors outside the blocks: embeddings, positions, projections, final norm, an untied head. The order of these
+// lists is the order in which checkpoints are written, so it is part of optima's output.
 std::vector<ExpectedTensor> global_tensors(const ModelShape& shape);
 // Every tensor a checkpoint of this shape must hold: the global tensors, then each block's.
 std::vector<ExpectedTensor> expected_tensors(const ModelShape& shape);

@@ -1,9 +1,10 @@
-// The forward pass of the supported decoder-only families, one block at a time.
+// The forward pass of a decoder-only model, one block at a time, for whichever family its config.json names.
 //
 // A DecoderModel holds only the small global tensors (embeddings, final norm, head); blocks are loaded on demand
-// from the mapped checkpoint, run, and dropped, so memory stays at about one block plus the activations. Hooks see
-// the input of every distinct linear site ("attn_in" for q/k/v, "attn_out" for o/out_proj, "mlp_in" for
-// fc1/gate/up, "mlp_hidden" for fc2/down) — the activations whose statistics pruning needs.
+// from the mapped checkpoint, run, and dropped, so memory stays at about one block plus the activations. It loads
+// and checks weights, and hands the computing to the model's family (model/family.h). Hooks see the input of every
+// distinct linear site (InputSite: the attention input for q/k/v, the attention output for o_proj/out_proj, the MLP
+// input for fc1/gate/up, the MLP hidden activation for fc2/down) — the activations whose statistics pruning needs.
 //
 // Numerics follow transformers: norms and softmax in fp32 whatever the weight dtype, rotary embeddings in the
 // rotate-half layout computed in fp32, OPT's learned positions offset by 2.
@@ -11,12 +12,12 @@
 
 #include <ATen/core/Tensor.h>
 
-#include <functional>
-#include <map>
+#include <memory>
 #include <string>
 
 #include "optima/io/checkpoint.h"
 #include "optima/model/arch.h"
+#include "optima/model/family.h"
 
 namespace optima {
 
@@ -28,18 +29,6 @@ struct RunOptions {
   // is a numeric error naming the file and tensor, before it can poison every later activation.
   bool allow_non_finite = false;
 };
-
-// One block's weights by name relative to the block ("self_attn.q_proj.weight", ...), on the run device.
-struct BlockWeights {
-  int64_t index = 0;
-  std::map<std::string, at::Tensor> tensors;
-  const at::Tensor& get(const std::string& name) const;
-  // nullptr-equivalent: an undefined tensor when absent (optional biases).
-  at::Tensor find(const std::string& name) const;
-};
-
-// Called with the input [batch, seq, in_features] of each linear site; may be used to accumulate statistics.
-using SiteHook = std::function<void(const std::string& site, const at::Tensor& input)>;
 
 class DecoderModel {
  public:
@@ -66,15 +55,12 @@ class DecoderModel {
 
  private:
   at::Tensor load(const std::string& name) const;
-  at::Tensor attention(const BlockWeights& b, const at::Tensor& x, const SiteHook& hook) const;
-  at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const;
 
   const Checkpoint& checkpoint_;
   ModelShape shape_;
   RunOptions options_;
   c10::ScalarType dtype_;
-  std::map<std::string, at::Tensor> globals_;
-  at::Tensor inv_freq_;  // LLaMA family: rotary inverse frequencies [head_dim / 2], fp32
+  std::unique_ptr<FamilyForward> forward_;  // the family's forward pass, holding the global tensors
 };
 
 }  // namespace optima
