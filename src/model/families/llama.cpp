@@ -37,6 +37,7 @@ const LlamaSettings& settings_of(const ModelShape& shape) {
 // Rotary settings: transformers >= 5 writes "rope_parameters" {rope_type, rope_theta, ...}; older configs write
 // "rope_theta" and "rope_scaling" {type|rope_type, factor, ...}. Both are accepted.
 void read_rope(const ModelConfig& config, LlamaSettings& s) {
+  const LlamaSettings defaults;  // the one source of every rotary default: LlamaSettings' initialisers
   const auto& json = config.json();
   const char* key =
       json.contains("rope_parameters") && !json["rope_parameters"].is_null() ? "rope_parameters" : "rope_scaling";
@@ -55,11 +56,12 @@ void read_rope(const ModelConfig& config, LlamaSettings& s) {
   s.rope_type = type.get<std::string>();
   if (s.rope_type != "default" && s.rope_type != "linear" && s.rope_type != "llama3")
     fail_input(where + ".rope_type", "unsupported rotary scaling", "default, linear or llama3", s.rope_type);
-  s.rope_factor = number("factor", 1.0);
-  s.rope_low_freq_factor = number("low_freq_factor", 1.0);
-  s.rope_high_freq_factor = number("high_freq_factor", 4.0);
+  s.rope_factor = number("factor", defaults.rope_factor);
+  s.rope_low_freq_factor = number("low_freq_factor", defaults.rope_low_freq_factor);
+  s.rope_high_freq_factor = number("high_freq_factor", defaults.rope_high_freq_factor);
   // A count written as a JSON number; converting an out-of-range double to an integer is undefined, so check first.
-  const double original = number("original_max_position_embeddings", 8192);
+  const double original =
+      number("original_max_position_embeddings", static_cast<double>(defaults.rope_original_max_positions));
   if (!(original >= 1 && original <= static_cast<double>(kMaxModelSize)) || original != std::floor(original))
     fail_input(where + ".original_max_position_embeddings", "must be a positive integer",
                fmt::format("an integer in [1, {}]", kMaxModelSize), fmt::format("{}", original));
@@ -174,8 +176,8 @@ class LlamaFamily : public Family {
     s.intermediate_size = require_positive(config, "intermediate_size");
     s.vocab_size = require_positive(config, "vocab_size");
     s.max_positions = require_positive(config, "max_position_embeddings");
-    settings->norm_eps = config.value_or<double>("rms_norm_eps", 1e-6);
-    settings->rope_theta = config.value_or<double>("rope_theta", 10000.0);
+    settings->norm_eps = config.value_or<double>("rms_norm_eps", settings->norm_eps);
+    settings->rope_theta = config.value_or<double>("rope_theta", settings->rope_theta);
     s.tie_word_embeddings = config.value_or<bool>("tie_word_embeddings", false);
     const bool attention_bias = config.value_or<bool>("attention_bias", false);
     settings->qkv_bias = s.model_type == "qwen2" || attention_bias;
