@@ -27,7 +27,6 @@
 #include "optima/stats/accumulator.h"
 
 namespace optima {
-namespace fs = std::filesystem;
 
 namespace {
 

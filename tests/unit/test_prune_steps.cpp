@@ -19,12 +19,8 @@ namespace optima {
 namespace {
 
 using test::expect_error;
-
-uint64_t fresh_seed() {
-  if (const char* env = std::getenv("OPTIMA_TEST_SEED")) return std::strtoull(env, nullptr, 10);
-  std::random_device device;
-  return (static_cast<uint64_t>(device()) << 32) | device();
-}
+using test::fresh_seed;
+using test::seed_note;
 
 // Calibration-like inputs X [tokens, in] with correlated features of unequal scale, and H = (2/n) XᵀX.
 struct LayerInputs {
@@ -62,7 +58,7 @@ PrunePlan plan_for(const std::string& method, Reconstruct reconstruct) {
 
 TEST(LayerStepTest, MeasuresWhatItWritesAgainstTheInputs) {
   const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("seed " + std::to_string(seed) + " (replay with OPTIMA_TEST_SEED)");
+  SCOPED_TRACE(seed_note(seed));
   const LayerInputs in = random_layer(seed, 24, 64, 512);
   for (const char* method : {"magnitude", "wanda", "sparsegpt"})
     for (const SparsityPattern& target : {SparsityPattern::unstructured(0.6), SparsityPattern::n_m(2, 4)}) {
@@ -90,7 +86,7 @@ TEST(LayerStepTest, MeasuresWhatItWritesAgainstTheInputs) {
 // selector's weights also respect. Its KKT residual is small and its error matches the inputs' measure.
 TEST(LayerStepTest, ReconstructionKeepsTheMaskAndLowersTheError) {
   const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("seed " + std::to_string(seed) + " (replay with OPTIMA_TEST_SEED)");
+  SCOPED_TRACE(seed_note(seed));
   const LayerInputs in = random_layer(seed, 16, 48, 400);
   for (const char* method : {"magnitude", "sparsegpt"}) {
     SCOPED_TRACE(method);

@@ -33,15 +33,8 @@ using test::expect_error;
 // ---------------------------------------------------------------------------------------------------------------
 // Random inputs
 
-uint64_t fresh_seed() {
-  if (const char* env = std::getenv("OPTIMA_TEST_SEED")) return std::strtoull(env, nullptr, 10);
-  std::random_device device;
-  return (static_cast<uint64_t>(device()) << 32) | device();
-}
-
-std::string seed_note(uint64_t seed) {
-  return "seed " + std::to_string(seed) + " (replay with OPTIMA_TEST_SEED=" + std::to_string(seed) + ")";
-}
+using test::fresh_seed;
+using test::seed_note;
 
 // A row-major float64 matrix: the references' working type.
 struct Mat {

@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
@@ -16,6 +17,18 @@
 namespace optima::test {
 
 namespace fs = std::filesystem;
+
+// A seed for a test's random inputs: fresh each run, or $OPTIMA_TEST_SEED to replay a failure.
+inline uint64_t fresh_seed() {
+  if (const char* env = std::getenv("OPTIMA_TEST_SEED")) return std::strtoull(env, nullptr, 10);
+  std::random_device device;
+  return (static_cast<uint64_t>(device()) << 32) | device();
+}
+
+// What a failing test prints about its seed.
+inline std::string seed_note(uint64_t seed) {
+  return "seed " + std::to_string(seed) + " (replay with OPTIMA_TEST_SEED=" + std::to_string(seed) + ")";
+}
 
 // A fresh directory under the system temp folder, removed with the object.
 class TempDir {

@@ -162,7 +162,7 @@ std::vector<PrunePlan> plans_of(const PruneOptions& o, const PrunePlan& base) {
 }
 
 // One setting, in this process or in a job of many (torchrun / srun); rank 0 reports and evaluates.
-int run_one(PrunePlan plan, const PruneOptions& o, const LaunchEnvironment& launch, EvalRequest eval) {
+int run_one(const PrunePlan& plan, const PruneOptions& o, const LaunchEnvironment& launch, EvalRequest eval) {
   auto progress = make_console_progress();
   DistributedOptions dist_options;
   dist_options.timeout = std::chrono::milliseconds(static_cast<int64_t>(o.dist_timeout * 1000));

@@ -40,7 +40,7 @@ struct RunState {
 
   nlohmann::json to_json() const;
   // An input error naming `file` when a field is missing or of the wrong type.
-  static RunState from_json(const nlohmann::json& state, const std::filesystem::path& file);
+  static RunState from_json(const nlohmann::json& j, const std::filesystem::path& file);
 };
 
 class ResumeFolder {
