@@ -129,6 +129,16 @@ class Cli(unittest.TestCase):
         self.assertEqual(report["seqlen"], 64)
         self.assertGreater(report["windows"], 3)
         self.assertLess(report["perplexity"], 20)  # repeated in-domain text: a trained model predicts it well
+        # Past --activation-memory the windows' hidden states are mapped from a temporary file: same result, and the
+        # file is gone afterwards.
+        before = set(os.listdir(tempfile.gettempdir()))
+        spilled = optima("eval", "--model", model, "--dataset", text, "--seqlen", "64", "--batch-size", "2",
+                         "--activation-memory", "1KiB", "--json")
+        self.assertExit(spilled, EXIT_OK)
+        self.assertEqual(json.loads(spilled.stdout)["perplexity"], report["perplexity"])
+        self.assertEqual([n for n in set(os.listdir(tempfile.gettempdir())) - before if n.startswith("optima-eval")], [])
+        self.assertExit(optima("eval", "--model", model, "--dataset", text, "--activation-memory", "lots"), EXIT_USAGE,
+                        "lots")
         # A tokenizer that does not fit the model is an input error, not a crash.
         golden = os.path.join(os.path.dirname(__file__), "..", "data", "models", "opt")
         opt_tokenizer = os.path.join(ASSETS, "tokenizers", "opt")
