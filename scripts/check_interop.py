@@ -19,7 +19,11 @@ nothing here depends on optima's own idea of the layouts:
   4. `optima prune` checkpoints of the real stories260k (magnitude, Wanda, SparseGPT; 50% and 2:4; with and
      without OPTIMA) load in transformers and give the perplexity `optima eval` gives; the masks saved with
      --save-masks have the requested sparsity and are zero in the written weights; and with --save-hessians the
-     written OPTIMA weights equal the float64 optimum of the QP built from the saved Hessians and masks.
+     written OPTIMA weights equal the float64 optimum of the QP built from the saved Hessians and masks;
+  5. the evaluation protocol: rows laid out as the Hugging Face WikiText-2 rows are (empty rows between the text
+     rows, each text row ending in "\n") written as JSON Lines; Python joins them with "\n\n", tokenizes the result
+     with transformers' tokenizer of the real opt-small and computes the perplexity with transformers' model;
+     `optima eval` on the JSON Lines file must give the same token count and the same perplexity (1e-4 relative).
 
 Exit status 0 when every check passes, 1 on the first failure, 77 when the Python packages are missing (ctest
 reports that as skipped).
@@ -280,6 +284,42 @@ def check_prune(optima, work, assets):
             print(f"ok  prune: {tag} loads in transformers, perplexity {got:.4f} (optima {want:.4f})")
 
 
+def check_eval_protocol(optima, work, assets):
+    """`optima eval` on JSON Lines rows (empty ones kept) = "\n\n".join(rows) through transformers, token for token."""
+    model_dir = os.path.join(assets, "models", "opt-small")
+    raw = os.path.join(assets, "text", "wikitext-2-raw", "wiki.test.raw")
+    if not os.path.isdir(model_dir) or not os.path.isfile(raw):
+        print(f"skip eval protocol: asset missing: {model_dir} or {raw}")
+        return
+    with open(raw, encoding="utf-8", newline="") as f:
+        lines = [line.rstrip("\r\n") for line in f][:160]
+    # The Hugging Face rows: an empty row before each line, each line ending in a newline.
+    rows = []
+    for line in lines:
+        rows += ["", line + "\n"] if line else [""]
+    assert "" in rows and len(rows) > len(lines)
+    data = os.path.join(work, "wiki-rows.jsonl")
+    with open(data, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps({"text": row}) + "\n")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    ids = tokenizer("\n\n".join(rows))["input_ids"]
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    seqlen = 256
+    got = json.loads(run(optima, "eval", "--model", model_dir, "--dataset", data, "--seqlen", str(seqlen),
+                         "--dtype", "float32", "--json"))
+    assert got["tokens"] == len(ids), f"eval protocol: optima tokenized {got['tokens']} tokens, transformers {len(ids)}"
+    want = transformers_perplexity(model, ids, seqlen)
+    assert abs(got["perplexity"] - want) <= 1e-4 * want, \
+        f"eval protocol: perplexity {got['perplexity']} in optima, {want} in transformers"
+    # The same file read as plain lines is another text (the JSON, not the rows): the format matters.
+    lines_mode = json.loads(run(optima, "eval", "--model", model_dir, "--dataset", data, "--seqlen", str(seqlen),
+                                "--text-format", "lines", "--dtype", "float32", "--json"))
+    assert lines_mode["tokens"] != len(ids)
+    print(f"ok  eval protocol: {len(rows)} JSON Lines rows ({rows.count('')} empty), {len(ids)} tokens, "
+          f"perplexity {got['perplexity']:.4f} (transformers {want:.4f})")
+
+
 def read_masks(path, weights):
     """{layer: bool [rows, cols] tensor, True = pruned} from masks.safetensors, whose rows pack 8 input columns per
     byte: bit i of byte k is column 8k + i, least significant bit first, 1 = pruned. The padding bits past the last
@@ -353,15 +393,21 @@ def main():
     parser.add_argument("--optima", required=True, help="path to the optima binary")
     parser.add_argument("--assets", default=os.environ.get("OPTIMA_ASSETS", os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "assets")), help="offline assets folder")
+    parser.add_argument("--only", choices=["convert", "make-random", "prune", "eval-protocol"],
+                        help="run this check alone")
     args = parser.parse_args()
     torch.set_num_threads(2)
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     with tempfile.TemporaryDirectory(prefix="optima-interop-") as work:
         try:
-            check_convert(args.optima, work)
-            check_make_random(args.optima, work)
-            check_prune(args.optima, work, args.assets)
+            checks = {"convert": lambda: check_convert(args.optima, work),
+                      "make-random": lambda: check_make_random(args.optima, work),
+                      "prune": lambda: check_prune(args.optima, work, args.assets),
+                      "eval-protocol": lambda: check_eval_protocol(args.optima, work, args.assets)}
+            for name, check in checks.items():
+                if args.only in (None, name):
+                    check()
         except AssertionError as error:
             print(f"FAIL {error}", file=sys.stderr)
             return 1

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
 
 #include "optima/core/error.h"
 #include "optima/core/interrupt.h"
@@ -29,9 +30,44 @@ std::filesystem::path spill_file_path() {
 
 }  // namespace
 
-std::string read_eval_text(const std::filesystem::path& path) {
+namespace {
+
+// JSON Lines rows, each used as given: the empty rows of a dataset are part of its "\n\n".join(rows).
+std::string read_jsonl_rows(const std::filesystem::path& path, std::ifstream& in) {
+  std::string line, text;
+  size_t rows = 0;
+  int64_t number = 0;
+  while (std::getline(in, line)) {
+    ++number;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;  // a blank line is no record
+    const std::string where = fmt::format("{}: line {}", path.string(), number);
+    nlohmann::json record;
+    try {
+      record = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception& e) {
+      fail_input(where, fmt::format("malformed JSON: {}", e.what()));
+    }
+    if (!record.is_object() || !record.contains("text") || !record["text"].is_string())
+      fail_input(where, "row has no \"text\" string", "{\"text\": \"...\"}", record.dump().substr(0, 80));
+    if (rows++) text += "\n\n";
+    text += record["text"].get<std::string>();
+  }
+  if (rows == 0)
+    fail_input(path.string(), "evaluation file holds no rows", "at least one {\"text\": ...} line", "none");
+  return text;
+}
+
+}  // namespace
+
+std::string read_eval_text(const std::filesystem::path& path, EvalTextFormat format) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) fail_input(path.string(), "cannot read evaluation text");
+  if (!in) {
+    std::error_code ec;
+    fail_input(path.string(),
+               std::filesystem::exists(path, ec) ? "cannot read evaluation text" : "evaluation file does not exist");
+  }
+  if (format == EvalTextFormat::kJsonl || (format == EvalTextFormat::kAuto && path.extension() == ".jsonl"))
+    return read_jsonl_rows(path, in);
   std::string line, text;
   size_t rows = 0;
   while (std::getline(in, line)) {
@@ -120,7 +156,8 @@ PerplexityResult evaluate_model_dir(const std::filesystem::path& model_dir, cons
   options.activation_memory = request.activation_memory;
   const auto tokenizer =
       load_model_tokenizer(model_dir, request.tokenizer, model.shape().vocab_size, checkpoint.config().path());
-  const std::vector<int64_t> stream = tokenizer->encode(read_eval_text(request.dataset), /*add_special=*/true);
+  const std::vector<int64_t> stream =
+      tokenizer->encode(read_eval_text(request.dataset, request.text_format), /*add_special=*/true);
   return evaluate_perplexity(model, stream, options, progress);
 }
 

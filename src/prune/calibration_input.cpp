@@ -26,7 +26,7 @@ CalibrationSet load_plan_calibration(const PrunePlan& plan, const Checkpoint& ch
     return none;
   }
   const auto tokenizer = load_model_tokenizer(plan.model, plan.tokenizer, shape.vocab_size, checkpoint.config().path());
-  return load_calibration(plan.calib, *tokenizer, {plan.nsamples, seqlen, plan.seed});
+  return load_calibration(plan.calib, *tokenizer, {plan.nsamples, seqlen, plan.seed, plan.calib_rule});
 }
 
 }  // namespace optima

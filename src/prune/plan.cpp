@@ -51,6 +51,7 @@ nlohmann::json PrunePlan::to_json() const {
           {"nsamples", nsamples},
           {"seqlen", seqlen},
           {"seed", seed},
+          {"calib_rule", std::string(to_string(calib_rule))},
           {"percdamp", percdamp},
           {"blocksize", blocksize},
           {"propagation", std::string(to_string(propagation))},

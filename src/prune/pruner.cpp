@@ -186,9 +186,15 @@ class PruneRun {
       calibration_ = load_plan_calibration(plan_, *checkpoint_, shape(), seqlen_);
     }
     report_.calibration = calibration_.description;
+    report_.calibration_sampling = calibration_.sampling_json();
     spdlog::info("calibration: {}", calibration_.description);
+    if (!calibration_.rule_reason.empty())
+      spdlog::info("calibration rule {}: {}", calibration_.rule, calibration_.rule_reason);
     report_.seconds.calibration = seconds_since(t0);
     fingerprint_ = run_fingerprint(resume_settings(plan_, report_.settings), *checkpoint_, calibration_);
+    report_.fingerprint = {{"settings", fingerprint_["settings"]},
+                           {"model", fingerprint_["model"]},
+                           {"calibration", fingerprint_["calibration"]}};
     if (state_) check_fingerprint(state_->fingerprint, fingerprint_, work_->path() / "state.json");
   }
 

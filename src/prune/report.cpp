@@ -75,6 +75,8 @@ nlohmann::json PruneReport::to_json() const {
   return {
       {"settings", settings},
       {"calibration", calibration},
+      {"calibration_sampling", calibration_sampling},
+      {"fingerprint", fingerprint},
       {"model_type", model_type},
       {"num_layers", num_layers},
       {"overall_sparsity", overall_sparsity},

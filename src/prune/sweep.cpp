@@ -103,10 +103,13 @@ nlohmann::json run_sweep(const std::vector<PrunePlan>& plans, const fs::path& ou
     const int64_t seqlen = calibration_seqlen(first, shape.max_positions, checkpoint.config().path().string());
     calibration = load_plan_calibration(first, checkpoint, shape, seqlen);
     spdlog::info("sweep: {} settings share the calibration set: {}", plans.size(), calibration.description);
+    if (!calibration.rule_reason.empty())
+      spdlog::info("calibration rule {}: {}", calibration.rule, calibration.rule_reason);
   }
 
   nlohmann::json table = {{"model", first.model.string()},
                           {"calibration", calibrated ? calibration.description : "none"},
+                          {"calibration_sampling", calibrated ? calibration.sampling_json() : nlohmann::json(nullptr)},
                           {"eval", eval.dataset.empty() ? nlohmann::json(nullptr)
                                                         : nlohmann::json{{"dataset", eval.dataset.string()},
                                                                          {"seqlen", eval.seqlen},
@@ -124,6 +127,10 @@ nlohmann::json run_sweep(const std::vector<PrunePlan>& plans, const fs::path& ou
     spdlog::info("sweep: setting {}/{}: {}", i + 1, plans.size(), name);
     const auto t0 = Clock::now();
     const PruneReport report = prune_model(plan, progress, calibrated ? &calibration : nullptr);
+    // The settings share the model and the calibration tokens: the first one's hashes identify the sweep's.
+    if (i == 0)
+      table["fingerprint"] = {{"model", report.fingerprint.value("model", "")},
+                              {"calibration", report.fingerprint.value("calibration", "")}};
     double error_sum = 0;
     for (const LayerReport& l : report.layers) error_sum += l.error_final;
     nlohmann::json row = {{"name", name},

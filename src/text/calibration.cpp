@@ -8,6 +8,8 @@
 #include <regex>
 #include <sstream>
 
+#include <spdlog/spdlog.h>
+
 #include "optima/core/error.h"
 #include "optima/io/output_dir.h"
 #include "optima/text/python_random.h"
@@ -52,6 +54,104 @@ std::vector<std::string> read_documents(const fs::path& path) {
   return documents;
 }
 
+RuleChoice choose_calibration_rule(CalibRule requested, int64_t qualifying, int64_t documents, int64_t nsamples,
+                                   int64_t seqlen, bool has_eos, const std::string& source_name) {
+  const std::string counts = fmt::format("{} of {} documents have more than {} tokens", qualifying, documents, seqlen);
+  RuleChoice choice;
+  switch (requested) {
+    case CalibRule::kReference:
+      choice = {CalibRule::kReference, "asked for (--calib-rule reference); " + counts};
+      break;
+    case CalibRule::kConcatenated:
+      choice = {CalibRule::kConcatenated, "asked for (--calib-rule concatenated); " + counts};
+      break;
+    case CalibRule::kAuto:
+      if (qualifying >= nsamples)
+        choice = {CalibRule::kReference, fmt::format("auto: {}, at least the {} windows asked for", counts, nsamples)};
+      else if (has_eos || qualifying == 0)
+        choice = {CalibRule::kConcatenated,
+                  fmt::format("auto: only {}, fewer than the {} windows asked for", counts, nsamples)};
+      else
+        choice = {CalibRule::kReference,
+                  fmt::format("auto: only {}, fewer than the {} windows asked for, but the tokenizer has no EOS "
+                              "token to join documents with",
+                              counts, nsamples)};
+      break;
+  }
+  if (choice.rule == CalibRule::kReference && qualifying == 0)
+    fail_input(source_name,
+               fmt::format("no document is longer than seqlen ({} tokens), so the reference rule cannot draw a "
+                           "window; use --calib-rule concatenated or auto",
+                           seqlen),
+               "at least one document of more than " + std::to_string(seqlen) + " tokens", counts);
+  if (choice.rule == CalibRule::kConcatenated && !has_eos)
+    fail_input(source_name, counts +
+                                "; the concatenated rule joins documents with EOS, and the tokenizer has no EOS "
+                                "token");
+  choice.few_documents = choice.rule == CalibRule::kReference && qualifying < nsamples;
+  return choice;
+}
+
+std::vector<int64_t> sample_stream_windows(const std::vector<int64_t>& stream, int64_t nsamples, int64_t seqlen,
+                                           uint64_t seed, const std::string& source_name) {
+  if (static_cast<int64_t>(stream.size()) <= seqlen)
+    fail_input(source_name, "calibration text is too short for one window", fmt::format("more than {} tokens", seqlen),
+               fmt::format("{} tokens in all", stream.size()));
+  PythonRandom random(seed);
+  std::vector<int64_t> ids;
+  ids.reserve(static_cast<size_t>(nsamples * seqlen));
+  for (int64_t s = 0; s < nsamples; ++s) {
+    const int64_t start = random.randint(0, static_cast<int64_t>(stream.size()) - seqlen - 1);
+    ids.insert(ids.end(), stream.begin() + start, stream.begin() + start + seqlen);
+  }
+  return ids;
+}
+
+nlohmann::json CalibrationSet::sampling_json() const {
+  nlohmann::json j = {{"rule", rule}, {"nsamples", nsamples}, {"seqlen", seqlen}};
+  if (!requested_rule.empty()) {
+    j["requested_rule"] = requested_rule;
+    j["documents"] = documents;
+    j["qualifying_documents"] = qualifying_documents;
+    j["reason"] = rule_reason;
+  }
+  return j;
+}
+
+namespace {
+
+// The reference rule: a random document, redrawn until it has more than seqlen tokens, then a random window.
+// Terminates: the caller checked that at least one document qualifies.
+std::vector<int64_t> sample_reference_windows(const std::vector<std::vector<int64_t>>& tokens,
+                                              const CalibrationOptions& options) {
+  PythonRandom random(options.seed);
+  const int64_t last = static_cast<int64_t>(tokens.size()) - 1;
+  std::vector<int64_t> ids;
+  ids.reserve(static_cast<size_t>(options.nsamples * options.seqlen));
+  for (int64_t s = 0; s < options.nsamples; ++s) {
+    const std::vector<int64_t>* doc = nullptr;
+    do {
+      doc = &tokens[static_cast<size_t>(random.randint(0, last))];
+    } while (static_cast<int64_t>(doc->size()) <= options.seqlen);
+    const int64_t start = random.randint(0, static_cast<int64_t>(doc->size()) - options.seqlen - 1);
+    ids.insert(ids.end(), doc->begin() + start, doc->begin() + start + options.seqlen);
+  }
+  return ids;
+}
+
+// The concatenated rule's stream: every document without special tokens, joined with EOS.
+std::vector<int64_t> joined_stream(const std::vector<std::string>& documents, const Tokenizer& tokenizer, int64_t eos) {
+  std::vector<int64_t> stream;
+  for (size_t i = 0; i < documents.size(); ++i) {
+    if (i) stream.push_back(eos);
+    const auto plain = tokenizer.encode(documents[i], /*add_special=*/false);
+    stream.insert(stream.end(), plain.begin(), plain.end());
+  }
+  return stream;
+}
+
+}  // namespace
+
 CalibrationSet sample_calibration(const std::vector<std::string>& documents, const Tokenizer& tokenizer,
                                   const CalibrationOptions& options, const std::string& source_name) {
   if (options.nsamples <= 0) fail_usage(fmt::format("nsamples must be positive (got {})", options.nsamples));
@@ -61,57 +161,43 @@ CalibrationSet sample_calibration(const std::vector<std::string>& documents, con
   set.nsamples = options.nsamples;
   set.seqlen = options.seqlen;
   set.documents = static_cast<int64_t>(documents.size());
-  set.ids.reserve(static_cast<size_t>(options.nsamples * options.seqlen));
+  set.requested_rule = std::string(to_string(options.rule));
 
-  // Every document is tokenized once, up front: redraws are then cheap, and the choice of rule (is any document
-  // long enough?) does not depend on the draws.
+  // Every document is tokenized once, up front: redraws are then cheap, and the choice of rule (how many documents
+  // are long enough?) does not depend on the draws.
   std::vector<std::vector<int64_t>> tokens(documents.size());
-  int64_t long_documents = 0;
   for (size_t i = 0; i < documents.size(); ++i) {
     tokens[i] = tokenizer.encode(documents[i], /*add_special=*/true);
-    if (static_cast<int64_t>(tokens[i].size()) > options.seqlen) ++long_documents;
+    if (static_cast<int64_t>(tokens[i].size()) > options.seqlen) ++set.qualifying_documents;
   }
+  const auto eos = tokenizer.eos_id();
+  const RuleChoice choice = choose_calibration_rule(options.rule, set.qualifying_documents, set.documents,
+                                                    options.nsamples, options.seqlen, eos.has_value(), source_name);
+  set.rule = std::string(to_string(choice.rule));
+  set.rule_reason = choice.reason;
+  if (choice.few_documents)
+    spdlog::warn(
+        "calibration: only {} of {} documents in {} have more than {} tokens, fewer than the {} windows asked for: "
+        "the reference rule draws several windows from each (--calib-rule auto or concatenated samples a stream of "
+        "all documents instead)",
+        set.qualifying_documents, set.documents, source_name, options.seqlen, options.nsamples);
 
-  PythonRandom random(options.seed);
-  const int64_t last = static_cast<int64_t>(documents.size()) - 1;
-  if (long_documents > 0) {
-    set.rule = "reference";
-    for (int64_t s = 0; s < options.nsamples; ++s) {
-      const std::vector<int64_t>* doc = nullptr;
-      do {  // terminates: at least one document qualifies
-        doc = &tokens[static_cast<size_t>(random.randint(0, last))];
-      } while (static_cast<int64_t>(doc->size()) <= options.seqlen);
-      const int64_t start = random.randint(0, static_cast<int64_t>(doc->size()) - options.seqlen - 1);
-      set.ids.insert(set.ids.end(), doc->begin() + start, doc->begin() + start + options.seqlen);
-    }
+  if (choice.rule == CalibRule::kReference) {
+    set.ids = sample_reference_windows(tokens, options);
     set.description = fmt::format(
         "{} windows of {} tokens from {} (reference rule: random document with more than {} tokens, random window; "
         "{} of {} documents qualify; seed {})",
-        options.nsamples, options.seqlen, source_name, options.seqlen, long_documents, documents.size(), options.seed);
+        options.nsamples, options.seqlen, source_name, options.seqlen, set.qualifying_documents, documents.size(),
+        options.seed);
     return set;
   }
-
-  const auto eos = tokenizer.eos_id();
-  if (!eos)
-    fail_input(source_name, "no document is longer than seqlen and the tokenizer has no EOS token to join them");
-  std::vector<int64_t> stream;
-  for (size_t i = 0; i < documents.size(); ++i) {
-    if (i) stream.push_back(*eos);
-    const auto plain = tokenizer.encode(documents[i], /*add_special=*/false);
-    stream.insert(stream.end(), plain.begin(), plain.end());
-  }
-  if (static_cast<int64_t>(stream.size()) <= options.seqlen)
-    fail_input(source_name, "calibration text is too short for one window",
-               fmt::format("more than {} tokens", options.seqlen), fmt::format("{} tokens in all", stream.size()));
-  set.rule = "concatenated";
-  for (int64_t s = 0; s < options.nsamples; ++s) {
-    const int64_t start = random.randint(0, static_cast<int64_t>(stream.size()) - options.seqlen - 1);
-    set.ids.insert(set.ids.end(), stream.begin() + start, stream.begin() + start + options.seqlen);
-  }
+  const std::vector<int64_t> stream = joined_stream(documents, tokenizer, *eos);
+  set.ids = sample_stream_windows(stream, options.nsamples, options.seqlen, options.seed, source_name);
   set.description = fmt::format(
-      "{} windows of {} tokens from {} (concatenated rule: no document has more than {} tokens, so the {} documents "
-      "were joined with EOS into a stream of {} tokens and windows drawn from it; seed {})",
-      options.nsamples, options.seqlen, source_name, options.seqlen, documents.size(), stream.size(), options.seed);
+      "{} windows of {} tokens from {} (concatenated rule: the {} documents joined with EOS into a stream of {} "
+      "tokens, windows drawn from it; {} of them have more than {} tokens; seed {})",
+      options.nsamples, options.seqlen, source_name, documents.size(), stream.size(), set.qualifying_documents,
+      options.seqlen, options.seed);
   return set;
 }
 

@@ -37,6 +37,7 @@ PRUNE_SETTINGS = {
     "--nsamples": ("16", 16),
     "--seqlen": ("256", 256),
     "--seed": ("18446744073709551615", 18446744073709551615),
+    "--calib-rule": ("concatenated", "concatenated"),
     "--percdamp": ("0.02", 0.02),
     "--blocksize": ("64", 64),
     "--propagation": ("true-sequential", "true-sequential"),

@@ -10,6 +10,7 @@
 #include "commands.h"
 #include "optima/core/error.h"
 #include "optima/dist/distributed.h"
+#include "optima/io/output_dir.h"
 #include "optima/io/tensor.h"
 #include "optima/prune/plan.h"
 #include "optima/prune/pruner.h"
@@ -33,6 +34,7 @@ struct PruneOptions {
   std::string model, out, calib, tokenizer, save_hessians, eval;
   // Enum settings as written; parsed once, when the command runs.
   std::string propagation = std::string(to_string(Propagation::kReference));
+  std::string calib_rule = std::string(kDefaultCalibRule);
   std::string qp_precision = std::string(to_string(PrunePlan{}.qp_precision));
   std::string qp_solver = std::string(to_string(PrunePlan{}.qp_solver));
   std::string hessian_dtype = std::string(to_string(PrunePlan{}.hessian_dtype));
@@ -86,6 +88,11 @@ void add_calibration(CLI::App* app, PruneOptions& o) {
                   fmt::format("Tokens per calibration window (0: {}, capped at the model's positions)", kDefaultSeqlen))
       ->capture_default_str();
   app->add_option("--seed", p.seed, "Sampling seed")->capture_default_str();
+  app->add_option("--calib-rule", o.calib_rule,
+                  "Sampling from text: reference (a random document longer than seqlen, a random window), "
+                  "concatenated (documents joined with EOS, windows from the stream), or auto (reference when at "
+                  "least nsamples documents are longer than seqlen, else concatenated)")
+      ->capture_default_str();
   app->add_option("--percdamp", p.percdamp, "SparseGPT damping, fraction of mean diag(H)")->capture_default_str();
   app->add_option("--blocksize", p.blocksize, "SparseGPT columns per block")->capture_default_str();
   app->add_option("--propagation", o.propagation, "reference or true-sequential")->capture_default_str();
@@ -144,6 +151,7 @@ PrunePlan base_plan(const PruneOptions& o) {
   base.tokenizer = o.tokenizer;
   base.save_hessians = o.save_hessians;
   base.propagation = parse_propagation(o.propagation);
+  base.calib_rule = parse_calib_rule(o.calib_rule);
   base.qp_precision = parse_qp_precision(o.qp_precision);
   base.qp_solver = parse_qp_solver(o.qp_solver);
   base.hessian_dtype = parse_stats_dtype(o.hessian_dtype);
@@ -183,6 +191,12 @@ int run_one(const PrunePlan& plan, const PruneOptions& o, const LaunchEnvironmen
   eval.dtype = plan.dtype;
   eval.activation_memory = plan.activation_memory;
   const PerplexityResult r = evaluate_model_dir(plan.out, eval, *progress);
+  // Beside the report, for `optima check`: the perplexity and what identifies the evaluation.
+  nlohmann::json saved = perplexity_json(r);
+  saved["dataset"] = eval.dataset.string();
+  saved["tokens"] = r.tokens;
+  saved["predictions"] = r.predictions;
+  write_text_file(plan.out / "eval.json", saved.dump(2) + "\n");
   std::printf("perplexity %.4f  (seqlen %lld, %lld windows, %s)\n", r.perplexity, static_cast<long long>(r.seqlen),
               static_cast<long long>(r.windows), eval.dataset.string().c_str());
   return 0;

@@ -18,5 +18,6 @@ Command add_convert(CLI::App& root);
 Command add_eval(CLI::App& root);
 Command add_prune(CLI::App& root);
 Command add_tokenize(CLI::App& root);
+Command add_check(CLI::App& root);
 
 }  // namespace optima::cli

@@ -66,6 +66,7 @@ int main(int argc, char** argv) {
   commands.push_back(optima::cli::add_tokenize(app));
   commands.push_back(optima::cli::add_convert(app));
   commands.push_back(optima::cli::add_make_random(app));
+  commands.push_back(optima::cli::add_check(app));
 
   try {
     app.parse(argc, argv);

@@ -11,6 +11,9 @@ namespace optima {
 inline constexpr int64_t kDefaultNsamples = 128;
 inline constexpr int64_t kDefaultSeqlen = 2048;
 inline constexpr uint64_t kDefaultSeed = 0;
+// The calibration sampling rule (text/calibration.h): auto takes the reference rule when at least nsamples documents
+// are longer than seqlen, else the concatenated one.
+inline constexpr std::string_view kDefaultCalibRule = "auto";
 // SparseGPT: damping of 1% of mean diag(H), lazy updates in blocks of 128 columns.
 inline constexpr double kDefaultPercdamp = 0.01;
 inline constexpr int64_t kDefaultBlocksize = 128;
@@ -31,5 +34,16 @@ inline constexpr uint64_t kDefaultMaxShardBytes = 5'000'000'000;
 // Evaluation under the WikiText-2 protocol.
 inline constexpr int64_t kDefaultEvalSeqlen = 2048;
 inline constexpr int64_t kDefaultEvalBatchSize = 8;
+// How the evaluation file is read (eval/perplexity.h): auto is JSON Lines for .jsonl, plain lines otherwise.
+inline constexpr std::string_view kDefaultEvalTextFormat = "auto";
+
+// `optima check`: relative tolerances per metric kind (README, "CI regression runs": repeated runs are bit-identical,
+// and 1 against 2 threads moves perplexity by at most ... and layer errors by at most ...; these leave a margin).
+// Time and memory vary with the machine and its load: compared only when asked for, with these tolerances.
+inline constexpr double kDefaultCheckPerplexityTolerance = 1e-3;
+inline constexpr double kDefaultCheckErrorTolerance = 1e-2;
+inline constexpr double kDefaultCheckSparsityTolerance = 1e-4;
+inline constexpr double kDefaultCheckTimeTolerance = 1.0;
+inline constexpr double kDefaultCheckMemoryTolerance = 0.25;
 
 }  // namespace optima

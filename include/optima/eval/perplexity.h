@@ -5,6 +5,12 @@
 // predictions; perplexity = exp(mean over windows of that loss). The model runs block by block over all windows
 // (prune/block_runner.h), so memory holds one block plus the windows' activations, never the whole model, and the
 // activations go to a temporary file past --activation-memory.
+//
+// The rows come from a file in one of two formats (--text-format): "jsonl", a JSON Lines file with a "text" string
+// per row, every row used exactly as given (empty rows and trailing newlines included) — with the rows of the Hugging
+// Face dataset this is the field's "\n\n".join(rows), token for token; or "lines", a plain text file such as
+// wiki.test.raw, one row per line, CR stripped and empty lines dropped. "auto" (the default) takes jsonl for a
+// .jsonl file and lines otherwise.
 #pragma once
 
 #include <cstdint>
@@ -13,12 +19,23 @@
 #include <vector>
 
 #include "optima/core/defaults.h"
+#include "optima/core/enum_names.h"
 #include "optima/core/progress.h"
 #include "optima/model/decoder.h"
 
 namespace optima {
 
 class Tokenizer;
+
+enum class EvalTextFormat { kAuto, kLines, kJsonl };
+inline constexpr EnumName<EvalTextFormat> kEvalTextFormatNames[] = {
+    {EvalTextFormat::kAuto, "auto"}, {EvalTextFormat::kLines, "lines"}, {EvalTextFormat::kJsonl, "jsonl"}};
+inline std::string_view to_string(EvalTextFormat v) {
+  return enum_name<EvalTextFormat>(kEvalTextFormatNames, v);
+}
+inline EvalTextFormat parse_eval_text_format(std::string_view text) {
+  return parse_enum<EvalTextFormat>(kEvalTextFormatNames, text, "--text-format");
+}
 
 struct PerplexityOptions {
   int64_t seqlen = kDefaultEvalSeqlen;
@@ -41,9 +58,11 @@ struct PerplexityResult {
   std::vector<double> window_nll;
 };
 
-// Reads a text file the way the protocol expects: one row per line, CR stripped, empty rows dropped, rows joined
-// with "\n\n".
-std::string read_eval_text(const std::filesystem::path& path);
+// The evaluation text: the file's rows joined with "\n\n". Lines: one row per line, CR stripped, empty lines
+// dropped. JSON Lines: each non-blank line an object with a "text" string, taken as is (empty strings included).
+// Auto: JSON Lines for a .jsonl file, else lines. Input errors name the file and line.
+std::string read_eval_text(const std::filesystem::path& path,
+                           EvalTextFormat format = parse_eval_text_format(kDefaultEvalTextFormat));
 
 // Runs the protocol on an already tokenized stream.
 PerplexityResult evaluate_perplexity(const DecoderModel& model, const std::vector<int64_t>& stream,
@@ -51,7 +70,8 @@ PerplexityResult evaluate_perplexity(const DecoderModel& model, const std::vecto
 
 // What to evaluate a model directory on, and how.
 struct EvalRequest {
-  std::filesystem::path dataset;    // text file, one row per line
+  std::filesystem::path dataset;  // text file, one row per line, or JSON Lines (see text_format)
+  EvalTextFormat text_format = parse_eval_text_format(kDefaultEvalTextFormat);
   std::filesystem::path tokenizer;  // empty: the model directory
   std::string device = "cpu";
   std::string dtype;                    // empty: the checkpoint's

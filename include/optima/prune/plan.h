@@ -12,6 +12,7 @@
 #include "optima/core/enum_names.h"
 #include "optima/select/pattern.h"
 #include "optima/solve/row_solver.h"
+#include "optima/text/calibration.h"
 
 namespace optima {
 
@@ -36,6 +37,7 @@ struct PrunePlan {
   int64_t nsamples = kDefaultNsamples;
   int64_t seqlen = 0;  // 0: kDefaultSeqlen, capped at the model's positions (an explicit value is never capped)
   uint64_t seed = kDefaultSeed;
+  CalibRule calib_rule = parse_calib_rule(kDefaultCalibRule);  // text calibration: which sampling rule
   double percdamp = kDefaultPercdamp;
   int64_t blocksize = kDefaultBlocksize;
   Propagation propagation = Propagation::kReference;

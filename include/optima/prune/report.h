@@ -48,7 +48,11 @@ struct RunTimings {
 
 struct PruneReport {
   nlohmann::json settings;
-  std::string calibration;  // which sampling rule ran, on what
+  std::string calibration;                                         // which sampling rule ran, on what
+  nlohmann::json calibration_sampling = nlohmann::json::object();  // the rule: asked for, used, why, the counts
+  // Content hashes of the run's identity (resume.h's run_fingerprint): settings, model weights and calibration
+  // tokens; `optima check` compares them to tell a comparable run from another setup.
+  nlohmann::json fingerprint = nlohmann::json::object();
   std::string model_type;
   int64_t num_layers = 0;
   std::vector<LayerReport> layers;
