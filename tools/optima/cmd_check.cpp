@@ -1,8 +1,6 @@
 // `optima check`: compares a pruning run (or a sweep) with a stored baseline, for CI regression jobs; or records
 // one (--write-baseline). Exit codes: 0 ok, 1 regressed, 2 incomparable (another model, calibration or setting) or a
 // usage error, 3 a missing or malformed file. The comparison itself is eval/regression_check.h.
-#include <spdlog/spdlog.h>
-
 #include <cstdio>
 
 #include "commands.h"
