@@ -64,9 +64,9 @@ class Check(unittest.TestCase):
     @classmethod
     def prune(cls, name, *extra, sparsity="0.5", method="sparsegpt"):
         out = os.path.join(cls.work, name)
-        result = optima("prune", "--model", cls.model, "--out", out, "--calib", cls.calib, "--nsamples", "8",
+        result = optima("prune", "--model", cls.model, "--out", out, "--calib", cls.calib, "--nsamples", "4",
                         "--seqlen", "128", "--method", method, "--sparsity", sparsity, "--eval", cls.eval_text,
-                        "--eval-seqlen", "128", *extra)
+                        "--eval-seqlen", "128", "--eval-max-windows", "4", *extra)
         if result.returncode != EXIT_OK:
             raise AssertionError(f"prune {name} failed ({result.returncode}):\n{result.stderr}")
         cls.logs = getattr(cls, "logs", {})
@@ -95,6 +95,15 @@ class Check(unittest.TestCase):
         suite = ET.parse(junit).getroot().find("testsuite")
         self.assertEqual(suite.get("failures"), "0")
         self.assertGreater(int(suite.get("tests")), 4 * 6 * 4)  # 4 blocks x 6 layers x 4 metrics, and more
+        # A different method is another setting: incomparable, named (the report edited, not pruned again: fast).
+        edited = os.path.join(self.work, "edited")
+        os.makedirs(edited)
+        with open(os.path.join(edited, "prune_report.json"), "w") as f:
+            json.dump({**first, "settings": {**first["settings"], "method": "wanda"}}, f)
+        self.assertExit(self.check(edited, "--junit", junit), EXIT_INCOMPARABLE, "setting method: baseline sparsegpt, "
+                        "run wanda", "'perplexity' is in the baseline but not in the run")
+        suite = ET.parse(junit).getroot().find("testsuite")
+        self.assertEqual((suite.get("tests"), suite.get("failures")), ("1", "1"))
         # The report file itself may be named, and time may be checked when asked (generously here).
         self.assertExit(self.check(os.path.join(again, "prune_report.json"), "--tolerance", "time=100"), EXIT_OK)
 
@@ -111,14 +120,6 @@ class Check(unittest.TestCase):
         # A generous tolerance lets the same run pass: the verdict follows the tolerances.
         self.assertExit(self.check(worse, "--tolerance", "sparsity=0.5", "--tolerance", "error=10",
                                    "--tolerance", "perplexity=10"), EXIT_OK)
-
-    def test_other_settings_are_incomparable(self):
-        wanda = self.prune("wanda", method="wanda")
-        self.assertExit(self.check(wanda), EXIT_INCOMPARABLE, "incomparable", "setting method: baseline sparsegpt, "
-                        "run wanda")
-        seeded = self.prune("seeded", "--seed", "3")
-        self.assertExit(self.check(seeded), EXIT_INCOMPARABLE, "setting seed: baseline 0, run 3",
-                        "calibration: other calibration tokens")
 
     def test_bad_input(self):
         self.assertExit(self.check(os.path.join(self.work, "absent")), EXIT_INPUT, "absent", "does not exist")
@@ -141,7 +142,7 @@ class Check(unittest.TestCase):
         with open(os.path.join(self.base, "prune_report.json")) as f:
             sampling = json.load(f)["calibration_sampling"]
         self.assertEqual((sampling["requested_rule"], sampling["rule"]), ("auto", "concatenated"))
-        self.assertLess(sampling["qualifying_documents"], 8)
+        self.assertLess(sampling["qualifying_documents"], 4)
         self.assertIn("calibration rule concatenated: auto: only", self.logs["base"])
         # The reference rule asked for by name runs, with a warning that gives the numbers.
         reference = self.prune("reference", "--calib-rule", "reference")
@@ -151,21 +152,27 @@ class Check(unittest.TestCase):
         self.assertEqual(report["settings"]["calib_rule"], "reference")
         q, n = sampling["qualifying_documents"], sampling["documents"]
         self.assertIn(f"only {q} of {n} documents", self.logs["reference"])
-        self.assertIn("fewer than the 8 windows asked for", self.logs["reference"])
+        self.assertIn("fewer than the 4 windows asked for", self.logs["reference"])
         self.assertIn("[warning]", self.logs["reference"])
-        # Another rule is another calibration set: incomparable with the baseline.
-        self.assertExit(self.check(reference), EXIT_INCOMPARABLE, "setting calib_rule: baseline auto, run reference")
+        # Another rule is another calibration set (and another setting): incomparable, and both are named.
+        self.assertExit(self.check(reference), EXIT_INCOMPARABLE, "incomparable",
+                        "setting calib_rule: baseline auto, run reference", "calibration: other calibration tokens")
 
     def test_sweep_against_its_baseline(self):
         out = os.path.join(self.work, "sweep")
-        result = optima("prune", "--model", self.model, "--out", out, "--calib", self.calib, "--nsamples", "4",
-                        "--seqlen", "64", "--method", "magnitude,wanda", "--sparsity", "0.5")
+        result = optima("prune", "--model", self.model, "--out", out, "--calib", self.calib, "--nsamples", "2",
+                        "--seqlen", "64", "--method", "magnitude", "--sparsity", "0.5,0.6")
         self.assertExit(result, EXIT_OK)
         baseline = os.path.join(self.work, "sweep-baseline.json")
         self.assertExit(optima("check", "--write-baseline", "--baseline", baseline, out), EXIT_OK)
         self.assertExit(self.check(os.path.join(out, "sweep.json"), baseline=baseline), EXIT_OK)
-        # A single run is not comparable with a sweep.
+        # A single run is not comparable with a sweep; a sweep with another calibration set is not either.
         self.assertExit(self.check(self.base, baseline=baseline), EXIT_INCOMPARABLE, "the baseline is a sweep")
+        other = os.path.join(self.work, "sweep-seed")
+        self.assertExit(optima("prune", "--model", self.model, "--out", other, "--calib", self.calib, "--nsamples",
+                               "2", "--seqlen", "64", "--method", "magnitude", "--sparsity", "0.5,0.6", "--seed", "5"),
+                        EXIT_OK)
+        self.assertExit(self.check(other, baseline=baseline), EXIT_INCOMPARABLE, "fingerprint")
 
 
 if __name__ == "__main__":
