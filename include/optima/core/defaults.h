@@ -37,11 +37,12 @@ inline constexpr int64_t kDefaultEvalBatchSize = 8;
 // How the evaluation file is read (eval/perplexity.h): auto is JSON Lines for .jsonl, plain lines otherwise.
 inline constexpr std::string_view kDefaultEvalTextFormat = "auto";
 
-// `optima check`: relative tolerances per metric kind (README, "CI regression runs": repeated runs are bit-identical,
-// and 1 against 2 threads moves perplexity by at most ... and layer errors by at most ...; these leave a margin).
+// `optima check`: relative tolerances per metric kind (README, "CI regression runs": repeated runs with the same
+// settings give bit-identical reports and weights; 1 against 2 threads moved perplexity by 7.3e-6 and per-layer
+// errors by at most 1.26%, on the tiniest error (6e-6), and no sparsity; these leave a margin of 4x and more).
 // Time and memory vary with the machine and its load: compared only when asked for, with these tolerances.
 inline constexpr double kDefaultCheckPerplexityTolerance = 1e-3;
-inline constexpr double kDefaultCheckErrorTolerance = 1e-2;
+inline constexpr double kDefaultCheckErrorTolerance = 5e-2;
 inline constexpr double kDefaultCheckSparsityTolerance = 1e-4;
 inline constexpr double kDefaultCheckTimeTolerance = 1.0;
 inline constexpr double kDefaultCheckMemoryTolerance = 0.25;
