@@ -88,7 +88,8 @@ class Check(unittest.TestCase):
         with open(os.path.join(again, "prune_report.json")) as f:
             second = json.load(f)
         self.assertEqual(strip_volatile(first), strip_volatile(second))
-        self.assertIn("perplexity", json.load(open(os.path.join(again, "eval.json"))))
+        with open(os.path.join(again, "eval.json")) as f:
+            self.assertIn("perplexity", json.load(f))
         junit = os.path.join(self.work, "same.xml")
         result = self.check(again, "--junit", junit)
         self.assertExit(result, EXIT_OK, "0 regressed: ok")
@@ -153,7 +154,7 @@ class Check(unittest.TestCase):
         q, n = sampling["qualifying_documents"], sampling["documents"]
         self.assertIn(f"only {q} of {n} documents", self.logs["reference"])
         self.assertIn("fewer than the 4 windows asked for", self.logs["reference"])
-        self.assertIn("[warning]", self.logs["reference"])
+        self.assertIn("warning: calibration: only", self.logs["reference"])
         # Another rule is another calibration set (and another setting): incomparable, and both are named.
         self.assertExit(self.check(reference), EXIT_INCOMPARABLE, "incomparable",
                         "setting calib_rule: baseline auto, run reference", "calibration: other calibration tokens")
@@ -173,6 +174,45 @@ class Check(unittest.TestCase):
                                "2", "--seqlen", "64", "--method", "magnitude", "--sparsity", "0.5,0.6", "--seed", "5"),
                         EXIT_OK)
         self.assertExit(self.check(other, baseline=baseline), EXIT_INCOMPARABLE, "fingerprint")
+
+
+class EvalRows(unittest.TestCase):
+    """`optima eval` reads JSON Lines rows as given (empty ones kept) and plain lines without the empty ones."""
+
+    def test_jsonl_keeps_empty_rows(self):
+        model = os.path.join(ASSETS, "models", "opt-small")
+        if not os.path.isdir(model):
+            self.skipTest(f"asset missing: {model}")
+        with tempfile.TemporaryDirectory(prefix="optima-eval-rows-") as work:
+            rows = ["Once upon a time there was a cat.", "", "", "The cat sat on the mat.\n", ""] * 12
+            jsonl, text = os.path.join(work, "rows.jsonl"), os.path.join(work, "rows.txt")
+            with open(jsonl, "w", encoding="utf-8") as f:
+                f.writelines(json.dumps({"text": r}) + "\n" for r in rows)
+            with open(text, "w", encoding="utf-8") as f:
+                f.write("\n".join(r.rstrip("\n") for r in rows) + "\n")
+
+            def tokens(*args):
+                result = optima("eval", "--model", model, "--seqlen", "16", "--json", *args)
+                self.assertEqual(result.returncode, EXIT_OK, result.stderr)
+                return json.loads(result.stdout)["tokens"]
+
+            # "\n\n".join(rows) of the JSON Lines rows, tokenized here by optima on a file of exactly that text.
+            joined = os.path.join(work, "joined.txt")
+            with open(joined, "w", encoding="utf-8") as f:
+                f.write("\n\n".join(rows))
+            want = len(json.loads(optima("tokenize", "--model", model, "--file", joined, "--json").stdout)["ids"])
+            self.assertEqual(tokens("--dataset", jsonl), want)
+            self.assertEqual(tokens("--dataset", jsonl, "--text-format", "jsonl"), want)
+            # Plain lines drop the empty rows: fewer tokens.
+            self.assertLess(tokens("--dataset", text), want)
+            with open(os.path.join(work, "bad.jsonl"), "w") as f:
+                f.write('{"text": "a"}\n{"body": 1}\n')
+            result = optima("eval", "--model", model, "--dataset", os.path.join(work, "bad.jsonl"))
+            self.assertEqual(result.returncode, EXIT_INPUT, result.stderr)
+            self.assertIn("bad.jsonl: line 2", result.stderr)
+            result = optima("eval", "--model", model, "--dataset", jsonl, "--text-format", "xml")
+            self.assertEqual(result.returncode, EXIT_USAGE, result.stderr)
+            self.assertIn("auto, lines or jsonl", result.stderr)
 
 
 if __name__ == "__main__":
