@@ -40,7 +40,7 @@ int run_check(const CheckOptions& o) {
   const Tolerances tolerances = resolve_tolerances(baseline, o.tolerances, o.check_time, o.check_memory);
   const CheckResult result = compare_runs(baseline, current, tolerances);
   std::printf("%s", check_table(result).c_str());
-  if (!o.junit.empty()) write_text_file(o.junit, check_junit(result, "optima check " + current.source));
+  if (!o.junit.empty()) write_text_file(o.junit, check_junit(result, "optima check"));
   switch (result.verdict) {
     case CheckVerdict::kOk: return kExitOk;
     case CheckVerdict::kRegressed: return kExitRegressed;
