@@ -26,7 +26,7 @@ EXIT_OK, EXIT_USAGE, EXIT_INPUT = 0, 2, 3
 # The prunable linear layers of a LLaMA block (the architecture's own list, written out independently here).
 LLAMA_LINEARS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
                  "mlp.up_proj", "mlp.down_proj"]
-SELECTORS = ["magnitude", "wanda", "sparsegpt"]
+SELECTORS = ["magnitude", "wanda", "sparsegpt", "thanos", "admm"]
 
 
 def optima(*args):
@@ -102,6 +102,8 @@ class Prune(unittest.TestCase):
                 # at most the rounding of each row, above it by at most one weight per threshold.
                 self.assertGreaterEqual(fraction, sparsity - 1.0 / cols - 1e-9, name)
                 self.assertLessEqual(fraction, sparsity + 2.0 / (rows * cols) + 1.0 / cols, name)
+                if method in ("thanos", "admm"):  # one exact budget per matrix: int(s * rows * cols)
+                    self.assertEqual(sum(zeros), int(sparsity * rows * cols), name)
                 if method == "wanda":
                     per_row = int(cols * sparsity)
                     for r in range(rows):
