@@ -139,7 +139,8 @@ class ThanosSelector final : public MaskSelector {
       // Rows a..b of G_a: V[a:b, a:a+count]^T V[a:b, a:] (V upper, so only those rows of V[a:, a:] contribute).
       const at::Tensor v_rows = v.narrow(0, a, count).narrow(1, a, width);
       const at::Tensor g_rows = v_rows.narrow(1, 0, count).t().matmul(v_rows);  // [count, width]
-      const at::Tensor lambda = solve_removals(g_rows.narrow(1, 0, count), trailing.narrow(1, 0, count), removed);
+      const at::Tensor lambda =
+          solve_removals(g_rows.narrow(1, 0, count).contiguous(), trailing.narrow(1, 0, count), removed);
       trailing.sub_(lambda.matmul(g_rows));
       trailing.narrow(1, 0, count).masked_fill_(removed, 0);
       result.pruned.narrow(1, a, count).copy_(removed);
