@@ -12,12 +12,14 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <numeric>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "optima/core/defaults.h"
@@ -551,6 +553,25 @@ TEST(Admm, Float32PathMatchesOracle) {
 TEST(Admm, TiesGoToTheLowerIndex) {
   const uint64_t seed = fresh_seed();
   for (const Target& target : kTargets) check_ties("admm", target, seed);
+}
+
+// Timing on one 768x3072 layer ([out, in]) and its transpose, fp32, random correlated H. Disabled: a measurement,
+// not a check; run with --gtest_also_run_disabled_tests --gtest_filter='*Timing*'.
+TEST(SelectorTiming, DISABLED_Layer768x3072) {
+  for (const auto& [rows, cols] : {std::pair<int64_t, int64_t>{768, 3072}, {3072, 768}}) {
+    const at::Tensor x = at::randn({2 * cols, cols}).matmul(at::eye(cols) + at::randn({cols, cols}) / 8);
+    const at::Tensor h = x.t().matmul(x) * (2.0 / static_cast<double>(2 * cols));
+    const at::Tensor w = at::randn({rows, cols});
+    for (const char* method : {"sparsegpt", "thanos", "admm"})
+      for (const SparsityPattern& p : {SparsityPattern::unstructured(0.5), SparsityPattern::n_m(2, 4)}) {
+        const auto selector = make_selector(method);
+        const auto t0 = std::chrono::steady_clock::now();
+        const Selection sel = selector->select(w, {h, {}}, p);
+        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        fmt::print("{:9} {:12} [{}, {}]: {:.2f} s, sparsity {:.4f}\n", method, p.to_string(), rows, cols, seconds,
+                   sel.pruned.to(at::kDouble).mean().item<double>());
+      }
+  }
 }
 
 }  // namespace
