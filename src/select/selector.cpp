@@ -90,7 +90,7 @@ constexpr SelectorInfo kSelectors[] = {
      check_sparsegpt_settings},
     {"thanos", "OBS row updates with the trailing inverse, mask re-chosen per block", SelectorInputs::kHessian,
      make_thanos_selector, check_thanos_settings},
-    {"admm", "ADMM weight update with a re-chosen mask (fixed damping 0.1)", SelectorInputs::kHessian,
+    {"admm", "ADMM weight update, mask re-chosen in early iterations; damping fixed at 0.1", SelectorInputs::kHessian,
      make_admm_selector},
 };
 

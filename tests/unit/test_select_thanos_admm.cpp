@@ -550,9 +550,12 @@ TEST(Admm, Float32PathMatchesOracle) {
   }
 }
 
+// Unstructured only: there the first projection prunes, so the next iterate moves away from the tied V0 by real
+// amounts. Under N:M the scheduled first mask prunes nothing when the tied entries straddle its threshold, the next
+// V is V0 up to rounding, and its near-ties are decided by rounding, not by a rule.
 TEST(Admm, TiesGoToTheLowerIndex) {
   const uint64_t seed = fresh_seed();
-  for (const Target& target : kTargets) check_ties("admm", target, seed);
+  for (const double s : {0.5, 0.7}) check_ties("admm", Target{s, 0, 0}, seed);
 }
 
 // Timing on one 768x3072 layer ([out, in]) and its transpose, fp32, random correlated H. Disabled: a measurement,
