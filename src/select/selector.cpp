@@ -77,6 +77,9 @@ std::unique_ptr<MaskSelector> make_magnitude_selector(const SelectorSettings& se
 std::unique_ptr<MaskSelector> make_wanda_selector(const SelectorSettings& settings);
 std::unique_ptr<MaskSelector> make_sparsegpt_selector(const SelectorSettings& settings);
 void check_sparsegpt_settings(const SelectorSettings& settings, const SparsityPattern& target);
+std::unique_ptr<MaskSelector> make_thanos_selector(const SelectorSettings& settings);
+void check_thanos_settings(const SelectorSettings& settings, const SparsityPattern& target);
+std::unique_ptr<MaskSelector> make_admm_selector(const SelectorSettings& settings);
 
 namespace {
 
@@ -85,6 +88,10 @@ constexpr SelectorInfo kSelectors[] = {
     {"wanda", "|W|·‖X_j‖ per output row", SelectorInputs::kNorms, make_wanda_selector},
     {"sparsegpt", "OBS updates in column blocks", SelectorInputs::kHessian, make_sparsegpt_selector,
      check_sparsegpt_settings},
+    {"thanos", "OBS row updates with the trailing inverse, mask re-chosen per block", SelectorInputs::kHessian,
+     make_thanos_selector, check_thanos_settings},
+    {"admm", "ADMM weight update, mask re-chosen in early iterations; damping fixed at 0.1", SelectorInputs::kHessian,
+     make_admm_selector},
 };
 
 void check_run_settings(const SelectorSettings& settings) {

@@ -102,6 +102,8 @@ class Prune(unittest.TestCase):
                 # at most the rounding of each row, above it by at most one weight per threshold.
                 self.assertGreaterEqual(fraction, sparsity - 1.0 / cols - 1e-9, name)
                 self.assertLessEqual(fraction, sparsity + 2.0 / (rows * cols) + 1.0 / cols, name)
+                if method in ("thanos", "admm"):  # one exact budget per matrix: int(s * rows * cols)
+                    self.assertEqual(sum(zeros), int(sparsity * rows * cols), name)
                 if method == "wanda":
                     per_row = int(cols * sparsity)
                     for r in range(rows):
@@ -184,6 +186,24 @@ class Prune(unittest.TestCase):
                         self.assertGreater(ppl, dense_ppl * 0.98)
                     # A pruned model still predicts in-domain text far better than chance (512).
                     self.assertLess(ppl_optima, 100)
+
+    def test_thanos_and_admm_with_optima(self):
+        # The selectors with their own parity tests (unit); here: the command line reaches them, every matrix gets
+        # exactly the requested pattern (int(s * rows * cols) zeros, checked in check_pruned), and OPTIMA on top
+        # converges. Only with --reconstruct optima, to keep the test short: its zeros are the selector's mask.
+        for method in ("thanos", "admm"):
+            for pattern in ("unstructured", "2:4"):
+                with self.subTest(method=method, pattern=pattern):
+                    out = os.path.join(self.work, f"{method}-{pattern.replace(':', 'of')}-optima")
+                    args = ["--method", method, "--pattern", pattern, "--reconstruct", "optima"]
+                    if pattern == "unstructured":
+                        args += ["--sparsity", "0.5"]
+                    self.assertExit(self.prune(out, *args), EXIT_OK, "overall sparsity", "kkt")
+                    report = self.check_pruned(out, pattern, 0.5)
+                    for layer in report["layers"]:
+                        self.assertLess(layer["kkt_residual"], 1e-8, layer["name"])
+                        self.assertLessEqual(layer["error_final"], layer["error_selector"] * (1 + 1e-6) + 1e-12,
+                                             layer["name"])
 
     def test_save_masks_and_hessians(self):
         out, hessians = os.path.join(self.work, "masks"), os.path.join(self.work, "hessians")

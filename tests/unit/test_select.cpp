@@ -830,14 +830,14 @@ TEST(SelectorFactoryTest, MakesEachSelectorAndRejectsBadOptions) {
     names.push_back(info.name);
     EXPECT_NE(make_selector(info.name), nullptr);
     EXPECT_EQ(&find_selector(info.name), &info);
-    EXPECT_EQ(info.needs_hessian(), info.name == "sparsegpt");
+    EXPECT_EQ(info.needs_hessian(), info.name == "sparsegpt" || info.name == "thanos" || info.name == "admm");
     EXPECT_EQ(info.needs_norms(), info.name == "wanda");
     EXPECT_EQ(info.needs_calibration(), info.name != "magnitude");
   }
-  EXPECT_EQ(names, (std::vector<std::string_view>{"magnitude", "wanda", "sparsegpt"}));
-  EXPECT_EQ(selector_names(), "magnitude, wanda, sparsegpt");
+  EXPECT_EQ(names, (std::vector<std::string_view>{"magnitude", "wanda", "sparsegpt", "thanos", "admm"}));
+  EXPECT_EQ(selector_names(), "magnitude, wanda, sparsegpt, thanos, admm");
   expect_error([] { make_selector("obs", {}); }, ErrorKind::kUsage,
-               {"unknown selector 'obs'", "magnitude, wanda, sparsegpt"});
+               {"unknown selector 'obs'", "magnitude, wanda, sparsegpt, thanos, admm"});
   expect_error([] { make_selector("sparsegpt", {-0.1, 128}); }, ErrorKind::kUsage, {"percdamp", "found -0.1"});
   expect_error([] { make_selector("sparsegpt", {std::nan(""), 128}); }, ErrorKind::kUsage, {"percdamp"});
   expect_error([] { make_selector("sparsegpt", {0.01, 0}); }, ErrorKind::kUsage, {"blocksize", "found 0"});

@@ -20,6 +20,19 @@ inline constexpr int64_t kDefaultBlocksize = 128;
 // The sparsity of an unstructured pattern when none is given.
 inline constexpr double kDefaultSparsity = 0.5;
 
+// Thanos: rows whose per-block removal systems are gathered and solved together (bounds the memory of the padded
+// systems, rows x |S|^2; the result does not depend on it). Damping and column block are SparseGPT's settings.
+inline constexpr int64_t kThanosSolveRows = 1024;
+
+// ADMM selector (Boza 2024), the reference's fixed constants: damping of 10% of mean diag of the normalised Gram
+// matrix, 20 iterations of which the first 15 re-choose the mask, penalty rho = 1, and the absolute epsilon added
+// to sqrt(H_jj). --percdamp and --blocksize do not apply to it.
+inline constexpr double kAdmmPercdamp = 0.1;
+inline constexpr int64_t kAdmmIterations = 20;
+inline constexpr int64_t kAdmmMaskIterations = 15;
+inline constexpr double kAdmmRho = 1.0;
+inline constexpr double kAdmmEps = 1e-8;
+
 // OPTIMA's exact solve: relative damping of H (solve/row_solver.h says how it was chosen), the memory of one chunk
 // of gathered row systems, and the conjugate-gradient solver's tolerance and iteration budget.
 inline constexpr double kDefaultRowSolveDamp = 1e-6;
