@@ -77,6 +77,8 @@ std::unique_ptr<MaskSelector> make_magnitude_selector(const SelectorSettings& se
 std::unique_ptr<MaskSelector> make_wanda_selector(const SelectorSettings& settings);
 std::unique_ptr<MaskSelector> make_sparsegpt_selector(const SelectorSettings& settings);
 void check_sparsegpt_settings(const SelectorSettings& settings, const SparsityPattern& target);
+std::unique_ptr<MaskSelector> make_mask_file_selector(const SelectorSettings& settings);
+void check_mask_file_settings(const SelectorSettings& settings, const SparsityPattern& target);
 
 namespace {
 
@@ -85,6 +87,8 @@ constexpr SelectorInfo kSelectors[] = {
     {"wanda", "|W|·‖X_j‖ per output row", SelectorInputs::kNorms, make_wanda_selector},
     {"sparsegpt", "OBS updates in column blocks", SelectorInputs::kHessian, make_sparsegpt_selector,
      check_sparsegpt_settings},
+    {"masks", "each layer's mask read from --masks FILE (optima's masks.safetensors, or a pruned checkpoint's zeros)",
+     SelectorInputs::kNone, make_mask_file_selector, check_mask_file_settings, /*reads_masks=*/true},
 };
 
 void check_run_settings(const SelectorSettings& settings) {
