@@ -29,14 +29,14 @@ namespace optima {
 struct LayerStats {
   at::Tensor hessian;      // [in, in] fp32 (or fp64): H = (2/n) sum x x^T, SparseGPT's scaling; may be undefined
   at::Tensor act_sq_norm;  // [in] fp32: Wanda's running mean of squared column norms; may be undefined
-  std::string layer;       // the layer's tensor name without ".weight" ("model.layers.3.mlp.down_proj"); may be empty
+  std::string layer{};     // the layer's tensor name without ".weight" ("model.layers.3.mlp.down_proj"); may be empty
 };
 
 // Settings a selector keeps for a whole run; the target of each layer is passed to select().
 struct SelectorSettings {
   double percdamp = kDefaultPercdamp;     // SparseGPT: damping added to diag(H), as a fraction of mean(diag H)
   int64_t blocksize = kDefaultBlocksize;  // SparseGPT: columns per lazy-update block
-  std::filesystem::path masks;            // masks: the file every layer's mask is read from
+  std::filesystem::path masks{};          // masks: the file every layer's mask is read from
 };
 
 struct Selection {
@@ -49,7 +49,7 @@ struct Selection {
 
 // One prunable layer of a model, as a selector may check it before the run prunes anything.
 struct LayerTarget {
-  std::string layer;  // as LayerStats::layer
+  std::string layer{};  // as LayerStats::layer
   int64_t out_features = 0;
   int64_t in_features = 0;
   SparsityPattern target;
