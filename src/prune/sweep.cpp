@@ -142,6 +142,7 @@ nlohmann::json run_sweep(const std::vector<PrunePlan>& plans, const fs::path& ou
                           {"pattern", plan.pattern.name()},
                           {"sparsity", plan.pattern.sparsity()},
                           {"reconstruct", std::string(to_string(plan.reconstruct))},
+                          {"sparsity_allocation", std::string(to_string(plan.allocation))},
                           {"overall_sparsity", report.overall_sparsity},
                           {"mean_layer_error", report.layers.empty() ? 0.0 : error_sum / report.layers.size()},
                           {"seconds", seconds_since(t0)},

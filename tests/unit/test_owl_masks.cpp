@@ -27,6 +27,7 @@ using test::expect_error;
 using test::fresh_seed;
 using test::seed_note;
 using test::TempDir;
+namespace fs = std::filesystem;
 
 // ---------------------------------------------------------------------------------------------------------------
 // OWL oracle (§11), on plain vectors.
@@ -151,7 +152,9 @@ TEST(OwlTest, RatiosAndSparsitiesMatchTheOracle) {
         // More outliers, lower sparsity.
         for (size_t i = 0; i < got.size(); ++i)
           for (size_t j = 0; j < got.size(); ++j)
-            if (oracle[i] > oracle[j]) EXPECT_LT(got[i], got[j]);
+            if (oracle[i] > oracle[j]) {
+              EXPECT_LT(got[i], got[j]);
+            }
       }
   }
 }
