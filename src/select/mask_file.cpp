@@ -51,6 +51,12 @@ struct StoredTensor {
   std::function<at::Tensor()> load;
 };
 
+// A layer's mask and where it was read: "FILE: tensor 'NAME'", for messages.
+struct StoredMask {
+  at::Tensor pruned;
+  std::string where;
+};
+
 // The tensors of a file (or directory) by name.
 class MaskSource {
  public:
@@ -69,7 +75,7 @@ class MaskSource {
 
   // The mask of `layer` ([out, in] bool on the CPU, true = pruned); an input error naming the file and the tensor
   // when it is missing, misshapen, of the wrong type, or has padding bits set.
-  at::Tensor mask(const std::string& layer, int64_t out, int64_t in) const {
+  StoredMask mask(const std::string& layer, int64_t out, int64_t in) const {
     const std::string name = layer + (packed_ ? std::string(kMaskSuffix) : std::string(".weight"));
     const auto it = index_.find(name);
     if (it == index_.end())
@@ -77,7 +83,7 @@ class MaskSource {
                  "no such tensor");
     const StoredTensor& t = it->second;
     const std::string where = fmt::format("{}: tensor '{}'", t.file.string(), name);
-    return packed_ ? unpack(t, where, out, in) : zeros_of(t, where, out, in);
+    return {packed_ ? unpack(t, where, out, in) : zeros_of(t, where, out, in), where};
   }
 
  private:
@@ -152,13 +158,13 @@ class MaskSource {
 };
 
 // Input error naming the file and tensor when some group of M inputs of a row has fewer than N pruned entries.
-void check_n_m(const at::Tensor& pruned, const SparsityPattern& target, const fs::path& file,
-               const std::string& layer) {
+void check_n_m(const StoredMask& mask, const SparsityPattern& target) {
+  const at::Tensor& pruned = mask.pruned;
   const at::Tensor per_group = pruned.reshape({pruned.size(0), -1, target.m()}).sum(-1);
   const at::Tensor short_groups = (per_group < target.n()).nonzero();
   if (short_groups.size(0) == 0) return;
   const int64_t row = short_groups[0][0].item<int64_t>(), group = short_groups[0][1].item<int64_t>();
-  fail_input(fmt::format("{}: mask of '{}'", file.string(), layer),
+  fail_input(mask.where,
              fmt::format("breaks the {} pattern in {} group(s); the first is row {}, inputs {}-{}", target.name(),
                          short_groups.size(0), row, group * target.m(), (group + 1) * target.m() - 1),
              fmt::format("at least {} pruned in every group of {}", target.n(), target.m()),
@@ -167,17 +173,17 @@ void check_n_m(const at::Tensor& pruned, const SparsityPattern& target, const fs
 
 class MaskFileSelector final : public MaskSelector {
  public:
-  explicit MaskFileSelector(const fs::path& path) : path_(path), source_(path) {
+  explicit MaskFileSelector(const fs::path& path) : source_(path) {
     spdlog::info("masks from {} ({}): an unstructured target is not enforced, each layer keeps the file's sparsity",
                  path.string(), source_.packed() ? "optima's packed masks" : "the zeros of a checkpoint");
   }
 
   void check_layers(std::span<const LayerTarget> layers) const override {
     for (const LayerTarget& l : layers) {
-      const at::Tensor pruned = source_.mask(l.layer, l.out_features, l.in_features);
+      const StoredMask mask = source_.mask(l.layer, l.out_features, l.in_features);
       if (l.target.is_n_m()) {
         l.target.check_fits(l.in_features, l.layer);
-        check_n_m(pruned, l.target, path_, l.layer);
+        check_n_m(mask, l.target);
       }
     }
   }
@@ -188,19 +194,18 @@ class MaskFileSelector final : public MaskSelector {
     if (stats.layer.empty()) fail(ErrorKind::kInternal, kWho, "the layer's name was not given");
     const at::Tensor w = weight.to(compute_dtype(weight));
     check_finite(w, kWho, "the weight");
-    at::Tensor pruned = source_.mask(stats.layer, weight.size(0), weight.size(1));
+    const StoredMask mask = source_.mask(stats.layer, weight.size(0), weight.size(1));
     if (target.is_n_m()) {
       target.check_fits(weight.size(1), stats.layer);
-      check_n_m(pruned, target, path_, stats.layer);
+      check_n_m(mask, target);
     }
     Selection result;
-    result.pruned = pruned.to(weight.device());
+    result.pruned = mask.pruned.to(weight.device());
     result.weight = w.masked_fill(result.pruned, 0);
     return result;
   }
 
  private:
-  fs::path path_;
   MaskSource source_;
 };
 
