@@ -67,8 +67,9 @@ std::vector<PrunePlan> expand_sweep(const PrunePlan& base, const std::vector<std
             plan.reconstruct = reconstruct;
             plan.pattern = SparsityPattern::parse(pattern, level);
             plan.allocation = allocation;
-            // --masks belongs to the methods that read it; a sweep may list others beside them.
-            if (!find_selector(method).reads_masks) plan.masks.clear();
+            // --masks belongs to the methods that read it; a sweep may list others beside them (alone, another
+            // method given --masks is refused by plan.validate).
+            if (methods.size() > 1 && !find_selector(method).reads_masks) plan.masks.clear();
             const std::string name = sweep_setting_name(plan);
             if (!names.insert(name).second) fail_usage(fmt::format("the sweep lists setting {} twice", name));
             plan.out = base.out / name;
