@@ -54,7 +54,7 @@ auto in_layer(const std::string& name, const Step& step) {
 
 LayerPruner::LayerPruner(const PrunePlan& plan, const Distributed& dist)
     : info_(find_selector(plan.method)),
-      selector_(make_selector(plan.method, {plan.percdamp, plan.blocksize})),
+      selector_(make_selector(plan.method, plan.selector_settings())),
       reconstruct_(ReconstructSettings::from_plan(plan)),
       dist_(dist) {}
 

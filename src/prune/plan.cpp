@@ -1,6 +1,7 @@
 // Pruning settings: validation and JSON form for the report.
 #include "optima/prune/plan.h"
 
+#include <cmath>
 #include <regex>
 
 #include "optima/core/byte_size.h"
@@ -30,7 +31,10 @@ void PrunePlan::validate() const {
   if (!dtype.empty()) (void)parse_float_dtype(dtype);
   (void)parse_byte_size(qp_memory);
   (void)parse_byte_size(max_shard_size);
-  check_selector_settings(method, {percdamp, blocksize}, pattern);
+  check_selector_settings(method, selector_settings(), pattern);
+  if (!masks.empty() && !find_selector(method).reads_masks)
+    fail_usage(fmt::format("--masks is read by --method masks only (the method is {})", method));
+  if (allocation != SparsityAllocation::kUniform) validate_allocation();
   if (!skip.empty()) {
     try {
       std::regex check(skip);
@@ -40,12 +44,56 @@ void PrunePlan::validate() const {
   }
 }
 
+// OWL shares an unstructured target among blocks; it needs the dense model's activations and keeps every block's
+// sparsity in (0, 1) whatever the outlier ratios: s_ℓ <= target + mean D' < target + 2·lambda.
+void PrunePlan::validate_allocation() const {
+  const std::string_view name = to_string(allocation);
+  if (pattern.is_n_m())
+    fail_usage(
+        fmt::format("--sparsity-allocation {} shares an unstructured sparsity among the blocks; an {} pattern "
+                    "fixes every group's zeros, so there is nothing to share (use --pattern unstructured, "
+                    "or --sparsity-allocation uniform)",
+                    name, pattern.name()));
+  if (find_selector(method).reads_masks)
+    fail_usage(
+        fmt::format("--sparsity-allocation {} chooses per-block sparsities, but --method {} takes every "
+                    "mask from a file as it is (use --sparsity-allocation uniform)",
+                    name, method));
+  if (calib.empty())
+    fail_usage(
+        fmt::format("--sparsity-allocation {} needs calibration data (--calib FILE): it measures outliers "
+                    "with Wanda's activation statistic on the dense model",
+                    name));
+  if (!(std::isfinite(owl_threshold) && owl_threshold > 0))
+    fail_usage(
+        fmt::format("--owl-threshold must be a positive multiple of the block's mean score (expected > 0, "
+                    "found {})",
+                    owl_threshold));
+  if (!(std::isfinite(owl_lambda) && owl_lambda >= 0 && pattern.sparsity() + 2 * owl_lambda < 1))
+    fail_usage(
+        fmt::format("--owl-lambda must be >= 0 with sparsity + 2·lambda < 1, so that no block's sparsity "
+                    "can reach 1 (expected 0 <= lambda < {:g} at sparsity {:g}, found {:g})",
+                    (1 - pattern.sparsity()) / 2, pattern.sparsity(), owl_lambda));
+}
+
+SelectorSettings PrunePlan::selector_settings() const {
+  SelectorSettings s;
+  s.percdamp = percdamp;
+  s.blocksize = blocksize;
+  s.masks = masks;
+  return s;
+}
+
 nlohmann::json PrunePlan::to_json() const {
   return {{"model", model.string()},
           {"out", out.string()},
           {"calib", calib.string()},
           {"tokenizer", tokenizer.empty() ? model.string() : tokenizer.string()},
           {"method", method},
+          {"masks", masks.string()},
+          {"sparsity_allocation", std::string(to_string(allocation))},
+          {"owl_lambda", owl_lambda},
+          {"owl_threshold", owl_threshold},
           {"pattern", pattern.name()},
           {"sparsity", pattern.sparsity()},
           {"nsamples", nsamples},

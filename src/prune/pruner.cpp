@@ -18,6 +18,7 @@
 #include "optima/io/checkpoint.h"
 #include "optima/io/tensor.h"
 #include "optima/model/decoder.h"
+#include "optima/prune/allocation.h"
 #include "optima/prune/block_runner.h"
 #include "optima/prune/calibration_input.h"
 #include "optima/prune/distributed_steps.h"
@@ -92,11 +93,13 @@ class PruneRun {
     describe_settings();
     open_model();
     layer_pruner_.emplace(plan_, dist_);
+    check_layers();
     // In a job of many processes rank 0 writes the output; the others write nothing there, not even the folders.
     output_ = dist_.is_root() ? make_checkpoint_output(plan_) : make_null_output();
     open_work_folder();
     calibrate(shared_calibration);
     hold_activations();
+    allocate();
     if (state_)
       restore();
     else
@@ -215,13 +218,95 @@ class PruneRun {
     report_.activations_on_disk = held[1] > 0;
   }
 
+  // What the selector can check of every layer it will prune before anything is pruned (a mask file's entries).
+  void check_layers() const {
+    std::vector<LayerTarget> layers;
+    for (int64_t b = 0; b < shape().num_layers; ++b)
+      for (const LinearLayer& l : linears_) {
+        const std::string name = block_prefix(shape(), b) + l.name;
+        if (!std::regex_search(name, skip_)) layers.push_back({name, l.out_features, l.in_features, plan_.pattern});
+      }
+    layer_pruner_->check_layers(layers);
+  }
+
+  // This process's calibration windows enter block 0.
+  void embed_windows() {
+    const at::Tensor ids = at::tensor(calibration_.ids, at::kLong).view({calibration_.nsamples, calibration_.seqlen});
+    runner_->embed(ids.slice(0, windows_.first, windows_.second));
+  }
+
+  // OWL: every block's sparsity, from a pass over the dense model before pruning (each block's inputs are the dense
+  // outputs of the block before, as in the reference), through the same runner one block at a time, so it holds
+  // what the main pass holds. A resumed run takes them from its saved state: they are those the blocks already
+  // written were pruned with. In a job of many processes every process prunes with rank 0's numbers.
+  void allocate() {
+    if (plan_.allocation == SparsityAllocation::kUniform) return;
+    if (state_) {
+      if (!state_->allocation)
+        fail_input((work_->path() / "state.json").string(), "the saved state has no per-block sparsities",
+                   "\"allocation\"", "none");
+      allocation_ = BlockAllocation::from_json(*state_->allocation);
+      return;
+    }
+    const auto t0 = Clock::now();
+    embed_windows();
+    std::vector<double> ratios;
+    for (int64_t b = 0; b < shape().num_layers; ++b) ratios.push_back(dense_outlier_ratio(b));
+    allocation_.outlier_ratio = ratios;
+    allocation_.sparsity = owl_sparsities(ratios, plan_.pattern.sparsity(), plan_.owl_lambda);
+    if (dist_.active())
+      allocation_ = BlockAllocation::from_json(nlohmann::json::parse(
+          dist_.broadcast_text(allocation_.to_json(plan_).dump(), 0, "the per-block sparsities")));
+    allocation_.seconds = seconds_since(t0);
+    report_.seconds.forward += allocation_.seconds;
+    for (size_t b = 0; b < ratios.size(); ++b)
+      spdlog::info("{}: block {} outlier ratio {:.4f}% -> sparsity {:.4f}", to_string(plan_.allocation), b,
+                   allocation_.outlier_ratio[b], allocation_.sparsity[b]);
+    spdlog::info("{}: dense pass over {} blocks in {:.1f} s", to_string(plan_.allocation), ratios.size(),
+                 allocation_.seconds);
+  }
+
+  // Block b of the dense model: Wanda's statistic of each input site from the dense inputs, the block's outlier
+  // ratio, and its dense outputs for the next block.
+  double dense_outlier_ratio(int64_t b) {
+    const BlockWeights block = model_->load_block(b);
+    progress_.update({"dense pass", b, shape().num_layers,
+                      fmt::format("block {}/{} outliers of the dense model", b + 1, shape().num_layers)});
+    const c10::ScalarType dtype = plan_.hessian_dtype == StatsDtype::kFloat64 ? at::kDouble : at::kFloat;
+    std::map<Site, InputStatistics> stats;
+    for (const LinearLayer& l : linears_)
+      if (stats.count(l.input) == 0)
+        stats.emplace(l.input, InputStatistics(l.in_features, model_->options().device, false, true, dtype));
+    const auto poll = [&] { poll_interrupt(fmt::format("block {} (dense pass)", b)); };
+    runner_->observe(
+        block, [&](Site site, const at::Tensor& x) { stats.at(site).add(x); }, poll);
+    std::vector<std::pair<at::Tensor, at::Tensor>> scored;
+    for (const Site& site : sites_) {
+      pool_statistics(dist_, stats.at(site), fmt::format("block {}, dense statistics of {}", b, site_name(site)));
+      if (stats.at(site).saw_non_finite() && !plan_.allow_non_finite)
+        throw Error(ErrorKind::kNumeric, fmt::format("block {} of the dense model: the input of '{}' holds NaN or "
+                                                     "Inf values, or values so large that its statistics overflow",
+                                                     b, site_name(site)));
+    }
+    for (const LinearLayer& l : linears_)
+      scored.emplace_back(block.get(l.name + ".weight"), stats.at(l.input).column_sq_norms());
+    const double ratio = outlier_ratio(scored, plan_.owl_threshold);
+    runner_->propagate(block, /*check_finite=*/!plan_.allow_non_finite, poll);
+    checkpoint_->drop_resident_pages();
+    release_free_memory();
+    return ratio;
+  }
+
+  // The target of block b's layers: the run's, or the block's share under OWL.
+  SparsityPattern target_of(int64_t b) const {
+    if (allocation_.empty()) return plan_.pattern;
+    return SparsityPattern::unstructured(allocation_.sparsity[static_cast<size_t>(b)]);
+  }
+
   // A fresh run: the calibration windows enter block 0; the output gets the tensors outside the blocks.
   void begin() {
     const auto t0 = Clock::now();
-    if (calibrated()) {
-      const at::Tensor ids = at::tensor(calibration_.ids, at::kLong).view({calibration_.nsamples, calibration_.seqlen});
-      runner_->embed(ids.slice(0, windows_.first, windows_.second));
-    }
+    if (calibrated()) embed_windows();
     report_.seconds.forward += seconds_since(t0);
     output_->begin(*checkpoint_, shape(), *work_);
   }
@@ -347,12 +432,15 @@ class PruneRun {
       return;
     }
     LayerStats layer_stats;
+    layer_stats.layer = lr.name;
     if (calibrated()) {
       layer_stats.hessian = stats_.at(layer.input).hessian();
       if (layer_pruner_->selector_info().needs_norms())
         layer_stats.act_sq_norm = stats_.at(layer.input).column_sq_norms();
     }
-    const LayerResult result = layer_pruner_->prune(dense, layer_stats, plan_.pattern, lr);
+    const SparsityPattern target = target_of(b);
+    lr.target_sparsity = target.sparsity();
+    const LayerResult result = layer_pruner_->prune(dense, layer_stats, target, lr);
     block_.tensors[key] = result.weight;
     output_->add_mask(lr.name, result.pruned);
     report_.seconds.select += lr.seconds_select;
@@ -421,6 +509,7 @@ class PruneRun {
       if (l.block < completed_) next.layers.push_back(l);
     next.timings = report_.seconds;
     next.timings.total = report_.seconds_before_resume + seconds_since(start_);
+    if (!allocation_.empty()) next.allocation = allocation_.to_json(plan_);
     output_->suspend(next);
     if (calibrated()) save_activations_share(next);
     if (dist_.is_root()) {
@@ -460,6 +549,9 @@ class PruneRun {
     output_->finish();
     report_.seconds.write += seconds_since(t0);
     report_.total_sparsity();
+    report_.allocation = allocation_.empty() ? nlohmann::json{{"method", std::string(to_string(plan_.allocation))},
+                                                              {"target", plan_.pattern.sparsity()}}
+                                             : allocation_.to_json(plan_);
     report_.peak_rss_bytes = peak_rss_bytes();
     report_.seconds.communicate = dist_.seconds_in_collectives() - communicated_before_;
     report_.seconds.total = report_.seconds_before_resume + seconds_since(start_);
@@ -491,6 +583,7 @@ class PruneRun {
   nlohmann::json fingerprint_;
   std::pair<int64_t, int64_t> windows_;  // this process's share of the calibration windows
   std::optional<BlockRunner> runner_;
+  BlockAllocation allocation_;  // OWL's per-block sparsities; empty: every layer at the plan's target
   int64_t first_block_ = 0;
   int64_t completed_ = 0;  // blocks pruned and written
   BlockWeights block_;     // the block being pruned

@@ -15,6 +15,7 @@ nlohmann::json LayerReport::to_json() const {
                       {"shape", shape},
                       {"skipped", skipped},
                       {"sparsity", sparsity},
+                      {"target_sparsity", target_sparsity},
                       {"pattern_ok", pattern_ok},
                       {"error_selector", error_selector},
                       {"error_final", error_final},
@@ -41,6 +42,7 @@ LayerReport LayerReport::from_json(const nlohmann::json& j) {
   l.shape = j.at("shape").get<std::vector<int64_t>>();
   l.skipped = j.at("skipped");
   l.sparsity = j.at("sparsity");
+  l.target_sparsity = j.value("target_sparsity", 0.0);
   l.pattern_ok = j.at("pattern_ok");
   l.error_selector = j.at("error_selector");
   l.error_final = j.at("error_final");
@@ -80,6 +82,7 @@ nlohmann::json PruneReport::to_json() const {
       {"model_type", model_type},
       {"num_layers", num_layers},
       {"overall_sparsity", overall_sparsity},
+      {"sparsity_allocation", allocation},
       {"timings",
        {{"total", seconds.total},
         {"calibration", seconds.calibration},

@@ -140,6 +140,7 @@ nlohmann::json RunState::to_json() const {
   if (activations.size() == 1) j["activations"] = activations.front();
   if (activations.size() > 1) j["activations"] = activations;
   if (masks) j["masks"] = *masks;
+  if (allocation) j["allocation"] = *allocation;
   nlohmann::json layer_rows = nlohmann::json::array();
   for (const LayerReport& l : layers) layer_rows.push_back(l.to_json());
   j["report"] = {{"layers", layer_rows},
@@ -165,6 +166,7 @@ RunState RunState::from_json(const nlohmann::json& j, const fs::path& file) {
           names.is_array() ? names.get<std::vector<std::string>>() : std::vector<std::string>{names.get<std::string>()};
     }
     if (j.contains("masks")) s.masks = j.at("masks").get<std::string>();
+    if (j.contains("allocation")) s.allocation = j.at("allocation");
     for (const nlohmann::json& l : j.at("report").at("layers")) s.layers.push_back(LayerReport::from_json(l));
     const nlohmann::json& t = j.at("report").at("timings");
     s.timings.total = t.at("total");

@@ -14,6 +14,7 @@
 #include "optima/model/arch.h"
 #include "optima/prune/calibration_input.h"
 #include "optima/prune/pruner.h"
+#include "optima/select/selector.h"
 
 namespace optima {
 namespace fs = std::filesystem;
@@ -27,15 +28,18 @@ using Clock = SteadyClock;
 std::string sweep_setting_name(const PrunePlan& plan) {
   const std::string pattern =
       plan.pattern.is_unstructured() ? "unstructured" : fmt::format("{}of{}", plan.pattern.n(), plan.pattern.m());
-  return fmt::format("{}{}-{}-{:g}", plan.method, plan.reconstruct == Reconstruct::kOptima ? "+optima" : "", pattern,
-                     plan.pattern.sparsity());
+  return fmt::format(
+      "{}{}-{}-{:g}{}", plan.method, plan.reconstruct == Reconstruct::kOptima ? "+optima" : "", pattern,
+      plan.pattern.sparsity(),
+      plan.allocation == SparsityAllocation::kUniform ? "" : "-" + std::string(to_string(plan.allocation)));
 }
 
 std::vector<PrunePlan> expand_sweep(const PrunePlan& base, const std::vector<std::string>& methods,
                                     const std::vector<std::string>& patterns, const std::vector<double>& sparsities,
-                                    const std::vector<Reconstruct>& reconstructs) {
-  if (methods.empty() || patterns.empty() || reconstructs.empty())
-    fail_usage("a sweep needs at least one method, pattern and reconstruction");
+                                    const std::vector<Reconstruct>& reconstructs,
+                                    const std::vector<SparsityAllocation>& allocations) {
+  if (methods.empty() || patterns.empty() || reconstructs.empty() || allocations.empty())
+    fail_usage("a sweep needs at least one method, pattern, reconstruction and sparsity allocation");
   // N:M patterns fix their own sparsity. Where the patterns are all N:M, a sparsity that is given anyway must
   // equal N/M (SparsityPattern::parse refuses another); beside an unstructured pattern, it is that pattern's.
   const bool any_unstructured =
@@ -47,24 +51,32 @@ std::vector<PrunePlan> expand_sweep(const PrunePlan& base, const std::vector<std
   std::set<std::string> names;
   for (const std::string& method : methods)
     for (const Reconstruct reconstruct : reconstructs)
-      for (const std::string& pattern : patterns) {
-        const bool unstructured = pattern == "unstructured";
-        if (unstructured && sparsities.empty()) fail_usage("an unstructured pattern needs --sparsity");
-        const std::vector<std::optional<double>> levels =
-            unstructured ? std::vector<std::optional<double>>(sparsities.begin(), sparsities.end())
-                         : std::vector<std::optional<double>>{std::nullopt};
-        for (const std::optional<double>& level : levels) {
-          PrunePlan plan = base;
-          plan.method = method;
-          plan.reconstruct = reconstruct;
-          plan.pattern = SparsityPattern::parse(pattern, level);
-          const std::string name = sweep_setting_name(plan);
-          if (!names.insert(name).second) fail_usage(fmt::format("the sweep lists setting {} twice", name));
-          plan.out = base.out / name;
-          plan.validate();
-          plans.push_back(std::move(plan));
+      for (const SparsityAllocation allocation : allocations)
+        for (const std::string& pattern : patterns) {
+          const bool unstructured = pattern == "unstructured";
+          // An allocation other than uniform shares an unstructured sparsity: beside unstructured settings, N:M ones
+          // are listed once, uniform (alone, plan.validate says why it is refused).
+          if (allocation != SparsityAllocation::kUniform && !unstructured && any_unstructured) continue;
+          if (unstructured && sparsities.empty()) fail_usage("an unstructured pattern needs --sparsity");
+          const std::vector<std::optional<double>> levels =
+              unstructured ? std::vector<std::optional<double>>(sparsities.begin(), sparsities.end())
+                           : std::vector<std::optional<double>>{std::nullopt};
+          for (const std::optional<double>& level : levels) {
+            PrunePlan plan = base;
+            plan.method = method;
+            plan.reconstruct = reconstruct;
+            plan.pattern = SparsityPattern::parse(pattern, level);
+            plan.allocation = allocation;
+            // --masks belongs to the methods that read it; a sweep may list others beside them (alone, another
+            // method given --masks is refused by plan.validate).
+            if (methods.size() > 1 && !find_selector(method).reads_masks) plan.masks.clear();
+            const std::string name = sweep_setting_name(plan);
+            if (!names.insert(name).second) fail_usage(fmt::format("the sweep lists setting {} twice", name));
+            plan.out = base.out / name;
+            plan.validate();
+            plans.push_back(std::move(plan));
+          }
         }
-      }
   return plans;
 }
 
@@ -138,6 +150,7 @@ nlohmann::json run_sweep(const std::vector<PrunePlan>& plans, const fs::path& ou
                           {"pattern", plan.pattern.name()},
                           {"sparsity", plan.pattern.sparsity()},
                           {"reconstruct", std::string(to_string(plan.reconstruct))},
+                          {"sparsity_allocation", std::string(to_string(plan.allocation))},
                           {"overall_sparsity", report.overall_sparsity},
                           {"mean_layer_error", report.layers.empty() ? 0.0 : error_sum / report.layers.size()},
                           {"seconds", seconds_since(t0)},

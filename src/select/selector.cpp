@@ -80,6 +80,8 @@ void check_sparsegpt_settings(const SelectorSettings& settings, const SparsityPa
 std::unique_ptr<MaskSelector> make_thanos_selector(const SelectorSettings& settings);
 void check_thanos_settings(const SelectorSettings& settings, const SparsityPattern& target);
 std::unique_ptr<MaskSelector> make_admm_selector(const SelectorSettings& settings);
+std::unique_ptr<MaskSelector> make_mask_file_selector(const SelectorSettings& settings);
+void check_mask_file_settings(const SelectorSettings& settings, const SparsityPattern& target);
 
 namespace {
 
@@ -92,6 +94,8 @@ constexpr SelectorInfo kSelectors[] = {
      make_thanos_selector, check_thanos_settings},
     {"admm", "ADMM weight update, mask re-chosen in early iterations; damping fixed at 0.1", SelectorInputs::kHessian,
      make_admm_selector},
+    {"masks", "each layer's mask read from --masks FILE (optima's masks.safetensors, or a pruned checkpoint's zeros)",
+     SelectorInputs::kNone, make_mask_file_selector, check_mask_file_settings, /*reads_masks=*/true},
 };
 
 void check_run_settings(const SelectorSettings& settings) {

@@ -238,13 +238,17 @@ class Distributed(unittest.TestCase):
 
     def test_two_processes_write_what_one_writes(self):
         cases = [
-            ("torchrun", ["--method", "sparsegpt", "--sparsity", "0.5", "--reconstruct", "optima", "--save-masks"]),
-            ("srun", ["--method", "wanda", "--pattern", "2:4", "--reconstruct", "optima"]),
+            ("torchrun", "torchrun",
+             ["--method", "sparsegpt", "--sparsity", "0.5", "--reconstruct", "optima", "--save-masks"]),
+            ("srun", "srun", ["--method", "wanda", "--pattern", "2:4", "--reconstruct", "optima"]),
+            # OWL's dense pass pools its statistics across the processes like the main pass.
+            ("owl", "torchrun",
+             ["--method", "wanda", "--sparsity", "0.7", "--sparsity-allocation", "owl", "--reconstruct", "optima"]),
         ]
-        for launcher, settings in cases:
-            with self.subTest(launcher=launcher):
+        for label, launcher, settings in cases:
+            with self.subTest(launcher=label):
                 single, seconds_one = self.single_output(settings)
-                ranks = [os.path.join(self.work, f"{launcher}-rank{r}") for r in range(2)]
+                ranks = [os.path.join(self.work, f"{label}-rank{r}") for r in range(2)]
                 for d in ranks:
                     os.makedirs(d)
                 if launcher == "torchrun":
@@ -265,7 +269,14 @@ class Distributed(unittest.TestCase):
                 self.assertIn("overall sparsity", results[0][1])
                 self.assertEqual(results[1][1], "", "rank 1 prints no summary")
                 self.assertEqual(os.listdir(ranks[1]), [], "rank 1 must write nothing")
-                worst_abs, worst_rel = self.compare(single, os.path.join(ranks[0], "out"), launcher)
+                worst_abs, worst_rel = self.compare(single, os.path.join(ranks[0], "out"), label)
+                with open(os.path.join(single, "prune_report.json")) as f:
+                    one = json.load(f)["sparsity_allocation"]
+                with open(os.path.join(ranks[0], "out", "prune_report.json")) as f:
+                    two = json.load(f)["sparsity_allocation"]
+                self.assertEqual(one.get("outlier_ratio"), two.get("outlier_ratio"), label)
+                for a, b in zip(one.get("block_sparsity", []), two.get("block_sparsity", [])):
+                    self.assertAlmostEqual(a, b, delta=1e-12, msg=label)
                 print(f"\n{launcher}: {' '.join(settings)}: largest difference from one process {worst_abs:.3g} "
                       f"(relative to the tensor's largest weight {worst_rel:.3g}); one process {seconds_one:.1f} s, "
                       f"two {seconds_two:.1f} s", file=sys.stderr)

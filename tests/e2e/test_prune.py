@@ -18,7 +18,7 @@ import tempfile
 import unittest
 
 from resume_checks import assert_same_output
-from safetensors_file import read_checkpoint, tensors as read_tensors
+from safetensors_file import edit as edit_tensors, read_checkpoint, tensors as read_tensors
 
 OPTIMA = None
 ASSETS = None
@@ -90,9 +90,16 @@ class Prune(unittest.TestCase):
                 continue
             layer = layers[name[:-len(".weight")]]
             self.assertTrue(math.isfinite(layer["error_final"]), layer["name"])
+            if layer["skipped"]:  # --skip: left dense
+                self.assertEqual(pruned[name].data, values, f"{name} is skipped and must be unchanged")
+                continue
             rows, cols = shape
             got = pruned[name].data
             zeros = [v == 0.0 for v in got]
+            if report["settings"]["sparsity_allocation"] == "owl":
+                # Each block's own target (OWL), recorded per layer; the checks below use it.
+                sparsity = layer["target_sparsity"]
+                self.assertEqual(sparsity, report["sparsity_allocation"]["block_sparsity"][layer["block"]], name)
             if pattern == "unstructured":
                 fraction = sum(zeros) / len(zeros)
                 # The report's sparsity is the zero fraction of the matrix as written.
@@ -222,6 +229,160 @@ class Prune(unittest.TestCase):
                 self.assertGreaterEqual(values[i * n + i], 0.0)
                 for j in range(i):
                     self.assertAlmostEqual(values[i * n + j], values[j * n + i], delta=1e-5 * abs(values[i * n + i]))
+
+    def linear_weights(self, out):
+        """{name: values} of the prunable matrices of a checkpoint folder."""
+        return {name: t.data for name, t in read_checkpoint(out).items()
+                if any(name.endswith(f"{linear}.weight") for linear in LLAMA_LINEARS)}
+
+    def test_masks_from_a_file_or_a_checkpoint(self):
+        source = os.path.join(self.work, "mask-source")
+        self.assertExit(self.prune(source, "--method", "wanda", "--pattern", "2:4", "--save-masks"), EXIT_OK)
+        wanted = self.linear_weights(source)
+        masks_file = os.path.join(source, "masks.safetensors")
+        # optima's masks, and the zeros of the pruned checkpoint (its folder, its weight file): Wanda changes no kept
+        # weight, so taking its masks from any of them writes the same matrices. No calibration needed.
+        for tag, masks in (("masks", masks_file), ("folder", source),
+                           ("file", os.path.join(source, "model.safetensors"))):
+            with self.subTest(masks=tag):
+                out = os.path.join(self.work, f"from-{tag}")
+                self.assertExit(optima("prune", "--model", self.model, "--out", out, "--method", "masks", "--masks",
+                                       masks, "--pattern", "2:4"), EXIT_OK)
+                self.assertEqual(self.linear_weights(out), wanted)
+                report = self.check_pruned(out, "2:4", 0.5)
+                self.assertEqual((report["settings"]["method"], report["settings"]["masks"]), ("masks", masks))
+        # With OPTIMA (calibration needed for H): Wanda + OPTIMA's own masks (later blocks' masks depend on the
+        # reconstructed earlier blocks) give the weights that run wrote, since the masks and H are its.
+        reference = os.path.join(self.work, "mask-source-optima")
+        self.assertExit(self.prune(reference, "--method", "wanda", "--pattern", "2:4", "--reconstruct", "optima",
+                                   "--save-masks"), EXIT_OK)
+        out = os.path.join(self.work, "from-masks-optima")
+        self.assertExit(self.prune(out, "--method", "masks", "--masks", os.path.join(reference, "masks.safetensors"),
+                                   "--pattern", "2:4", "--reconstruct", "optima"), EXIT_OK)
+        report = self.check_pruned(out, "2:4", 0.5)
+        got, expected = self.linear_weights(out), self.linear_weights(reference)
+        for name, values in expected.items():
+            self.assertEqual(sum((a == 0.0) != (b == 0.0) for a, b in zip(got[name], values)), 0, name)
+            scale = max(abs(v) for v in values)
+            self.assertLessEqual(max(abs(a - b) for a, b in zip(got[name], values)), 1e-6 * scale, name)
+        for layer in report["layers"]:
+            self.assertLess(layer["kkt_residual"], 1e-8, layer["name"])
+            self.assertLessEqual(layer["error_final"], layer["error_selector"] * (1 + 1e-9), layer["name"])
+
+        # Bad data: exit 3 naming the file and the tensor, nothing written.
+        refused = os.path.join(self.work, "masks-refused")
+        unstructured = os.path.join(self.work, "mask-source-unstructured")
+        self.assertExit(self.prune(unstructured, "--method", "wanda", "--sparsity", "0.5"), EXIT_OK)
+        result = optima("prune", "--model", self.model, "--out", refused, "--method", "masks", "--masks",
+                        unstructured, "--pattern", "2:4")
+        self.assertExit(result, EXIT_INPUT, os.path.join(unstructured, "model.safetensors"),
+                        "model.layers.0.self_attn.q_proj", "breaks the 2:4 pattern", "at least 2 pruned")
+        broken = os.path.join(self.work, "broken-masks.safetensors")
+        shutil.copy(masks_file, broken)
+        victim = "model.layers.3.mlp.down_proj.mask"
+
+        def reshape(items):
+            i = next(i for i, t in enumerate(items) if t.name == victim)
+            items[i] = items[i]._replace(shape=[items[i].shape[0] // 2, items[i].shape[1] * 2])
+        edit_tensors(broken, reshape)
+        result = optima("prune", "--model", self.model, "--out", refused, "--method", "masks", "--masks", broken)
+        self.assertExit(result, EXIT_INPUT, broken, victim, "expected U8 [64, 22]", "found U8 [32, 44]")
+
+        def drop(items):
+            items.remove(next(t for t in items if t.name == victim))
+        edit_tensors(broken, drop)
+        result = optima("prune", "--model", self.model, "--out", refused, "--method", "masks", "--masks", broken)
+        self.assertExit(result, EXIT_INPUT, broken, victim, "no such tensor")
+        for args, code, fragment in (
+                (["--masks", os.path.join(self.work, "no-such-masks")], EXIT_USAGE, "no-such-masks"),
+                ([], EXIT_USAGE, "--method masks needs --masks"),
+                (["--masks", masks_file, "--sparsity-allocation", "owl", "--calib", self.calib], EXIT_USAGE,
+                 "takes every mask from a file")):
+            self.assertExit(optima("prune", "--model", self.model, "--out", refused, "--method", "masks", *args),
+                            code, fragment)
+        self.assertExit(self.prune(refused, "--method", "wanda", "--masks", masks_file), EXIT_USAGE,
+                        "--masks is read by --method masks only")
+        self.assertFalse(os.path.exists(refused))
+        self.assertFalse(os.path.exists(refused + ".resume"))
+
+    def check_owl(self, out, sparsity, lam):
+        """The OWL report: per-block sparsities that average to the target over a spread of 2·lambda, more outliers
+        fewer zeros, every layer's target its block's; and Wanda's per-row zero counts (check_pruned)."""
+        report = self.check_pruned(out, "unstructured", sparsity)
+        allocation = report["sparsity_allocation"]
+        self.assertEqual((allocation["method"], allocation["owl_lambda"], allocation["owl_threshold"]),
+                         ("owl", lam, 5.0))
+        blocks, ratios = allocation["block_sparsity"], allocation["outlier_ratio"]
+        self.assertEqual(len(blocks), 5)
+        self.assertAlmostEqual(sum(blocks) / len(blocks), sparsity, delta=1e-12)
+        self.assertAlmostEqual(max(blocks) - min(blocks), 2 * lam, delta=1e-12)
+        for i in range(5):
+            for j in range(5):
+                if ratios[i] > ratios[j]:
+                    self.assertLess(blocks[i], blocks[j])
+        return report
+
+    def test_owl_allocation(self):
+        out = os.path.join(self.work, "owl")
+        result = self.prune(out, "--method", "wanda", "--sparsity", "0.7", "--sparsity-allocation", "owl")
+        self.assertExit(result, EXIT_OK, "dense pass over 5 blocks")
+        report = self.check_owl(out, 0.7, 0.08)
+        self.assertGreater(report["sparsity_allocation"]["seconds_dense_pass"], 0)
+        # Uniform gives every layer the target; OWL at lambda 0 too.
+        zero = os.path.join(self.work, "owl-zero")
+        self.assertExit(self.prune(zero, "--method", "wanda", "--sparsity", "0.7", "--sparsity-allocation", "owl",
+                                   "--owl-lambda", "0"), EXIT_OK)
+        with open(os.path.join(zero, "prune_report.json")) as f:
+            self.assertEqual(json.load(f)["sparsity_allocation"]["block_sparsity"], [0.7] * 5)
+        # Refused settings: exit 2, nothing written.
+        refused = os.path.join(self.work, "owl-refused")
+        for args, fragment in ((["--pattern", "2:4"], "nothing to share"),
+                               (["--sparsity", "0.7", "--owl-lambda", "0.15"], "--owl-lambda"),
+                               (["--owl-lambda", "-0.1"], "--owl-lambda"),
+                               (["--owl-threshold", "0"], "--owl-threshold"),
+                               (["--sparsity-allocation", "outlier"], "--sparsity-allocation")):
+            with self.subTest(args=args):
+                self.assertExit(self.prune(refused, "--method", "wanda", "--sparsity-allocation", "owl", *args),
+                                EXIT_USAGE, fragment)
+                self.assertFalse(os.path.exists(refused))
+        self.assertExit(optima("prune", "--model", self.model, "--out", refused, "--method", "magnitude",
+                               "--sparsity-allocation", "owl"), EXIT_USAGE, "needs calibration data")
+        self.assertFalse(os.path.exists(refused))
+
+    def test_owl_resumes_and_sweeps(self):
+        settings = ["--method", "sparsegpt", "--sparsity", "0.7", "--sparsity-allocation", "owl", "--save-masks"]
+        reference = os.path.join(self.work, "owl-uninterrupted")
+        self.assertExit(self.prune(reference, *settings), EXIT_OK)
+        self.check_owl(reference, 0.7, 0.08)
+        out = os.path.join(self.work, "owl-resumed")
+        code, message = self.interrupt(out, 1, signal.SIGTERM, *settings)
+        self.assertEqual(code, 75, message)
+        with open(os.path.join(out + ".resume", "state.json")) as f:
+            state = json.load(f)
+        self.assertEqual(state["next_block"], 2)
+        with open(os.path.join(reference, "prune_report.json")) as f:
+            self.assertEqual(state["allocation"]["block_sparsity"],
+                             json.load(f)["sparsity_allocation"]["block_sparsity"])
+        # The allocation settings are part of the fingerprint.
+        self.assertExit(self.prune(out, *settings, "--owl-lambda", "0.05", "--resume"), EXIT_USAGE,
+                        "owl_lambda 0.08 -> 0.05")
+        self.assertExit(self.prune(out, *settings[:-3], "--save-masks", "--resume"), EXIT_USAGE,
+                        'sparsity_allocation "owl" -> "uniform"')
+        result = self.prune(out, *settings, "--resume")
+        self.assertExit(result, EXIT_OK, "continuing at block 2")
+        self.assertNotIn("dense pass over", result.stderr)  # the saved per-block sparsities are used
+        resumed, uninterrupted = assert_same_output(self, out, reference, "the uninterrupted OWL run's")
+        self.assertEqual(resumed["sparsity_allocation"]["block_sparsity"],
+                         uninterrupted["sparsity_allocation"]["block_sparsity"])
+        # A sweep lists the allocation like the other settings; N:M settings are not repeated for OWL.
+        sweep = os.path.join(self.work, "owl-sweep")
+        self.assertExit(self.prune(sweep, "--method", "wanda", "--sparsity", "0.7", "--pattern", "unstructured,2:4",
+                                   "--sparsity-allocation", "uniform,owl"), EXIT_OK)
+        self.assertEqual(sorted(os.listdir(sweep)),
+                         ["sweep.json", "wanda-2of4-0.5", "wanda-unstructured-0.7", "wanda-unstructured-0.7-owl"])
+        self.check_owl(os.path.join(sweep, "wanda-unstructured-0.7-owl"), 0.7, 0.08)
+        self.check_pruned(os.path.join(sweep, "wanda-unstructured-0.7"), "unstructured", 0.7)
+        self.check_pruned(os.path.join(sweep, "wanda-2of4-0.5"), "2:4", 0.5)
 
     def test_true_sequential_propagation(self):
         out = os.path.join(self.work, "sequential")

@@ -38,9 +38,11 @@ struct PruneOptions {
   std::string qp_precision = std::string(to_string(PrunePlan{}.qp_precision));
   std::string qp_solver = std::string(to_string(PrunePlan{}.qp_solver));
   std::string hessian_dtype = std::string(to_string(PrunePlan{}.hessian_dtype));
+  std::string masks;
   // Lists (comma-separated or TOML arrays): more than one setting makes a sweep.
   std::vector<std::string> methods = {PrunePlan{}.method}, patterns = {"unstructured"},
-                           reconstructs = {std::string(to_string(Reconstruct::kNone))};
+                           reconstructs = {std::string(to_string(Reconstruct::kNone))},
+                           allocations = {std::string(to_string(SparsityAllocation::kUniform))};
   std::vector<double> sparsities;
   EvalRequest eval_request;
   double dist_timeout = 1800;
@@ -66,6 +68,21 @@ void add_what_to_prune(CLI::App* app, PruneOptions& o) {
   app->add_option("--reconstruct", o.reconstructs,
                   "none, or optima: exact per-row reconstruction after selection (none,optima sweeps both)")
       ->delimiter(',')
+      ->capture_default_str();
+  app->add_option("--masks", o.masks,
+                  "--method masks: the file every layer's mask is read from: optima's masks.safetensors "
+                  "(--save-masks), or a pruned checkpoint whose zeros are the mask (a .safetensors file, a sharded "
+                  "checkpoint's index .json, or a model directory)");
+  app->add_option("--sparsity-allocation", o.allocations,
+                  "uniform (every layer at the target) or owl (per-block sparsities from the dense model's outlier "
+                  "ratios, averaging to the target; unstructured only; a list sweeps)")
+      ->delimiter(',')
+      ->capture_default_str();
+  app->add_option("--owl-lambda", o.plan.owl_lambda,
+                  "OWL: the block sparsities spread over 2·lambda (0 <= lambda, sparsity + 2·lambda < 1)")
+      ->capture_default_str();
+  app->add_option("--owl-threshold", o.plan.owl_threshold,
+                  "OWL: M, a weight is an outlier when its Wanda score exceeds M × its block's mean score (> 0)")
       ->capture_default_str();
 }
 
@@ -150,6 +167,7 @@ PrunePlan base_plan(const PruneOptions& o) {
   base.calib = o.calib;
   base.tokenizer = o.tokenizer;
   base.save_hessians = o.save_hessians;
+  base.masks = o.masks;
   base.propagation = parse_propagation(o.propagation);
   base.calib_rule = parse_calib_rule(o.calib_rule);
   base.qp_precision = parse_qp_precision(o.qp_precision);
@@ -162,11 +180,13 @@ PrunePlan base_plan(const PruneOptions& o) {
 std::vector<PrunePlan> plans_of(const PruneOptions& o, const PrunePlan& base) {
   std::vector<Reconstruct> reconstructs;
   for (const std::string& r : o.reconstructs) reconstructs.push_back(parse_reconstruct(r));
+  std::vector<SparsityAllocation> allocations;
+  for (const std::string& a : o.allocations) allocations.push_back(parse_allocation(a));
   std::vector<double> sparsities = o.sparsities;
   const bool only_n_m =
       std::none_of(o.patterns.begin(), o.patterns.end(), [](const std::string& s) { return s == "unstructured"; });
   if (sparsities.empty() && !only_n_m) sparsities = {kDefaultSparsity};
-  return expand_sweep(base, o.methods, o.patterns, sparsities, reconstructs);
+  return expand_sweep(base, o.methods, o.patterns, sparsities, reconstructs, allocations);
 }
 
 // One setting, in this process or in a job of many (torchrun / srun); rank 0 reports and evaluates.

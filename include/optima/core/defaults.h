@@ -32,6 +32,13 @@ inline constexpr int64_t kAdmmIterations = 20;
 inline constexpr int64_t kAdmmMaskIterations = 15;
 inline constexpr double kAdmmRho = 1.0;
 inline constexpr double kAdmmEps = 1e-8;
+// OWL (Yin et al. 2024): per-block sparsities spread over 2·lambda around the target, from each block's share of
+// weights whose Wanda score exceeds threshold × the block's mean score. The README's LLaMA commands at 70% use
+// M = 5, lambda = 0.08 (the reference's argparse default M = 3 is not what its published runs used).
+inline constexpr double kDefaultOwlLambda = 0.08;
+inline constexpr double kDefaultOwlThreshold = 5.0;
+// OWL's floor for a block whose spread sparsity would be <= 0 (the reference's Wanda and SparseGPT variants).
+inline constexpr double kOwlSparsityFloor = 0.01;
 
 // OPTIMA's exact solve: relative damping of H (solve/row_solver.h says how it was chosen), the memory of one chunk
 // of gathered row systems, and the conjugate-gradient solver's tolerance and iteration budget.

@@ -36,6 +36,8 @@ class LayerPruner {
   LayerPruner(const PrunePlan& plan, const Distributed& dist);
 
   const SelectorInfo& selector_info() const { return info_; }
+  // The selector's check of every layer the run will prune (MaskSelector::check_layers).
+  void check_layers(std::span<const LayerTarget> layers) const { selector_->check_layers(layers); }
   // Prunes `dense` ([out, in]) to `target`. `stats` holds what the selector reads (and H for the errors and the
   // reconstruction; without H, the errors stay 0). Fills the measured fields of `report` (name, block, site and
   // shape are the caller's). Errors of the selector and the solver name report.name.

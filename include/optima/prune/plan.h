@@ -11,6 +11,7 @@
 #include "optima/core/defaults.h"
 #include "optima/core/enum_names.h"
 #include "optima/select/pattern.h"
+#include "optima/select/selector.h"
 #include "optima/solve/row_solver.h"
 #include "optima/text/calibration.h"
 
@@ -26,6 +27,9 @@ enum class Reconstruct { kNone, kOptima };
 enum class QpSolver { kExact, kCg };
 // The dtype H and Wanda's statistic are accumulated in: fp32 as the reference, or fp64.
 enum class StatsDtype { kFloat32, kFloat64 };
+// How the target sparsity is shared among the decoder blocks: the same everywhere, or OWL's outlier-weighted
+// per-block sparsities from a pass over the dense model (prune/allocation.h; unstructured patterns only).
+enum class SparsityAllocation { kUniform, kOwl };
 
 struct PrunePlan {
   std::filesystem::path model;
@@ -33,6 +37,7 @@ struct PrunePlan {
   std::filesystem::path calib;
   std::filesystem::path tokenizer;   // empty: the model directory
   std::string method = "sparsegpt";  // a selector of select/selector.h's table
+  std::filesystem::path masks;       // --method masks: the file holding every layer's mask
   SparsityPattern pattern;
   int64_t nsamples = kDefaultNsamples;
   int64_t seqlen = 0;  // 0: kDefaultSeqlen, capped at the model's positions (an explicit value is never capped)
@@ -41,6 +46,9 @@ struct PrunePlan {
   double percdamp = kDefaultPercdamp;
   int64_t blocksize = kDefaultBlocksize;
   Propagation propagation = Propagation::kReference;
+  SparsityAllocation allocation = SparsityAllocation::kUniform;
+  double owl_lambda = kDefaultOwlLambda;        // OWL: half the spread of the block sparsities
+  double owl_threshold = kDefaultOwlThreshold;  // OWL: M, an outlier scores above M × its block's mean score
   std::string device = "cpu";
   std::string dtype;  // compute dtype for the forward pass; empty: the checkpoint's
   std::string skip;   // regex of linear layer names left dense
@@ -66,6 +74,11 @@ struct PrunePlan {
   // Checks values that do not need the model (ranges, names); usage errors say expected vs found.
   void validate() const;
   nlohmann::json to_json() const;
+  // The run-wide settings of the selector.
+  SelectorSettings selector_settings() const;
+
+ private:
+  void validate_allocation() const;
 };
 
 // The names of each setting's values, as the command line, config files and reports spell them.
@@ -77,6 +90,8 @@ inline constexpr EnumName<Reconstruct> kReconstructNames[] = {{Reconstruct::kNon
 inline constexpr EnumName<QpSolver> kQpSolverNames[] = {{QpSolver::kExact, "exact"}, {QpSolver::kCg, "cg"}};
 inline constexpr EnumName<SolvePrecision> kQpPrecisionNames[] = {{SolvePrecision::kFloat64, "fp64"},
                                                                  {SolvePrecision::kFloat32Refined, "fp32"}};
+inline constexpr EnumName<SparsityAllocation> kAllocationNames[] = {{SparsityAllocation::kUniform, "uniform"},
+                                                                    {SparsityAllocation::kOwl, "owl"}};
 inline constexpr EnumName<StatsDtype> kStatsDtypeNames[] = {{StatsDtype::kFloat32, "fp32"},
                                                             {StatsDtype::kFloat64, "fp64"}};
 
@@ -94,6 +109,12 @@ inline std::string_view to_string(SolvePrecision v) {
 }
 inline std::string_view to_string(StatsDtype v) {
   return enum_name<StatsDtype>(kStatsDtypeNames, v);
+}
+inline std::string_view to_string(SparsityAllocation v) {
+  return enum_name<SparsityAllocation>(kAllocationNames, v);
+}
+inline SparsityAllocation parse_allocation(std::string_view text) {
+  return parse_enum<SparsityAllocation>(kAllocationNames, text, "--sparsity-allocation");
 }
 inline Propagation parse_propagation(std::string_view text) {
   return parse_enum<Propagation>(kPropagationNames, text, "propagation mode");

@@ -14,13 +14,14 @@ struct LayerReport {
   int64_t block = 0;
   std::string site;  // input site shared with other layers ("attn_in", ...)
   std::vector<int64_t> shape;
-  bool skipped = false;       // left dense by --skip (or --allow-non-finite)
-  double sparsity = 0;        // achieved fraction of zeros
-  bool pattern_ok = false;    // N:M groups all have N zeros / unstructured fraction as requested
-  double error_selector = 0;  // ||(W - W_sel) X||² / ||W X||² on the calibration data
-  double error_final = 0;     // the same for the written weights (after reconstruction, if any)
-  double kkt_residual = -1;   // reconstruction only: max_r ||(H(ŵ - w))_T|| / ||(H w)_T||
-  double damping = 0;         // damping added to diag(H) by the selector (SparseGPT)
+  bool skipped = false;        // left dense by --skip (or --allow-non-finite)
+  double sparsity = 0;         // achieved fraction of zeros
+  double target_sparsity = 0;  // the target the selector was given (per block under OWL)
+  bool pattern_ok = false;     // N:M groups all have N zeros / unstructured fraction as requested
+  double error_selector = 0;   // ||(W - W_sel) X||² / ||W X||² on the calibration data
+  double error_final = 0;      // the same for the written weights (after reconstruction, if any)
+  double kkt_residual = -1;    // reconstruction only: max_r ||(H(ŵ - w))_T|| / ||(H w)_T||
+  double damping = 0;          // damping added to diag(H) by the selector (SparseGPT)
   int64_t damping_retries = 0;
   double reconstruct_damping = 0;
   int64_t qp_fp64_fallback_rows = 0;  // fp32 solves: rows that had to be solved again in fp64
@@ -57,6 +58,7 @@ struct PruneReport {
   int64_t num_layers = 0;
   std::vector<LayerReport> layers;
   double overall_sparsity = 0;  // zeros over all prunable weights
+  nlohmann::json allocation;    // how the target was shared among blocks (prune/allocation.h)
   RunTimings seconds;
   int64_t peak_rss_bytes = 0;
   int64_t activation_bytes = 0;      // calibration activations between blocks

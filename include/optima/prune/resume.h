@@ -35,6 +35,7 @@ struct RunState {
   std::vector<std::string> activations;             // per process, in rank order; none without calibration data
   std::optional<std::string> masks;                 // --save-masks: the file of the masks of blocks before next_block
   std::vector<LayerReport> layers;                  // of blocks before next_block
+  std::optional<nlohmann::json> allocation;         // OWL: the per-block sparsities (BlockAllocation's form)
   RunTimings timings;                               // total, forward, select, reconstruct and write so far
   nlohmann::json files = nlohmann::json::object();  // name -> {"bytes", "sha256"}
 

@@ -16,15 +16,18 @@
 
 namespace optima {
 
-// The directory name of one setting: "<method>[+optima]-<unstructured|NofM>-<sparsity>".
+// The directory name of one setting: "<method>[+optima]-<unstructured|NofM>-<sparsity>[-owl]".
 std::string sweep_setting_name(const PrunePlan& plan);
 
 // The settings of a sweep: every combination of the lists (N:M patterns take their own sparsity N/M, so they are
-// not repeated per sparsity), each a copy of `base` with out = base.out / sweep_setting_name(...). Usage errors for
-// empty lists, bad entries, duplicates, and a sparsity other than N/M given with N:M patterns alone.
+// not repeated per sparsity, nor per allocation other than uniform beside unstructured ones), each a copy of `base`
+// with out = base.out / sweep_setting_name(...). Usage errors for empty lists, bad entries, duplicates, and a sparsity
+// other than N/M given with N:M patterns alone.
 std::vector<PrunePlan> expand_sweep(const PrunePlan& base, const std::vector<std::string>& methods,
                                     const std::vector<std::string>& patterns, const std::vector<double>& sparsities,
-                                    const std::vector<Reconstruct>& reconstructs);
+                                    const std::vector<Reconstruct>& reconstructs,
+                                    const std::vector<SparsityAllocation>& allocations = {
+                                        SparsityAllocation::kUniform});
 
 // Runs the settings (all with the same model, calibration and output root `out`) and returns the sweep table, also
 // written to out/sweep.json. With an eval dataset, the dense model is evaluated first as the table's baseline; each

@@ -14,6 +14,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <filesystem>
 #include <memory>
 #include <span>
 #include <string>
@@ -24,16 +25,18 @@
 
 namespace optima {
 
-// What the pipeline accumulated for one layer's input.
+// What the pipeline accumulated for one layer's input, and which layer it is.
 struct LayerStats {
   at::Tensor hessian;      // [in, in] fp32 (or fp64): H = (2/n) sum x x^T, SparseGPT's scaling; may be undefined
   at::Tensor act_sq_norm;  // [in] fp32: Wanda's running mean of squared column norms; may be undefined
+  std::string layer{};     // the layer's tensor name without ".weight" ("model.layers.3.mlp.down_proj"); may be empty
 };
 
 // Settings a selector keeps for a whole run; the target of each layer is passed to select().
 struct SelectorSettings {
   double percdamp = kDefaultPercdamp;     // SparseGPT: damping added to diag(H), as a fraction of mean(diag H)
   int64_t blocksize = kDefaultBlocksize;  // SparseGPT: columns per lazy-update block
+  std::filesystem::path masks{};          // masks: the file every layer's mask is read from
 };
 
 struct Selection {
@@ -44,9 +47,21 @@ struct Selection {
   int64_t damping_retries = 0;  // how many times the damping was raised because a Cholesky factorization failed
 };
 
+// One prunable layer of a model, as a selector may check it before the run prunes anything.
+struct LayerTarget {
+  std::string layer{};  // as LayerStats::layer
+  int64_t out_features = 0;
+  int64_t in_features = 0;
+  SparsityPattern target;
+};
+
 class MaskSelector {
  public:
   virtual ~MaskSelector() = default;
+  // Called once with every layer the run will prune, before it prunes any: a selector that reads something per
+  // layer (a mask file) checks it all here, so that bad data stops the run before anything is written. By
+  // default there is nothing to check.
+  virtual void check_layers(std::span<const LayerTarget> /*layers*/) const {}
   // weight: [out, in], any floating dtype, any device; the statistics the selector reads (its table entry says
   // which) must be defined and match. `target` is this layer's sparsity or N:M pattern.
   virtual Selection select(const at::Tensor& weight, const LayerStats& stats, const SparsityPattern& target) const = 0;
@@ -68,6 +83,7 @@ struct SelectorInfo {
   // Usage error for settings the selector cannot run with on `target` (e.g. a SparseGPT block size that splits
   // N:M groups); checked before any model is loaded. May be null.
   void (*check)(const SelectorSettings& settings, const SparsityPattern& target) = nullptr;
+  bool reads_masks = false;  // takes each layer's mask from SelectorSettings::masks rather than choosing it
 
   bool needs_calibration() const { return inputs != SelectorInputs::kNone; }
   bool needs_norms() const { return inputs == SelectorInputs::kNorms; }
