@@ -6,7 +6,7 @@ Development tool (needs torch, transformers and safetensors, installed by script
 `interop` test. Each check builds small random models of the real architectures with transformers itself, so
 nothing here depends on optima's own idea of the layouts:
 
-  1. transformers models (OPT, LLaMA, Mistral, Qwen2) saved as safetensors and as pytorch_model.bin (single and
+  1. transformers models (OPT, LLaMA untied and tied, Mistral, Qwen2, Qwen3, Phi-3) saved as safetensors and as pytorch_model.bin (single and
      sharded, as old OPT repositories ship them) -> `optima convert` -> every tensor bit-identical in the output
      (read with the safetensors library), which transformers loads with no missing or unexpected keys and whose
      logits equal the original model's exactly;
@@ -19,7 +19,12 @@ nothing here depends on optima's own idea of the layouts:
   4. `optima prune` checkpoints of the real stories260k (magnitude, Wanda, SparseGPT; 50% and 2:4; with and
      without OPTIMA) load in transformers and give the perplexity `optima eval` gives; the masks saved with
      --save-masks have the requested sparsity and are zero in the written weights; and with --save-hessians the
-     written OPTIMA weights equal the float64 optimum of the QP built from the saved Hessians and masks.
+     written OPTIMA weights equal the float64 optimum of the QP built from the saved Hessians and masks;
+  5. random Qwen3, Phi-3 (LongRoPE, partial rotary, sliding window) and tied LLaMA-3.2-style models made by
+     transformers, with the stories260k tokenizer: `optima eval` gives transformers' perplexity (for Phi-3 at
+     sequence lengths on both sides of original_max_position_embeddings, where LongRoPE switches factors), and
+     `optima prune` outputs (SparseGPT with OPTIMA, Wanda) load in transformers with no missing keys, keep a tied
+     head tied (no lm_head.weight written, config.json unchanged) and give the perplexity `optima eval` gives.
 
 Exit status 0 when every check passes, 1 on the first failure, 77 when the Python packages are missing (ctest
 reports that as skipped).
@@ -28,6 +33,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -67,6 +73,24 @@ def tiny_configs():
     yield "llama", transformers.LlamaConfig(tie_word_embeddings=False, **llama)
     yield "mistral", transformers.MistralConfig(**llama)
     yield "qwen2", transformers.Qwen2Config(tie_word_embeddings=True, **llama)
+    yield from new_family_configs(common, llama)
+
+
+def new_family_configs(common, llama):
+    """Qwen3, Phi-3 and a tied LLaMA-3.2-style model with their characteristic options switched on."""
+    yield "llama-tied", transformers.LlamaConfig(
+        tie_word_embeddings=True, rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                                "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+        rope_theta=500000.0, **llama)
+    yield "qwen3", transformers.Qwen3Config(tie_word_embeddings=True, head_dim=16, use_sliding_window=True,
+                                            sliding_window=24, max_window_layers=1, **llama)
+    phi3 = dict(common, max_position_embeddings=128)
+    yield "phi3", transformers.Phi3Config(
+        num_attention_heads=2, num_key_value_heads=1, intermediate_size=88, original_max_position_embeddings=32,
+        rope_scaling={"rope_type": "longrope", "short_factor": [1.0, 1.2, 1.5, 2.0],
+                      "long_factor": [3.0, 4.5, 6.0, 12.0]},
+        partial_rotary_factor=0.5, sliding_window=40, pad_token_id=None, bos_token_id=1, eos_token_id=2,
+        initializer_range=0.1, **phi3)
 
 
 def random_model(config, seed):
@@ -280,6 +304,61 @@ def check_prune(optima, work, assets):
             print(f"ok  prune: {tag} loads in transformers, perplexity {got:.4f} (optima {want:.4f})")
 
 
+def check_new_families(optima, work, assets):
+    """Qwen3, Phi-3 and tied LLaMA: optima's eval equals transformers' perplexity on the dense model and on pruned
+    outputs reloaded in transformers; a tied head stays tied in the output."""
+    stories = os.path.join(assets, "models", "stories260k")
+    if not os.path.isdir(stories):
+        print(f"skip new families: asset missing: {stories}")
+        return
+    calib = os.path.join(assets, "text", "tinystories", "tiny.utf8")
+    with open(calib, encoding="utf-8") as f:
+        rows = [line for line in f.read().splitlines() if line.strip()][-30:]
+    eval_rows = os.path.join(work, "family-eval-rows.txt")
+    with open(eval_rows, "w", encoding="utf-8") as f:
+        f.write("\n".join(rows) + "\n")
+    joined = os.path.join(work, "family-eval-joined.txt")
+    with open(joined, "w", encoding="utf-8") as f:
+        f.write("\n\n".join(rows))
+    ids = json.loads(run(optima, "tokenize", "--model", stories, "--file", joined, "--json"))["ids"]
+    common = dict(vocab_size=512, hidden_size=32, num_hidden_layers=2, max_position_embeddings=64)
+    llama = dict(intermediate_size=88, num_attention_heads=4, num_key_value_heads=2, **common)
+    for seed, (name, config) in enumerate(new_family_configs(common, llama)):
+        model = random_model(config, 50 + seed)
+        src = os.path.join(work, f"family-{name}")
+        model.save_pretrained(src)
+        for side in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"):
+            if os.path.exists(os.path.join(stories, side)):
+                shutil.copy(os.path.join(stories, side), src)
+        # Phi-3: both sides of original_max_position_embeddings (32), where LongRoPE changes factors.
+        seqlens = (32, 33, 48) if config.model_type == "phi3" else (48,)
+        for seqlen in seqlens:
+            want = json.loads(run(optima, "eval", "--model", src, "--dataset", eval_rows, "--seqlen", str(seqlen),
+                                  "--json"))["perplexity"]
+            got = transformers_perplexity(load_clean(src), ids, seqlen)
+            assert abs(got - want) <= 1e-4 * want, f"{name}: dense perplexity {want} in optima, {got} in transformers"
+            print(f"ok  families: {name} dense, seqlen {seqlen}: perplexity {got:.5f} (optima {want:.5f})")
+        with open(os.path.join(src, "config.json")) as f:
+            config_text = f.read()
+        for method, reconstruct in (("sparsegpt", "optima"), ("wanda", "none")):
+            out = os.path.join(work, f"family-{name}-{method}")
+            run(optima, "prune", "--model", src, "--out", out, "--calib", calib, "--nsamples", "8", "--seqlen", "48",
+                "--method", method, "--sparsity", "0.5", "--reconstruct", reconstruct)
+            written = read_safetensors_dir(out)
+            if config.tie_word_embeddings:
+                assert "lm_head.weight" not in written, f"{name}: a tied head was written as lm_head.weight"
+            with open(os.path.join(out, "config.json")) as f:
+                assert f.read() == config_text, f"{name}: config.json changed"
+            for seqlen in seqlens:
+                want = json.loads(run(optima, "eval", "--model", out, "--dataset", eval_rows, "--seqlen",
+                                      str(seqlen), "--json"))["perplexity"]
+                got = transformers_perplexity(load_clean(out), ids, seqlen)
+                assert abs(got - want) <= 1e-4 * want, \
+                    f"{name}/{method}: perplexity {want} in optima, {got} in transformers"
+            print(f"ok  families: {name} {method}+{reconstruct} loads in transformers, perplexity {got:.5f} "
+                  f"(optima {want:.5f})")
+
+
 def read_masks(path, weights):
     """{layer: bool [rows, cols] tensor, True = pruned} from masks.safetensors, whose rows pack 8 input columns per
     byte: bit i of byte k is column 8k + i, least significant bit first, 1 = pruned. The padding bits past the last
@@ -362,6 +441,7 @@ def main():
             check_convert(args.optima, work)
             check_make_random(args.optima, work)
             check_prune(args.optima, work, args.assets)
+            check_new_families(args.optima, work, args.assets)
         except AssertionError as error:
             print(f"FAIL {error}", file=sys.stderr)
             return 1
