@@ -77,13 +77,14 @@ def tiny_configs():
 
 
 def new_family_configs(common, llama):
-    """Qwen3, Phi-3 and a tied LLaMA-3.2-style model with their characteristic options switched on."""
+    """Qwen3, Phi-3 and a tied LLaMA-3.2-style model with their characteristic options switched on; weights 5x the
+    usual scale, so that the models are far from uniform and a numerical difference shows in the perplexity."""
     yield "llama-tied", transformers.LlamaConfig(
         tie_word_embeddings=True, rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
                                                 "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
-        rope_theta=500000.0, **llama)
+        rope_theta=500000.0, initializer_range=0.1, **llama)
     yield "qwen3", transformers.Qwen3Config(tie_word_embeddings=True, head_dim=16, use_sliding_window=True,
-                                            sliding_window=24, max_window_layers=1, **llama)
+                                            sliding_window=24, max_window_layers=1, initializer_range=0.1, **llama)
     phi3 = dict(common, max_position_embeddings=128)
     yield "phi3", transformers.Phi3Config(
         num_attention_heads=2, num_key_value_heads=1, intermediate_size=88, original_max_position_embeddings=32,
