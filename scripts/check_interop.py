@@ -64,6 +64,12 @@ def read_safetensors_dir(path):
     return tensors
 
 
+# The input site of each linear layer, by its name in transformers (a fused projection reads one site).
+SITE_OF = {"q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in", "qkv_proj": "attn_in",
+           "o_proj": "attn_out", "out_proj": "attn_out", "gate_proj": "mlp_in", "up_proj": "mlp_in",
+           "gate_up_proj": "mlp_in", "fc1": "mlp_in", "down_proj": "mlp_hidden", "fc2": "mlp_hidden"}
+
+
 def tiny_configs():
     common = dict(vocab_size=320, hidden_size=32, num_hidden_layers=2, max_position_embeddings=64)
     yield "opt", transformers.OPTConfig(ffn_dim=80, num_attention_heads=4, word_embed_proj_dim=32, **common)
@@ -166,6 +172,9 @@ def check_convert(optima, work):
             linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"
                        and "project_" not in n]
             assert sorted(l["name"] for l in report["linears"]) == sorted(linears), f"{name}: linear layers differ"
+            for layer in report["linears"]:  # the input site each reads, by the layer's own name in transformers
+                want_site = SITE_OF[layer["name"].split(".")[-1]]
+                assert layer["input"] == want_site, f"{name}: {layer['name']} reads {layer['input']}, not {want_site}"
         print(f"ok  convert + inspect: {name} (safetensors, bin, sharded bin)")
 
 
@@ -338,7 +347,8 @@ def check_new_families(optima, work, assets):
                                   "--json"))["perplexity"]
             got = transformers_perplexity(load_clean(src), ids, seqlen)
             assert abs(got - want) <= 1e-4 * want, f"{name}: dense perplexity {want} in optima, {got} in transformers"
-            print(f"ok  families: {name} dense, seqlen {seqlen}: perplexity {got:.5f} (optima {want:.5f})")
+            print(f"ok  families: {name} dense, seqlen {seqlen}: perplexity {got:.6f} (optima {want:.6f}, relative "
+                  f"difference {abs(got - want) / want:.1e})")
         with open(os.path.join(src, "config.json")) as f:
             config_text = f.read()
         for method, reconstruct in (("sparsegpt", "optima"), ("wanda", "none")):
@@ -356,8 +366,8 @@ def check_new_families(optima, work, assets):
                 got = transformers_perplexity(load_clean(out), ids, seqlen)
                 assert abs(got - want) <= 1e-4 * want, \
                     f"{name}/{method}: perplexity {want} in optima, {got} in transformers"
-            print(f"ok  families: {name} {method}+{reconstruct} loads in transformers, perplexity {got:.5f} "
-                  f"(optima {want:.5f})")
+            print(f"ok  families: {name} {method}+{reconstruct} loads in transformers, perplexity {got:.6f} "
+                  f"(optima {want:.6f}, relative difference {abs(got - want) / want:.1e})")
 
 
 def read_masks(path, weights):

@@ -77,7 +77,10 @@ void read_rope(const ModelConfig& config, const ModelShape& s, Phi3Settings& p) 
     fail_input(where_partial, "must leave an even number of rotary dimensions",
                fmt::format("an even int(head_dim {} x factor)", s.head_dim), std::to_string(p.rotary_dim));
   const std::string type = rope::rope_type(config, block);
-  if (type == "longrope" || type == "su" || type == "yarn") return read_longrope(config, s, block, p);
+  if (type == "longrope" || type == "su" || type == "yarn") {
+    read_longrope(config, s, block, p);
+    return;
+  }
   if (type != "default")
     fail_input(rope::where_field(config, block, rope::type_key(block)), "unsupported rotary scaling for phi3",
                "default or longrope (legacy: su, yarn)", type);

@@ -6,6 +6,9 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <optional>
+
 #include "arch_helpers.h"
 #include "ops.h"
 #include "optima/core/error.h"
