@@ -23,7 +23,7 @@ nothing here depends on optima's own idea of the layouts:
   5. random Qwen3, Phi-3 (LongRoPE, partial rotary, sliding window) and tied LLaMA-3.2-style models made by
      transformers, with the stories260k tokenizer: `optima eval` gives transformers' perplexity (for Phi-3 at
      sequence lengths on both sides of original_max_position_embeddings, where LongRoPE switches factors), and
-     `optima prune` outputs (SparseGPT with OPTIMA, Wanda) load in transformers with no missing keys, keep a tied
+     `optima prune` outputs (SparseGPT with OPTIMA) load in transformers with no missing keys, keep a tied
      head tied (no lm_head.weight written, config.json unchanged) and give the perplexity `optima eval` gives.
 
 Exit status 0 when every check passes, 1 on the first failure, 77 when the Python packages are missing (ctest
@@ -351,7 +351,7 @@ def check_new_families(optima, work, assets):
                   f"difference {abs(got - want) / want:.1e})")
         with open(os.path.join(src, "config.json")) as f:
             config_text = f.read()
-        for method, reconstruct in (("sparsegpt", "optima"), ("wanda", "none")):
+        for method, reconstruct in (("sparsegpt", "optima"),):  # one run per family keeps the check short
             out = os.path.join(work, f"family-{name}-{method}")
             run(optima, "prune", "--model", src, "--out", out, "--calib", calib, "--nsamples", "8", "--seqlen", "48",
                 "--method", method, "--sparsity", "0.5", "--reconstruct", reconstruct)
@@ -360,12 +360,11 @@ def check_new_families(optima, work, assets):
                 assert "lm_head.weight" not in written, f"{name}: a tied head was written as lm_head.weight"
             with open(os.path.join(out, "config.json")) as f:
                 assert f.read() == config_text, f"{name}: config.json changed"
-            for seqlen in seqlens:
-                want = json.loads(run(optima, "eval", "--model", out, "--dataset", eval_rows, "--seqlen",
-                                      str(seqlen), "--json"))["perplexity"]
-                got = transformers_perplexity(load_clean(out), ids, seqlen)
-                assert abs(got - want) <= 1e-4 * want, \
-                    f"{name}/{method}: perplexity {want} in optima, {got} in transformers"
+            seqlen = seqlens[-1]
+            want = json.loads(run(optima, "eval", "--model", out, "--dataset", eval_rows, "--seqlen", str(seqlen),
+                                  "--json"))["perplexity"]
+            got = transformers_perplexity(load_clean(out), ids, seqlen)
+            assert abs(got - want) <= 1e-4 * want, f"{name}/{method}: perplexity {want} in optima, {got} in transformers"
             print(f"ok  families: {name} {method}+{reconstruct} loads in transformers, perplexity {got:.6f} "
                   f"(optima {want:.6f}, relative difference {abs(got - want) / want:.1e})")
 
