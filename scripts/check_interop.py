@@ -6,7 +6,7 @@ Development tool (needs torch, transformers and safetensors, installed by script
 `interop` test. Each check builds small random models of the real architectures with transformers itself, so
 nothing here depends on optima's own idea of the layouts:
 
-  1. transformers models (OPT, LLaMA, Mistral, Qwen2) saved as safetensors and as pytorch_model.bin (single and
+  1. transformers models (OPT, LLaMA untied and tied, Mistral, Qwen2, Qwen3, Phi-3) saved as safetensors and as pytorch_model.bin (single and
      sharded, as old OPT repositories ship them) -> `optima convert` -> every tensor bit-identical in the output
      (read with the safetensors library), which transformers loads with no missing or unexpected keys and whose
      logits equal the original model's exactly;
@@ -24,6 +24,11 @@ nothing here depends on optima's own idea of the layouts:
      rows, each text row ending in "\n") written as JSON Lines; Python joins them with "\n\n", tokenizes the result
      with transformers' tokenizer of the real opt-small and computes the perplexity with transformers' model;
      `optima eval` on the JSON Lines file must give the same token count and the same perplexity (1e-4 relative).
+  6. random Qwen3, Phi-3 (LongRoPE, partial rotary, sliding window) and tied LLaMA-3.2-style models made by
+     transformers, with the stories260k tokenizer: `optima eval` gives transformers' perplexity (for Phi-3 at
+     sequence lengths on both sides of original_max_position_embeddings, where LongRoPE switches factors), and
+     `optima prune` outputs (SparseGPT with OPTIMA) load in transformers with no missing keys, keep a tied
+     head tied (no lm_head.weight written, config.json unchanged) and give the perplexity `optima eval` gives.
 
 Exit status 0 when every check passes, 1 on the first failure, 77 when the Python packages are missing (ctest
 reports that as skipped).
@@ -32,6 +37,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -62,6 +68,12 @@ def read_safetensors_dir(path):
     return tensors
 
 
+# The input site of each linear layer, by its name in transformers (a fused projection reads one site).
+SITE_OF = {"q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in", "qkv_proj": "attn_in",
+           "o_proj": "attn_out", "out_proj": "attn_out", "gate_proj": "mlp_in", "up_proj": "mlp_in",
+           "gate_up_proj": "mlp_in", "fc1": "mlp_in", "down_proj": "mlp_hidden", "fc2": "mlp_hidden"}
+
+
 def tiny_configs():
     common = dict(vocab_size=320, hidden_size=32, num_hidden_layers=2, max_position_embeddings=64)
     yield "opt", transformers.OPTConfig(ffn_dim=80, num_attention_heads=4, word_embed_proj_dim=32, **common)
@@ -71,6 +83,25 @@ def tiny_configs():
     yield "llama", transformers.LlamaConfig(tie_word_embeddings=False, **llama)
     yield "mistral", transformers.MistralConfig(**llama)
     yield "qwen2", transformers.Qwen2Config(tie_word_embeddings=True, **llama)
+    yield from new_family_configs(common, llama)
+
+
+def new_family_configs(common, llama):
+    """Qwen3, Phi-3 and a tied LLaMA-3.2-style model with their characteristic options switched on; weights 5x the
+    usual scale, so that the models are far from uniform and a numerical difference shows in the perplexity."""
+    yield "llama-tied", transformers.LlamaConfig(
+        tie_word_embeddings=True, rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                                "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+        rope_theta=500000.0, initializer_range=0.1, **llama)
+    yield "qwen3", transformers.Qwen3Config(tie_word_embeddings=True, head_dim=16, use_sliding_window=True,
+                                            sliding_window=24, max_window_layers=1, initializer_range=0.1, **llama)
+    phi3 = dict(common, max_position_embeddings=128)
+    yield "phi3", transformers.Phi3Config(
+        num_attention_heads=2, num_key_value_heads=1, intermediate_size=88, original_max_position_embeddings=32,
+        rope_scaling={"rope_type": "longrope", "short_factor": [1.0, 1.2, 1.5, 2.0],
+                      "long_factor": [3.0, 4.5, 6.0, 12.0]},
+        partial_rotary_factor=0.5, sliding_window=40, pad_token_id=None, bos_token_id=1, eos_token_id=2,
+        initializer_range=0.1, **phi3)
 
 
 def random_model(config, seed):
@@ -145,6 +176,9 @@ def check_convert(optima, work):
             linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"
                        and "project_" not in n]
             assert sorted(l["name"] for l in report["linears"]) == sorted(linears), f"{name}: linear layers differ"
+            for layer in report["linears"]:  # the input site each reads, by the layer's own name in transformers
+                want_site = SITE_OF[layer["name"].split(".")[-1]]
+                assert layer["input"] == want_site, f"{name}: {layer['name']} reads {layer['input']}, not {want_site}"
         print(f"ok  convert + inspect: {name} (safetensors, bin, sharded bin)")
 
 
@@ -320,6 +354,61 @@ def check_eval_protocol(optima, work, assets):
           f"perplexity {got['perplexity']:.4f} (transformers {want:.4f})")
 
 
+def check_new_families(optima, work, assets):
+    """Qwen3, Phi-3 and tied LLaMA: optima's eval equals transformers' perplexity on the dense model and on pruned
+    outputs reloaded in transformers; a tied head stays tied in the output."""
+    stories = os.path.join(assets, "models", "stories260k")
+    if not os.path.isdir(stories):
+        print(f"skip new families: asset missing: {stories}")
+        return
+    calib = os.path.join(assets, "text", "tinystories", "tiny.utf8")
+    with open(calib, encoding="utf-8") as f:
+        rows = [line for line in f.read().splitlines() if line.strip()][-30:]
+    eval_rows = os.path.join(work, "family-eval-rows.txt")
+    with open(eval_rows, "w", encoding="utf-8") as f:
+        f.write("\n".join(rows) + "\n")
+    joined = os.path.join(work, "family-eval-joined.txt")
+    with open(joined, "w", encoding="utf-8") as f:
+        f.write("\n\n".join(rows))
+    ids = json.loads(run(optima, "tokenize", "--model", stories, "--file", joined, "--json"))["ids"]
+    common = dict(vocab_size=512, hidden_size=32, num_hidden_layers=2, max_position_embeddings=64)
+    llama = dict(intermediate_size=88, num_attention_heads=4, num_key_value_heads=2, **common)
+    for seed, (name, config) in enumerate(new_family_configs(common, llama)):
+        model = random_model(config, 50 + seed)
+        src = os.path.join(work, f"family-{name}")
+        model.save_pretrained(src)
+        for side in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"):
+            if os.path.exists(os.path.join(stories, side)):
+                shutil.copy(os.path.join(stories, side), src)
+        # Phi-3: both sides of original_max_position_embeddings (32), where LongRoPE changes factors.
+        seqlens = (32, 33, 48) if config.model_type == "phi3" else (48,)
+        for seqlen in seqlens:
+            want = json.loads(run(optima, "eval", "--model", src, "--dataset", eval_rows, "--seqlen", str(seqlen),
+                                  "--json"))["perplexity"]
+            got = transformers_perplexity(load_clean(src), ids, seqlen)
+            assert abs(got - want) <= 1e-4 * want, f"{name}: dense perplexity {want} in optima, {got} in transformers"
+            print(f"ok  families: {name} dense, seqlen {seqlen}: perplexity {got:.6f} (optima {want:.6f}, relative "
+                  f"difference {abs(got - want) / want:.1e})")
+        with open(os.path.join(src, "config.json")) as f:
+            config_text = f.read()
+        for method, reconstruct in (("sparsegpt", "optima"),):  # one run per family keeps the check short
+            out = os.path.join(work, f"family-{name}-{method}")
+            run(optima, "prune", "--model", src, "--out", out, "--calib", calib, "--nsamples", "8", "--seqlen", "48",
+                "--method", method, "--sparsity", "0.5", "--reconstruct", reconstruct)
+            written = read_safetensors_dir(out)
+            if config.tie_word_embeddings:
+                assert "lm_head.weight" not in written, f"{name}: a tied head was written as lm_head.weight"
+            with open(os.path.join(out, "config.json")) as f:
+                assert f.read() == config_text, f"{name}: config.json changed"
+            seqlen = seqlens[-1]
+            want = json.loads(run(optima, "eval", "--model", out, "--dataset", eval_rows, "--seqlen", str(seqlen),
+                                  "--json"))["perplexity"]
+            got = transformers_perplexity(load_clean(out), ids, seqlen)
+            assert abs(got - want) <= 1e-4 * want, f"{name}/{method}: perplexity {want} in optima, {got} in transformers"
+            print(f"ok  families: {name} {method}+{reconstruct} loads in transformers, perplexity {got:.6f} "
+                  f"(optima {want:.6f}, relative difference {abs(got - want) / want:.1e})")
+
+
 def read_masks(path, weights):
     """{layer: bool [rows, cols] tensor, True = pruned} from masks.safetensors, whose rows pack 8 input columns per
     byte: bit i of byte k is column 8k + i, least significant bit first, 1 = pruned. The padding bits past the last
@@ -393,7 +482,7 @@ def main():
     parser.add_argument("--optima", required=True, help="path to the optima binary")
     parser.add_argument("--assets", default=os.environ.get("OPTIMA_ASSETS", os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "assets")), help="offline assets folder")
-    parser.add_argument("--only", choices=["convert", "make-random", "prune", "eval-protocol"],
+    parser.add_argument("--only", choices=["convert", "make-random", "prune", "eval-protocol", "new-families"],
                         help="run this check alone")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -404,7 +493,8 @@ def main():
             checks = {"convert": lambda: check_convert(args.optima, work),
                       "make-random": lambda: check_make_random(args.optima, work),
                       "prune": lambda: check_prune(args.optima, work, args.assets),
-                      "eval-protocol": lambda: check_eval_protocol(args.optima, work, args.assets)}
+                      "eval-protocol": lambda: check_eval_protocol(args.optima, work, args.assets),
+                      "new-families": lambda: check_new_families(args.optima, work, args.assets)}
             for name, check in checks.items():
                 if args.only in (None, name):
                     check()

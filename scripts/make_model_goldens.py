@@ -13,11 +13,21 @@ Each folder NAME/ holds:
                                    on a token stream (non-overlapping windows of `seqlen`, mean NLL of the
                                    seqlen - 1 next-token predictions of each window)
   golden.json                      {"seqlen": ..., "perplexity": ...} for that stream
+and, for the models written since these were added (qwen3, phi3-longrope, llama32-tied):
+  "hidden.B" float32 [2, 24, hidden]  the output of block B on "ids"
+  "hessian.B.SITE" float64 [n, n]     the Hessian of each input site SITE (attn_in, attn_out, mlp_in, mlp_hidden)
+                                      of block B on "ids", with optima's scaling H = (2 / sequences) sum_t x_t x_t^T
+                                      over the inputs x_t of the site's first linear layer in transformers
+  "ids_short", "logits_short"         (phi3-longrope) a batch shorter than original_max_position_embeddings, which
+                                      takes LongRoPE's short factors where "ids" takes the long ones
+
+Give folder names to write only those:  .venv/bin/python scripts/make_model_goldens.py qwen3 phi3-longrope
 """
 import json
 import math
 import os
 import shutil
+import sys
 
 import torch
 import transformers
@@ -41,11 +51,70 @@ def configs():
         rope_theta=500000.0, **llama)
     yield "mistral", transformers.MistralConfig(**llama)
     yield "qwen2", transformers.Qwen2Config(tie_word_embeddings=True, **llama)
+    # Qwen3: per-head q/k RMSNorm, GQA, tied embeddings, head_dim 16 where hidden / heads is 8, and block 1 sliding
+    # over the last 8 tokens (use_sliding_window, max_window_layers 1), which the 24-token ids exercise.
+    yield "qwen3", transformers.Qwen3Config(
+        tie_word_embeddings=True, head_dim=16, rope_theta=1000000.0, use_sliding_window=True, sliding_window=8,
+        max_window_layers=1, **llama)
+    # Phi-3: fused qkv_proj and gate_up_proj, LongRoPE with short and long factors (original context 16: the 24-token
+    # ids and the 20-token perplexity windows take the long factors, ids_short the short ones), partial rotary (half
+    # of each 16-wide head), a sliding window of 12, GQA with one kv head, an untied head. Weights 5x the usual
+    # scale, so that attention is peaked enough for the choice of rotary factors to move the logits well past 1e-4.
+    yield "phi3-longrope", transformers.Phi3Config(
+        num_attention_heads=2, num_key_value_heads=1, intermediate_size=48, original_max_position_embeddings=16,
+        rope_scaling={"rope_type": "longrope", "short_factor": [1.0, 1.2, 1.5, 2.0],
+                      "long_factor": [3.0, 4.5, 6.0, 12.0]},
+        partial_rotary_factor=0.5, sliding_window=12, tie_word_embeddings=False, pad_token_id=None, bos_token_id=1,
+        eos_token_id=2, initializer_range=0.1, **common)
+    # LLaMA 3.2 1B/3B style: tied embeddings (no lm_head.weight stored) and LLaMA-3 rotary scaling with factor 32.
+    yield "llama32-tied", transformers.LlamaConfig(
+        tie_word_embeddings=True, rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                                "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+        rope_theta=500000.0, **llama)
+
+
+# Models whose goldens also hold per-block hidden states and Hessians, with their own seeds, so that the list above
+# can grow without reseeding them.
+EXTENDED = {"qwen3": 1001, "phi3-longrope": 1002, "llama32-tied": 1003}
+# The first linear layer of each input site, by its name within a block (all families' spellings).
+SITE_OF = {"q_proj": "attn_in", "qkv_proj": "attn_in", "o_proj": "attn_out", "out_proj": "attn_out",
+           "gate_proj": "mlp_in", "gate_up_proj": "mlp_in", "fc1": "mlp_in", "down_proj": "mlp_hidden",
+           "fc2": "mlp_hidden"}
+
+
+def blocks_and_hessians(model, ids):
+    """{"hidden.B": block B's output, "hessian.B.SITE": H of that site} on ids, from hooks in transformers."""
+    out, handles = {}, []
+    layers = model.model.layers
+    for b, layer in enumerate(layers):
+        handles.append(layer.register_forward_hook(
+            lambda m, args, result, b=b: out.__setitem__(
+                f"hidden.{b}", (result[0] if isinstance(result, tuple) else result).float().contiguous())))
+        seen = set()
+        for name, module in layer.named_modules():
+            site = SITE_OF.get(name.split(".")[-1])
+            if site is None or site in seen or not isinstance(module, torch.nn.Linear):
+                continue
+            seen.add(site)
+
+            def hessian(m, args, b=b, site=site):
+                x = args[0].double().reshape(-1, args[0].shape[-1])
+                out[f"hessian.{b}.{site}"] = (2.0 / ids.shape[0]) * x.T @ x
+            handles.append(module.register_forward_pre_hook(hessian))
+    with torch.no_grad():
+        model(ids)
+    for h in handles:
+        h.remove()
+    return out
 
 
 def main():
     torch.manual_seed(0)
+    only = set(sys.argv[1:])
     for seed, (name, config) in enumerate(configs()):
+        if only and name not in only:
+            continue
+        seed = EXTENDED.get(name, seed)
         config._attn_implementation = "eager"
         torch.manual_seed(seed)
         model = transformers.AutoModelForCausalLM.from_config(config).eval()
@@ -67,8 +136,15 @@ def main():
             nll = torch.nn.functional.cross_entropy(window_logits[:, :-1].reshape(-1, VOCAB),
                                                     windows[:, 1:].reshape(-1), reduction="none")
             window_nll = nll.view(windows.shape[0], -1).mean(1)
-        save_file({"ids": ids, "logits": logits.contiguous(), "stream": stream, "window_nll": window_nll},
-                  os.path.join(folder, "golden.safetensors"))
+        tensors = {"ids": ids, "logits": logits.contiguous(), "stream": stream, "window_nll": window_nll}
+        if name in EXTENDED:
+            tensors.update(blocks_and_hessians(model, ids))
+            original = getattr(config, "original_max_position_embeddings", None)
+            if config.model_type == "phi3" and original is not None:
+                ids_short = torch.randint(0, VOCAB, (2, original - 4), generator=generator)
+                with torch.no_grad():
+                    tensors.update(ids_short=ids_short, logits_short=model(ids_short).logits.float().contiguous())
+        save_file(tensors, os.path.join(folder, "golden.safetensors"))
         with open(os.path.join(folder, "golden.json"), "w") as f:
             json.dump({"seqlen": seqlen, "perplexity": math.exp(window_nll.mean().item()),
                        "transformers": transformers.__version__, "torch": torch.__version__}, f, indent=2)

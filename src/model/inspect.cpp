@@ -24,7 +24,8 @@ InspectReport inspect_checkpoint(const Checkpoint& checkpoint) {
       const at::Tensor weight = checkpoint.load(name + ".weight");
       const int64_t nonzero = at::count_nonzero(weight).item<int64_t>();
       report.linears.push_back({name, info->shape, std::string(dtype_name(info->dtype)),
-                                1.0 - static_cast<double>(nonzero) / static_cast<double>(weight.numel())});
+                                1.0 - static_cast<double>(nonzero) / static_cast<double>(weight.numel()),
+                                to_string(layer.input)});
     }
   }
   return report;
@@ -33,7 +34,11 @@ InspectReport inspect_checkpoint(const Checkpoint& checkpoint) {
 nlohmann::json to_json(const InspectReport& r) {
   nlohmann::json linears = nlohmann::json::array();
   for (const LinearSummary& l : r.linears)
-    linears.push_back({{"name", l.name}, {"shape", l.shape}, {"dtype", l.dtype}, {"zero_fraction", l.zero_fraction}});
+    linears.push_back({{"name", l.name},
+                       {"shape", l.shape},
+                       {"dtype", l.dtype},
+                       {"zero_fraction", l.zero_fraction},
+                       {"input", l.input}});
   const ModelShape& s = r.shape;
   return {{"model_dir", r.dir},
           {"format", r.format},
@@ -68,10 +73,10 @@ std::string to_text(const InspectReport& r) {
   out += fmt::format("prunable linear layers: {}\n", r.linears.size());
   size_t width = 4;
   for (const LinearSummary& l : r.linears) width = std::max(width, l.name.size());
-  out += fmt::format("  {:<{}}  {:>13}  {:>5}  {:>6}\n", "name", width, "shape", "dtype", "zeros");
+  out += fmt::format("  {:<{}}  {:>13}  {:>5}  {:>6}  {}\n", "name", width, "shape", "dtype", "zeros", "input");
   for (const LinearSummary& l : r.linears)
-    out += fmt::format("  {:<{}}  {:>13}  {:>5}  {:>6.4f}\n", l.name, width, fmt::format("{}", fmt::join(l.shape, "x")),
-                       l.dtype, l.zero_fraction);
+    out += fmt::format("  {:<{}}  {:>13}  {:>5}  {:>6.4f}  {}\n", l.name, width,
+                       fmt::format("{}", fmt::join(l.shape, "x")), l.dtype, l.zero_fraction, l.input);
   return out;
 }
 

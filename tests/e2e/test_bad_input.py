@@ -172,6 +172,37 @@ class ModelDirectory(BadInputCase):
                     self.assertRefused(optima("inspect", model), EXIT_INPUT, config, *fragments)
                 shutil.rmtree(model)
 
+    def test_unknown_rotary_scaling_names_key_and_value(self):
+        """Qwen3 and Phi-3 models whose rope_scaling type optima does not implement: exit 3 naming the file, the key
+        and the value, from prune and inspect alike, and make-random refuses such a config before writing."""
+        qwen3 = dict(TINY_CONFIG, architectures=["Qwen3ForCausalLM"], model_type="qwen3", head_dim=32)
+        phi3 = dict(TINY_CONFIG, architectures=["Phi3ForCausalLM"], model_type="phi3", partial_rotary_factor=0.5,
+                    original_max_position_embeddings=64)
+        cases = [("qwen3", qwen3, {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}},
+                  ["key 'rope_scaling'.rope_type", "unsupported rotary scaling", "found yarn"]),
+                 ("phi3", phi3, {"rope_scaling": {"type": "dynamic", "factor": 2.0}},
+                  ["key 'rope_scaling'.type", "unsupported rotary scaling", "found dynamic"]),
+                 ("phi3-parameters", phi3, {"rope_parameters": {"rope_type": "ntk", "rope_theta": 10000.0}},
+                  ["key 'rope_parameters'.rope_type", "found ntk"])]
+        for tag, good, bad, fragments in cases:
+            with self.subTest(tag):
+                config = os.path.join(self.case, f"{tag}.json")
+                with open(config, "w") as f:
+                    json.dump(good, f)
+                model = os.path.join(self.case, tag)
+                result = optima("make-random", "--config", config, "--out", model, "--seed", "1")
+                self.assertEqual(result.returncode, EXIT_OK, result.stderr)
+                with open(config, "w") as f:
+                    json.dump(dict(good, **bad), f)
+                shutil.copy(config, os.path.join(model, "config.json"))
+                digest = tree_digest(model)
+                self.assertRefused(self.prune(model, "--calib", self.calib), EXIT_INPUT,
+                                   os.path.join(model, "config.json"), *fragments, model=model, digest=digest)
+                self.assertRefused(optima("inspect", model), EXIT_INPUT, *fragments)
+                refused = os.path.join(self.case, f"{tag}-random")
+                self.assertRefused(optima("make-random", "--config", config, "--out", refused), EXIT_INPUT,
+                                   *fragments, out=refused)
+
     def test_tensor_missing_or_of_the_wrong_shape(self):
         model = self.copy_model()
         weights = os.path.join(model, "model.safetensors")

@@ -117,6 +117,10 @@ class Cli(unittest.TestCase):
         self.assertEqual(report["parameters"], 260032)
         self.assertEqual(report["prunable_linears"], 35)
         self.assertEqual(report["linears"][0]["name"], "model.layers.0.self_attn.q_proj")
+        # Each layer's input site: q/k/v share the attention input, gate/up the MLP input.
+        self.assertEqual([l["input"] for l in report["linears"][:7]],
+                         ["attn_in", "attn_in", "attn_in", "attn_out", "mlp_in", "mlp_in", "mlp_hidden"])
+        self.assertRegex(text.stdout, r"model\.layers\.0\.mlp\.down_proj .* mlp_hidden\n")
 
     def test_tokenize_and_eval(self):
         model = os.path.join(ASSETS, "models", "stories260k")

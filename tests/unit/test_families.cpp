@@ -64,12 +64,13 @@ nlohmann::json small_llama() {
 // --- the registry ----------------------------------------------------------------------------------------------
 
 TEST(FamilyRegistry, ListsEveryModelTypeInOrder) {
-  EXPECT_EQ(supported_model_types(), (std::vector<std::string>{"opt", "llama", "mistral", "qwen2"}));
+  EXPECT_EQ(supported_model_types(), (std::vector<std::string>{"opt", "llama", "mistral", "qwen2", "qwen3", "phi3"}));
 }
 
 TEST(FamilyRegistry, EachModelTypeHasItsFamily) {
-  const std::vector<std::pair<std::string, std::string>> served = {
-      {"opt", "opt"}, {"llama", "llama"}, {"mistral", "llama"}, {"qwen2", "llama"}};
+  const std::vector<std::pair<std::string, std::string>> served = {{"opt", "opt"},       {"llama", "llama"},
+                                                                   {"mistral", "llama"}, {"qwen2", "llama"},
+                                                                   {"qwen3", "qwen3"},   {"phi3", "phi3"}};
   for (const auto& [model_type, family] : served) {
     const Family* found = find_family(model_type);
     ASSERT_NE(found, nullptr) << model_type;
@@ -304,10 +305,171 @@ TEST(LlamaFamily, RotaryScalingIsCheckedInEitherSpelling) {
   EXPECT_NO_THROW(shape_of(j));
 }
 
+// --- Qwen3 ---------------------------------------------------------------------------------------------------------
+
+nlohmann::json small_qwen3() {
+  return {{"model_type", "qwen3"},
+          {"hidden_size", 64},
+          {"intermediate_size", 100},
+          {"num_hidden_layers", 3},
+          {"num_attention_heads", 8},
+          {"num_key_value_heads", 2},
+          {"head_dim", 16},
+          {"vocab_size", 10},
+          {"max_position_embeddings", 32},
+          {"tie_word_embeddings", true}};
+}
+
+TEST(Qwen3Family, LayersSitesAndTensorOrder) {
+  const ModelShape s = shape_of(small_qwen3());
+  EXPECT_EQ(s.family->name(), "qwen3");
+  EXPECT_EQ(s.head_dim, 16);  // explicit, unlike hidden_size / heads = 8
+  EXPECT_TRUE(s.tie_word_embeddings);
+  EXPECT_EQ(describe_layers(linear_layers(s)), (std::vector<std::string>{
+                                                   "self_attn.q_proj attn_in 128x64 nobias",  // 8 heads x 16
+                                                   "self_attn.k_proj attn_in 32x64 nobias",   // 2 kv heads x 16
+                                                   "self_attn.v_proj attn_in 32x64 nobias",
+                                                   "self_attn.o_proj attn_out 64x128 nobias",
+                                                   "mlp.gate_proj mlp_in 100x64 nobias",
+                                                   "mlp.up_proj mlp_in 100x64 nobias",
+                                                   "mlp.down_proj mlp_hidden 64x100 nobias",
+                                               }));
+  EXPECT_EQ(block_prefix(s, 2), "model.layers.2.");
+  EXPECT_EQ(describe_tensors(global_tensors(s)), (std::vector<std::string>{
+                                                     "model.embed_tokens.weight 10x64 normal",
+                                                     "model.norm.weight 64 ones",
+                                                 }));
+  EXPECT_EQ(describe_tensors(block_tensors(s, 2)), (std::vector<std::string>{
+                                                       "model.layers.2.self_attn.q_proj.weight 128x64 normal",
+                                                       "model.layers.2.self_attn.k_proj.weight 32x64 normal",
+                                                       "model.layers.2.self_attn.v_proj.weight 32x64 normal",
+                                                       "model.layers.2.self_attn.o_proj.weight 64x128 normal",
+                                                       "model.layers.2.mlp.gate_proj.weight 100x64 normal",
+                                                       "model.layers.2.mlp.up_proj.weight 100x64 normal",
+                                                       "model.layers.2.mlp.down_proj.weight 64x100 normal",
+                                                       "model.layers.2.self_attn.q_norm.weight 16 ones",
+                                                       "model.layers.2.self_attn.k_norm.weight 16 ones",
+                                                       "model.layers.2.input_layernorm.weight 64 ones",
+                                                       "model.layers.2.post_attention_layernorm.weight 64 ones",
+                                                   }));
+}
+
+TEST(Qwen3Family, AttentionBiasUntiedHeadAndDefaultHeadDim) {
+  nlohmann::json j = small_qwen3();
+  j["attention_bias"] = true;
+  j["tie_word_embeddings"] = false;
+  j.erase("head_dim");
+  const ModelShape s = shape_of(j);
+  EXPECT_EQ(s.head_dim, 128);  // Qwen3Config's default, not hidden_size / heads
+  for (const LinearLayer& l : linear_layers(s)) EXPECT_EQ(l.bias, l.name.rfind("self_attn.", 0) == 0) << l.name;
+  EXPECT_EQ(describe_tensors(global_tensors(s)).back(), "lm_head.weight 10x64 normal");
+}
+
+TEST(Qwen3Family, RefusesWhatItCannotRunNamingKeyAndValue) {
+  nlohmann::json j = small_qwen3();
+  j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
+  expect_error([&] { shape_of(j); }, ErrorKind::kInput,
+               {"/models/x/config.json: key 'rope_scaling'.rope_type", "unsupported rotary scaling", "found yarn"});
+  j.erase("rope_scaling");
+  j["rope_parameters"] = {{"type", "dynamic"}, {"factor", 2.0}};
+  expect_error([&] { shape_of(j); }, ErrorKind::kInput, {"'rope_parameters'.type", "found dynamic"});
+  j["rope_parameters"] = {{"rope_type", "linear"}};
+  expect_error([&] { shape_of(j); }, ErrorKind::kInput, {"'rope_parameters'.factor", "missing"});
+  j["rope_parameters"] = {{"rope_type", "default"}, {"partial_rotary_factor", 0.5}};
+  expect_error([&] { shape_of(j); }, ErrorKind::kInput, {"'rope_parameters'.partial_rotary_factor", "found 0.5"});
+  j["rope_parameters"] = {{"rope_type", "llama3"},
+                          {"factor", 8.0},
+                          {"low_freq_factor", 1.0},
+                          {"high_freq_factor", 4.0},
+                          {"rope_theta", 5e5}};
+  EXPECT_NO_THROW(shape_of(j));
+  j = small_qwen3();
+  j["layer_types"] = {"full_attention", "sliding_attention", "full_attention"};
+  expect_error([&] { shape_of(j); }, ErrorKind::kInput, {"'use_sliding_window'", "expected true", "found false"});
+  j["layer_types"] = {"full_attention", "chunked_attention", "full_attention"};
+  expect_error([&] { shape_of(j); }, ErrorKind::kInput, {"'layer_types'[1]", "found chunked_attention"});
+  j["layer_types"] = {"full_attention"};
+  expect_error([&] { shape_of(j); }, ErrorKind::kInput, {"'layer_types'", "a list of 3 strings"});
+  j = small_qwen3();
+  j["use_sliding_window"] = true;
+  j["sliding_window"] = 0;
+  j["max_window_layers"] = 1;
+  expect_error([&] { shape_of(j); }, ErrorKind::kInput, {"'sliding_window'", "must be positive"});
+  j["sliding_window"] = 8;
+  EXPECT_NO_THROW(shape_of(j));
+}
+
+// --- Phi-3 ---------------------------------------------------------------------------------------------------------
+
+nlohmann::json small_phi3() {
+  return {{"model_type", "phi3"},     {"hidden_size", 64},
+          {"intermediate_size", 100}, {"num_hidden_layers", 2},
+          {"num_attention_heads", 8}, {"num_key_value_heads", 2},
+          {"vocab_size", 10},         {"max_position_embeddings", 64}};
+}
+
+TEST(Phi3Family, FusedProjectionsAreOneLayerEachWithOneSite) {
+  const ModelShape s = shape_of(small_phi3());
+  EXPECT_EQ(s.family->name(), "phi3");
+  EXPECT_EQ(s.head_dim, 8);
+  EXPECT_FALSE(s.tie_word_embeddings);
+  EXPECT_EQ(describe_layers(linear_layers(s)), (std::vector<std::string>{
+                                                   "self_attn.qkv_proj attn_in 96x64 nobias",  // 64 + 2 x 2 x 8
+                                                   "self_attn.o_proj attn_out 64x64 nobias",
+                                                   "mlp.gate_up_proj mlp_in 200x64 nobias",  // gate and up stacked
+                                                   "mlp.down_proj mlp_hidden 64x100 nobias",
+                                               }));
+  EXPECT_EQ(describe_tensors(global_tensors(s)), (std::vector<std::string>{
+                                                     "model.embed_tokens.weight 10x64 normal",
+                                                     "model.norm.weight 64 ones",
+                                                     "lm_head.weight 10x64 normal",
+                                                 }));
+  EXPECT_EQ(describe_tensors(block_tensors(s, 1)), (std::vector<std::string>{
+                                                       "model.layers.1.self_attn.qkv_proj.weight 96x64 normal",
+                                                       "model.layers.1.self_attn.o_proj.weight 64x64 normal",
+                                                       "model.layers.1.mlp.gate_up_proj.weight 200x64 normal",
+                                                       "model.layers.1.mlp.down_proj.weight 64x100 normal",
+                                                       "model.layers.1.input_layernorm.weight 64 ones",
+                                                       "model.layers.1.post_attention_layernorm.weight 64 ones",
+                                                   }));
+}
+
+TEST(Phi3Family, LongRopeInEverySpellingAndItsRefusals) {
+  nlohmann::json j = small_phi3();
+  j["partial_rotary_factor"] = 0.5;  // 4 rotary dimensions of 8: 2 factors each
+  for (const char* type : {"longrope", "su", "yarn"}) {
+    j["rope_scaling"] = {{"type", type}, {"short_factor", {1.0, 2.0}}, {"long_factor", {3.0, 4.0}}};
+    EXPECT_NO_THROW(shape_of(j)) << type;
+  }
+  j["rope_scaling"] = {{"type", "dynamic"}, {"factor", 2.0}};
+  expect_error([&] { shape_of(j); }, ErrorKind::kInput,
+               {"/models/x/config.json: key 'rope_scaling'.type", "unsupported rotary scaling", "found dynamic"});
+  j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 2.0}};
+  expect_error([&] { shape_of(j); }, ErrorKind::kInput, {"'rope_scaling'.rope_type", "found linear"});
+  j["rope_scaling"] = {{"rope_type", "longrope"}, {"short_factor", {1.0, 2.0, 3.0}}, {"long_factor", {3.0, 4.0}}};
+  expect_error([&] { shape_of(j); }, ErrorKind::kInput,
+               {"'rope_scaling'.short_factor", "expected 2 numbers", "found 3 numbers"});
+  j["rope_scaling"] = {{"rope_type", "longrope"}, {"short_factor", {1.0, 2.0}}};
+  expect_error([&] { shape_of(j); }, ErrorKind::kInput, {"'rope_scaling'.long_factor", "missing"});
+  j["rope_scaling"] = {{"rope_type", "longrope"}, {"short_factor", {1.0, -2.0}}, {"long_factor", {3.0, 4.0}}};
+  expect_error([&] { shape_of(j); }, ErrorKind::kInput, {"'rope_scaling'.short_factor", "positive", "found -2.0"});
+  j.erase("rope_scaling");
+  j["partial_rotary_factor"] = 0.3;  // int(8 x 0.3) = 2 rotary dimensions: fine
+  EXPECT_NO_THROW(shape_of(j));
+  j["partial_rotary_factor"] = 0.4;  // int(8 x 0.4) = 3: odd
+  expect_error([&] { shape_of(j); }, ErrorKind::kInput, {"partial_rotary_factor", "even", "found 3"});
+  j = small_phi3();
+  j["hidden_act"] = "gelu";
+  expect_error([&] { shape_of(j); }, ErrorKind::kInput, {"'hidden_act'", "found gelu"});
+  j = small_phi3();
+  j["sliding_window"] = -1;
+  expect_error([&] { shape_of(j); }, ErrorKind::kInput, {"'sliding_window'", "must be positive"});
+}
+
 // Every family: the tensors of the whole checkpoint are the global ones, then each block's in turn, each block's
 // under its prefix; the linear layers' weights are among them.
 TEST(Families, ExpectedTensorsAreGlobalsThenBlocksInOrder) {
-  for (const nlohmann::json& config : {small_opt(), small_llama()}) {
+  for (const nlohmann::json& config : {small_opt(), small_llama(), small_qwen3(), small_phi3()}) {
     const ModelShape s = shape_of(config);
     std::vector<std::string> joined = describe_tensors(global_tensors(s));
     for (int64_t b = 0; b < s.num_layers; ++b) {

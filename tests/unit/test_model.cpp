@@ -12,13 +12,17 @@
 #include "optima/io/safetensors.h"
 #include "optima/io/tensor.h"
 #include "optima/model/decoder.h"
+#include "optima/stats/accumulator.h"
 #include "optima/text/tokenizer.h"
 #include "test_util.h"
 
 namespace optima::test {
 namespace {
 
-const char* kGoldenModels[] = {"opt", "opt-postln-proj", "llama-gqa", "llama3-rope", "mistral", "qwen2"};
+const char* kGoldenModels[] = {"opt",   "opt-postln-proj", "llama-gqa",     "llama3-rope", "mistral",
+                               "qwen2", "qwen3",           "phi3-longrope", "llama32-tied"};
+// Goldens that also hold each block's output and each input site's Hessian (scripts/make_model_goldens.py).
+const char* kExtendedGoldenModels[] = {"qwen3", "phi3-longrope", "llama32-tied"};
 
 std::map<std::string, at::Tensor> read_golden(const fs::path& dir) {
   const auto file = SafetensorsFile::open(dir / "golden.safetensors");
@@ -39,6 +43,7 @@ TEST_P(GoldenModel, LogitsMatchTransformers) {
   ASSERT_EQ(logits.sizes(), golden["logits"].sizes());
   const double diff = (logits - golden["logits"]).abs().max().item<double>();
   EXPECT_LE(diff, 1e-4) << GetParam() << ": max |logit difference| vs transformers";
+  std::printf("[ measured ] %s: logits max |diff| %.3g\n", GetParam(), diff);
   // The test can fail: a perturbed weight moves the logits well past the tolerance.
   EXPECT_GT(golden["logits"].abs().max().item<double>(), 1e-2);
 }
@@ -69,6 +74,66 @@ INSTANTIATE_TEST_SUITE_P(Families, GoldenModel, ::testing::ValuesIn(kGoldenModel
   std::replace(name.begin(), name.end(), '-', '_');
   return name;
 });
+
+// Per block: optima's block outputs against transformers' (1e-4 absolute, like the logits) and each input site's
+// Hessian, accumulated by InputStatistics from optima's activations, against the float64 Hessian of transformers'
+// activations (1e-5 relative to its largest entry).
+class ExtendedGoldenModel : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(ExtendedGoldenModel, BlockOutputsAndSiteHessiansMatchTransformers) {
+  const fs::path dir = test_data_dir() / "models" / GetParam();
+  const Checkpoint checkpoint = Checkpoint::open(dir);
+  const DecoderModel model(checkpoint);
+  auto golden = read_golden(dir);
+  at::Tensor hidden = model.embed(golden["ids"]);
+  double worst_hidden = 0, worst_hessian = 0;
+  for (int64_t b = 0; b < model.shape().num_layers; ++b) {
+    std::map<InputSite, InputStatistics> stats;
+    hidden = model.block_forward(model.load_block(b), hidden, [&](InputSite site, const at::Tensor& x) {
+      auto it = stats.try_emplace(site, x.size(-1), c10::Device(c10::kCPU), true, false, at::kDouble).first;
+      it->second.add(x);
+    });
+    const at::Tensor& want = golden.at(fmt::format("hidden.{}", b));
+    ASSERT_EQ(hidden.sizes(), want.sizes());
+    const double diff = (hidden - want).abs().max().item<double>();
+    EXPECT_LE(diff, 1e-4) << GetParam() << ": block " << b << " output, max |difference| vs transformers";
+    worst_hidden = std::max(worst_hidden, diff);
+    ASSERT_EQ(stats.size(), 4u);
+    for (const auto& entry : stats) {
+      const std::string key = fmt::format("hessian.{}.{}", b, to_string(entry.first));
+      const at::Tensor& ref = golden.at(key);
+      const double scale = ref.abs().max().item<double>();
+      const double relative = (entry.second.hessian() - ref).abs().max().item<double>() / scale;
+      EXPECT_LE(relative, 1e-5) << GetParam() << ": " << key << " vs transformers (relative to max |H|)";
+      EXPECT_GT(scale, 1e-3) << key;
+      worst_hessian = std::max(worst_hessian, relative);
+    }
+  }
+  std::printf("[ measured ] %s: block outputs max |diff| %.3g, Hessians max relative diff %.3g\n", GetParam(),
+              worst_hidden, worst_hessian);
+}
+
+// LongRoPE picks its factors by sequence length: a batch within original_max_position_embeddings takes the short
+// factors ("ids_short"), a longer one the long factors ("ids", in LogitsMatchTransformers).
+TEST_P(ExtendedGoldenModel, ShortSequencesMatchTransformers) {
+  const fs::path dir = test_data_dir() / "models" / GetParam();
+  auto golden = read_golden(dir);
+  if (golden.count("ids_short") == 0) GTEST_SKIP() << GetParam() << " has no short batch";
+  const Checkpoint checkpoint = Checkpoint::open(dir);
+  const DecoderModel model(checkpoint);
+  const at::Tensor logits = model.forward(golden["ids_short"]);
+  ASSERT_EQ(logits.sizes(), golden["logits_short"].sizes());
+  const double diff = (logits - golden["logits_short"]).abs().max().item<double>();
+  EXPECT_LE(diff, 1e-4) << GetParam() << ": max |logit difference| vs transformers on the short batch";
+  std::printf("[ measured ] %s: short-batch logits max |diff| %.3g\n", GetParam(), diff);
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, ExtendedGoldenModel, ::testing::ValuesIn(kExtendedGoldenModels),
+                         [](const auto& param_info) {
+                           std::string name = param_info.param;
+                           std::replace(name.begin(), name.end(), '-', '_');
+                           return name;
+                         });
 
 TEST(Decoder, HooksSeeEveryLinearInput) {
   const Checkpoint checkpoint = Checkpoint::open(test_data_dir() / "models" / "llama-gqa");

@@ -17,6 +17,7 @@ struct LinearSummary {
   std::vector<int64_t> shape;
   std::string dtype;
   double zero_fraction = 0;
+  std::string input;  // the input site it reads ("attn_in", ...): layers sharing one share a Hessian
 };
 
 struct InspectReport {

@@ -11,6 +11,7 @@
 #include "ops.h"
 #include "optima/core/error.h"
 #include "optima/model/family.h"
+#include "rope.h"
 
 namespace optima {
 namespace {
@@ -80,26 +81,15 @@ int64_t read_head_dim(const ModelConfig& config, const ModelShape& s) {
 
 // --- forward pass --------------------------------------------------------------------------------------------
 
-// LLaMA-3 rotary frequency rescaling, as transformers' _compute_llama3_parameters.
-at::Tensor llama3_scaling(const at::Tensor& inv_freq, const LlamaSettings& s) {
-  const double factor = s.rope_factor, low = s.rope_low_freq_factor, high = s.rope_high_freq_factor;
-  const double old_context = static_cast<double>(s.rope_original_max_positions);
-  const double low_wavelen = old_context / low, high_wavelen = old_context / high;
-  const at::Tensor wavelen = 2 * M_PI / inv_freq;
-  at::Tensor scaled = at::where(wavelen > low_wavelen, inv_freq / factor, inv_freq);
-  const at::Tensor smooth = (old_context / wavelen - low) / (high - low);
-  const at::Tensor smoothed = (1 - smooth) * scaled / factor + smooth * scaled;
-  const at::Tensor medium = at::logical_not(wavelen < high_wavelen).logical_and(at::logical_not(wavelen > low_wavelen));
-  return at::where(medium, smoothed, scaled);
-}
-
 // Rotary inverse frequencies [head_dim / 2] in fp32 on `device`, scaled as the config says.
 at::Tensor rotary_inv_freq(const ModelShape& shape, const LlamaSettings& s, c10::Device device) {
   const auto f32 = at::TensorOptions().dtype(at::kFloat).device(device);
   at::Tensor inv_freq = 1.0 / at::pow(s.rope_theta, at::arange(0, shape.head_dim, 2, f32.dtype(at::kLong)).to(f32) /
                                                         static_cast<double>(shape.head_dim));
   if (s.rope_type == "linear") inv_freq = inv_freq / s.rope_factor;
-  if (s.rope_type == "llama3") inv_freq = llama3_scaling(inv_freq, s);
+  if (s.rope_type == "llama3")
+    inv_freq = rope::llama3_scaling(inv_freq, s.rope_factor, s.rope_low_freq_factor, s.rope_high_freq_factor,
+                                    s.rope_original_max_positions);
   return inv_freq;
 }
 

@@ -12,6 +12,8 @@ namespace optima {
 // Defined each in its family's file.
 const Family& opt_family();
 const Family& llama_family();
+const Family& qwen3_family();
+const Family& phi3_family();
 
 namespace {
 
@@ -25,6 +27,8 @@ const std::vector<Registration>& registry() {
   static const std::vector<Registration> table = {
       {{"opt"}, opt_family},
       {{"llama", "mistral", "qwen2"}, llama_family},
+      {{"qwen3"}, qwen3_family},
+      {{"phi3"}, phi3_family},
   };
   return table;
 }
