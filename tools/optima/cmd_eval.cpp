@@ -13,7 +13,7 @@ Command add_eval(CLI::App& root) {
   auto* app = root.add_subcommand("eval", "Perplexity on a text file (rows joined by blank lines, windows of seqlen)");
   struct Options {
     std::string model, dataset, tokenizer, device = "cpu", dtype, activation_memory = EvalRequest{}.activation_memory;
-    int64_t seqlen = kDefaultEvalSeqlen, batch_size = kDefaultEvalBatchSize, max_windows = 0;
+    int64_t seqlen = kDefaultEvalSeqlen, batch_size = EvalRequest{}.batch_size, max_windows = 0;
     bool json = false;
   };
   auto o = std::make_shared<Options>();
