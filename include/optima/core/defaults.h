@@ -30,6 +30,10 @@ inline constexpr uint64_t kDefaultMaxShardBytes = 5'000'000'000;
 
 // Evaluation under the WikiText-2 protocol.
 inline constexpr int64_t kDefaultEvalSeqlen = 2048;
-inline constexpr int64_t kDefaultEvalBatchSize = 8;
+// Windows per forward call (prune and eval) when --batch-size is 0, its default: as many as this much memory holds
+// for one batch's pass through a block (prune/block_runner.h). Small models then run dozens of windows per call
+// instead of paying each operation's fixed cost per window; a 7B model's 2048-token window alone exceeds it.
+inline constexpr int64_t kDefaultBatchSize = 0;
+inline constexpr uint64_t kDefaultBatchMemory = 256ull << 20;
 
 }  // namespace optima

@@ -22,7 +22,7 @@ class Tokenizer;
 
 struct PerplexityOptions {
   int64_t seqlen = kDefaultEvalSeqlen;
-  int64_t batch_size = 0;                  // windows per forward call (0: forward_batch_size(), prune/block_runner.h)
+  int64_t batch_size = kDefaultBatchSize;  // windows per forward call (0: forward_batch_size(), prune/block_runner.h)
   int64_t max_windows = 0;                 // 0: all
   std::string source = "evaluation text";  // what errors name: the dataset file when there is one
   // Memory for the windows' hidden states between blocks (--activation-memory: auto, none or a size); past it they
@@ -56,7 +56,7 @@ struct EvalRequest {
   std::string device = "cpu";
   std::string dtype;                    // empty: the checkpoint's
   int64_t seqlen = kDefaultEvalSeqlen;  // capped at the model's positions (logged)
-  int64_t batch_size = 0;
+  int64_t batch_size = kDefaultBatchSize;
   int64_t max_windows = 0;                 // 0: all
   std::string activation_memory = "auto";  // as PerplexityOptions
 };

@@ -16,12 +16,6 @@
 
 namespace optima {
 
-// Windows per forward call (prune and eval) when --batch-size is 0, its default: as many as this much memory holds
-// for one batch's pass through a block. Small models then run dozens of windows per call instead of paying each
-// operation's fixed cost per window; a 7B model's 2048-token window alone exceeds it (batch 1).
-// TODO(defaults): belongs in core/defaults.h with the other defaults.
-inline constexpr uint64_t kDefaultBatchMemory = 256ull << 20;
-
 // Windows per forward call: `requested` when positive; else as many as kDefaultBatchMemory holds for one batch's pass
 // through a block (about seqlen·(5h + 3i) activations and heads·seqlen² attention scores per window, in bytes of
 // `dtype`, at least 1), spread evenly over the batches that `windows` then need. It depends only on the model's
