@@ -12,6 +12,7 @@
 #include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
 
+#include "optima/core/defaults.h"
 #include "optima/core/error.h"
 #include "optima/core/interrupt.h"
 #include "optima/io/checkpoint.h"
@@ -94,7 +95,7 @@ PerplexityResult evaluate_perplexity(const DecoderModel& model, const std::vecto
   const at::Tensor ids =
       at::tensor(std::vector<int64_t>(stream.begin(), stream.begin() + windows * options.seqlen), at::kLong)
           .view({windows, options.seqlen});
-  const int64_t batch = std::max<int64_t>(1, options.batch_size);
+  const int64_t batch = forward_batch_size(options.batch_size, model.shape(), options.seqlen, windows, model.dtype());
   const int64_t layers = model.shape().num_layers;
   const int64_t steps = layers + 1;
 
@@ -109,16 +110,21 @@ PerplexityResult evaluate_perplexity(const DecoderModel& model, const std::vecto
   }
   progress.update({"eval", layers, steps, "head"});
   PerplexityResult result;
+  // The output head takes as many windows at a time as kDefaultBatchMemory holds of their fp64 logits and log
+  // probabilities: one window for OPT's 50272 tokens at 2048 (0.8 GB each), a whole batch for small vocabularies.
+  const int64_t head_windows = std::max<int64_t>(
+      1, static_cast<int64_t>(kDefaultBatchMemory) / (3 * 8 * options.seqlen * model.shape().vocab_size));
   for (size_t i = 0; i < runner.batches(); ++i) {
     const at::Tensor hidden = runner.activations().get(i);
-    // One window's logits at a time, in fp64: [seqlen, vocab] is 0.8 GB for OPT's 50272 tokens, a batch of eight
-    // would be 6.6 GB.
-    for (int64_t w = 0; w < hidden.size(0); ++w) {
+    for (int64_t w = 0; w < hidden.size(0); w += head_windows) {
       check_interrupt("evaluation (output head)");
-      const at::Tensor logits = model.logits(hidden.narrow(0, w, 1)).to(at::kDouble);
-      const at::Tensor targets = ids[static_cast<int64_t>(i) * batch + w].slice(0, 1).to(logits.device());
-      const at::Tensor logprobs = at::log_softmax(logits[0].slice(0, 0, options.seqlen - 1), -1);
-      result.window_nll.push_back(-logprobs.gather(-1, targets.unsqueeze(-1)).mean().item<double>());
+      const int64_t n = std::min(head_windows, hidden.size(0) - w);
+      const at::Tensor logits = model.logits(hidden.narrow(0, w, n)).to(at::kDouble);
+      const int64_t first = static_cast<int64_t>(i) * batch + w;
+      const at::Tensor targets = ids.slice(0, first, first + n).slice(1, 1).to(logits.device());
+      const at::Tensor logprobs = at::log_softmax(logits.slice(1, 0, options.seqlen - 1), -1);
+      const at::Tensor nll = -logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).mean(1).cpu();
+      for (int64_t k = 0; k < n; ++k) result.window_nll.push_back(nll[k].item<double>());
     }
   }
   progress.update({"eval", steps, steps, "done"});

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "optima/core/defaults.h"
 #include "optima/core/error.h"
 
 namespace optima {
@@ -20,6 +21,19 @@ std::vector<std::vector<int64_t>> batch_shapes(int64_t windows, int64_t seqlen, 
 }
 
 }  // namespace
+
+int64_t forward_batch_size(int64_t requested, const ModelShape& shape, int64_t seqlen, int64_t windows,
+                           c10::ScalarType dtype) {
+  if (requested > 0) return requested;
+  if (windows <= 0) return 1;
+  const auto element = static_cast<int64_t>(c10::elementSize(dtype));
+  const int64_t per_window =
+      element * (seqlen * (5 * shape.hidden_size + 3 * shape.intermediate_size) + shape.num_heads * seqlen * seqlen);
+  const int64_t fit =
+      std::max<int64_t>(1, static_cast<int64_t>(kDefaultBatchMemory) / std::max<int64_t>(1, per_window));
+  const int64_t batches = (windows + fit - 1) / fit;
+  return (windows + batches - 1) / batches;
+}
 
 BlockRunner::BlockRunner(const DecoderModel& model, int64_t windows, int64_t seqlen, int64_t batch_size,
                          uint64_t budget_bytes, const std::filesystem::path& spill_file)

@@ -23,7 +23,8 @@ void PrunePlan::validate() const {
   if (seqlen < 0 || seqlen == 1) fail_usage(fmt::format("--seqlen must be at least 2 (got {})", seqlen));
   if (percdamp < 0) fail_usage(fmt::format("--percdamp must be >= 0 (got {})", percdamp));
   if (blocksize <= 0) fail_usage(fmt::format("--blocksize must be positive (got {})", blocksize));
-  if (batch_size <= 0) fail_usage(fmt::format("--batch-size must be positive (got {})", batch_size));
+  if (batch_size < 0)
+    fail_usage(fmt::format("--batch-size must be positive, or 0 for the memory budget's (got {})", batch_size));
   if (qp_damp < 0) fail_usage(fmt::format("--qp-damp must be >= 0 (got {})", qp_damp));
   if (!(qp_tol > 0) || qp_tol >= 1) fail_usage(fmt::format("--qp-tol must be in (0, 1) (got {})", qp_tol));
   if (qp_max_iter <= 0) fail_usage(fmt::format("--qp-max-iter must be positive (got {})", qp_max_iter));

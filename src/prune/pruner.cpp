@@ -209,7 +209,9 @@ class PruneRun {
     const int64_t windows = calibrated() ? windows_.second - windows_.first : 0;
     const std::string spill_name =
         dist_.active() ? fmt::format("activations.rank-{}.spill", dist_.rank()) : std::string("activations.spill");
-    runner_.emplace(*model_, windows, seqlen_, plan_.batch_size, activation_budget_bytes(plan_.activation_memory),
+    const int64_t batch = forward_batch_size(plan_.batch_size, shape(), seqlen_, windows, model_->dtype());
+    if (plan_.batch_size == 0) spdlog::info("{} calibration windows per forward call (--batch-size)", batch);
+    runner_.emplace(*model_, windows, seqlen_, batch, activation_budget_bytes(plan_.activation_memory),
                     work_->path() / spill_name);
     const ActivationStore& store = runner_->activations();
     const std::vector<double> held = dist_.all_reduce({static_cast<double>(store.bytes()), store.on_disk() ? 1.0 : 0.0},

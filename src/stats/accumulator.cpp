@@ -17,10 +17,16 @@ InputStatistics::InputStatistics(int64_t features, c10::Device device, bool hess
 
 void InputStatistics::add(const at::Tensor& x) {
   const at::Tensor batch3 = x.dim() == 2 ? x.unsqueeze(0) : x;
-  const int64_t b = batch3.size(0);
-  const at::Tensor rows =
-      batch3.reshape({-1, batch3.size(-1)}).to(hessian_.defined() ? hessian_.device() : column_norms_.device(), dtype_);
-  if (!at::isfinite(rows).all().item<bool>()) non_finite_ = true;
+  const at::Tensor all = batch3.to(hessian_.defined() ? hessian_.device() : column_norms_.device(), dtype_);
+  if (!at::isfinite(all).all().item<bool>()) non_finite_ = true;
+  for (int64_t s = 0; s < all.size(0); ++s) add_sample(all[s]);
+  if (!non_finite_ && ((hessian_.defined() && !at::isfinite(hessian_).all().item<bool>()) ||
+                       (column_norms_.defined() && !at::isfinite(column_norms_).all().item<bool>())))
+    non_finite_ = true;
+}
+
+void InputStatistics::add_sample(const at::Tensor& rows) {
+  const int64_t b = 1;
   const double old_weight = static_cast<double>(samples_) / static_cast<double>(samples_ + b);
   samples_ += b;
   tokens_ += rows.size(0);
@@ -33,9 +39,6 @@ void InputStatistics::add(const at::Tensor& x) {
     column_norms_.mul_(old_weight);
     column_norms_.add_(rows.pow(2).sum(0) / static_cast<double>(samples_));
   }
-  if (!non_finite_ && ((hessian_.defined() && !at::isfinite(hessian_).all().item<bool>()) ||
-                       (column_norms_.defined() && !at::isfinite(column_norms_).all().item<bool>())))
-    non_finite_ = true;
 }
 
 void InputStatistics::pool(const std::function<void(std::vector<at::Tensor>&)>& sum_over_shares) {

@@ -560,22 +560,37 @@ class Numerics(BadInputCase):
         if not os.path.isdir(self.stories):
             self.skipTest(f"asset missing: {self.stories}")
         dense = read_checkpoint(self.model)
-        runs = [(method, pattern, reconstruct, ["--nsamples", "1", "--seqlen", "8"])
+        # Every selector, pattern and reconstruction from 8 calibration tokens: one sweep, one process (each setting
+        # is pruned by the same run as alone, and written to its own folder).
+        grid = os.path.join(self.case, "grid")
+        result = self.prune(self.model, "--method", "magnitude,wanda,sparsegpt", "--pattern", "unstructured,2:4",
+                            "--sparsity", "0.5", "--reconstruct", "none,optima", "--calib", self.calib, "--nsamples",
+                            "1", "--seqlen", "8", out=grid)
+        self.assertEqual(result.returncode, EXIT_OK, result.stderr)
+        runs = [(method, pattern, reconstruct,
+                 os.path.join(grid, f"{method}{'+optima' if reconstruct == 'optima' else ''}-"
+                                    f"{pattern.replace(':', 'of')}-0.5"), [])
                 for method in ("magnitude", "wanda", "sparsegpt") for pattern in ("unstructured", "2:4")
                 for reconstruct in ("none", "optima")]
-        runs += [("sparsegpt", "unstructured", "optima", ["--nsamples", "8", "--seqlen", "64", "--qp-solver", "cg"]),
-                 ("wanda", "2:4", "optima", ["--nsamples", "8", "--seqlen", "64", "--qp-precision", "fp64"])]
-        for method, pattern, reconstruct, extra in runs:
+        self.assertEqual(sorted(d for d in os.listdir(grid) if d != "sweep.json"),
+                         sorted(os.path.basename(run[3]) for run in runs))
+        runs += [("sparsegpt", "unstructured", "optima", None, ["--nsamples", "8", "--seqlen", "64", "--qp-solver",
+                                                                "cg"]),
+                 ("wanda", "2:4", "optima", None, ["--nsamples", "8", "--seqlen", "64", "--qp-precision", "fp64"])]
+        for method, pattern, reconstruct, out, extra in runs:
             with self.subTest(method=method, pattern=pattern, reconstruct=reconstruct, extra=extra):
-                out = os.path.join(self.case, f"{method}-{pattern.replace(':', 'of')}-{reconstruct}-{len(extra)}")
-                args = ["--method", method, "--pattern", pattern, "--reconstruct", reconstruct, "--calib",
-                        self.calib, *extra]
-                if pattern == "unstructured":
-                    args += ["--sparsity", "0.5"]
-                result = self.prune(self.model, *args, out=out)
-                self.assertEqual(result.returncode, EXIT_OK, result.stderr)
+                if out is None:
+                    out = os.path.join(self.case, f"{method}-{pattern.replace(':', 'of')}-{reconstruct}-{len(extra)}")
+                    args = ["--method", method, "--pattern", pattern, "--reconstruct", reconstruct, "--calib",
+                            self.calib, *extra]
+                    if pattern == "unstructured":
+                        args += ["--sparsity", "0.5"]
+                    result = self.prune(self.model, *args, out=out)
+                    self.assertEqual(result.returncode, EXIT_OK, result.stderr)
                 with open(os.path.join(out, "prune_report.json")) as f:
                     report = json.load(f)
+                self.assertEqual((report["settings"]["method"], report["settings"]["pattern"],
+                                  report["settings"]["reconstruct"]), (method, pattern, reconstruct))
                 self.assertEqual(len(report["layers"]), 35)
                 written = read_checkpoint(out)
                 keys = ["damping", "damping_retries", "error_selector", "error_final", "sparsity"]

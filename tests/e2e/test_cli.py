@@ -64,6 +64,7 @@ PRUNE_SETTINGS = {
     "--dist-timeout": ("60.5", 60.5),
     "--resume": (None, True),
     "--activation-memory": ("8GiB", "8GiB"),
+    "--threads": ("3", 3),
 }
 
 
@@ -88,6 +89,31 @@ class Cli(unittest.TestCase):
         self.assertExit(optima("--version"), EXIT_OK, "optima 0.1.0", "LibTorch")
         result = optima("--help")
         self.assertExit(result, EXIT_OK, "inspect", "convert", "make-random")
+
+    def test_threads_and_openmp_wait_policy(self):
+        """OpenMP threads sleep between regions unless the user chose a policy (libgomp prints what it got under
+        OMP_DISPLAY_ENV, spin count 0 when passive); the log names the rule that chose the thread count."""
+        env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+        run = lambda args, **extra: subprocess.run([OPTIMA, *args], capture_output=True, text=True, timeout=600,
+                                                   env={**env, **extra})
+        passive = run(["--version"], OMP_DISPLAY_ENV="VERBOSE")
+        self.assertExit(passive, EXIT_OK, "GOMP_SPINCOUNT = '0'", "OMP_WAIT_POLICY = 'PASSIVE'")
+        active = run(["--version"], OMP_DISPLAY_ENV="VERBOSE", OMP_WAIT_POLICY="active")
+        self.assertExit(active, EXIT_OK, "OMP_WAIT_POLICY = 'ACTIVE'")
+        self.assertNotIn("GOMP_SPINCOUNT = '0'", active.stderr)
+        model = GOLDEN_OPT
+        self.assertExit(run(["inspect", model]), EXIT_OK, "thread", "OpenMP wait policy PASSIVE")
+        self.assertExit(run(["inspect", model, "--threads", "1"]), EXIT_OK, "1 thread (--threads 1)")
+        self.assertExit(run(["inspect", model], OMP_NUM_THREADS="3"), EXIT_OK, "3 threads (OMP_NUM_THREADS=3")
+        self.assertExit(run(["inspect", model, "--threads", "2"], OMP_NUM_THREADS="3"), EXIT_OK,
+                        "2 threads (--threads 2)")
+        self.assertExit(run(["inspect", model], OMP_WAIT_POLICY="active"), EXIT_OK, "active (OMP_WAIT_POLICY)")
+        self.assertExit(run(["inspect", model, "--threads", "-1"]), EXIT_USAGE, "--threads")
+        # A settings file may give it too.
+        config = os.path.join(self.work, "threads.toml")
+        with open(config, "w") as f:
+            f.write("threads = 1\n")
+        self.assertExit(run(["--config", config, "inspect", model]), EXIT_OK, "1 thread (--threads 1)")
 
     def test_usage_errors_exit_2(self):
         self.assertExit(optima(), EXIT_USAGE, "subcommand")

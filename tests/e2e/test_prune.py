@@ -10,6 +10,7 @@ Standard library only; ctest runs it as `prune` with the binary and the assets f
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -72,6 +73,13 @@ class Prune(unittest.TestCase):
         result = optima("eval", "--model", model, "--dataset", self.eval_text, "--seqlen", "256", "--json")
         self.assertExit(result, EXIT_OK)
         return json.loads(result.stdout)["perplexity"]
+
+    def evaluated(self, result):
+        """The perplexity that `prune --eval` printed for the checkpoint it wrote (the same protocol as `eval`, in
+        the same process: one start-up less per pruned model)."""
+        found = re.search(r"^perplexity ([0-9.]+) ", result.stdout, re.MULTILINE)
+        self.assertIsNotNone(found, result.stdout)
+        return float(found.group(1))
 
     def check_pruned(self, out, pattern, sparsity):
         """Reads the output back and checks every prunable matrix against the requested pattern and sparsity and
@@ -159,12 +167,16 @@ class Prune(unittest.TestCase):
             for method in SELECTORS:
                 with self.subTest(method=method, pattern=pattern):
                     base = os.path.join(self.work, f"{method}-{pattern.replace(':', 'of')}")
-                    args = ["--method", method, "--pattern", pattern]
+                    args = ["--method", method, "--pattern", pattern, "--eval", self.eval_text, "--eval-seqlen", "256"]
                     if pattern == "unstructured":
                         args += ["--sparsity", str(sparsity)]
-                    self.assertExit(self.prune(base, *args), EXIT_OK, "overall sparsity")
+                    result = self.prune(base, *args)
+                    self.assertExit(result, EXIT_OK, "overall sparsity")
+                    ppl_plain = self.evaluated(result)
                     plain = self.check_pruned(base, pattern, sparsity)
-                    self.assertExit(self.prune(base + "-optima", *args, "--reconstruct", "optima"), EXIT_OK, "kkt")
+                    result = self.prune(base + "-optima", *args, "--reconstruct", "optima")
+                    self.assertExit(result, EXIT_OK, "kkt")
+                    ppl_optima = self.evaluated(result)
                     optimal = self.check_pruned(base + "-optima", pattern, sparsity)
                     written_plain, written_optimal = read_checkpoint(base), read_checkpoint(base + "-optima")
                     for before, after in zip(plain["layers"], optimal["layers"]):
@@ -187,7 +199,6 @@ class Prune(unittest.TestCase):
                         self.assertEqual([v == 0.0 for v in written_optimal[weight].data],
                                          [v == 0.0 for v in written_plain[weight].data],
                                          f"{weight}: the zeros differ with and without OPTIMA")
-                    ppl_plain, ppl_optima = self.perplexity(base), self.perplexity(base + "-optima")
                     for ppl in (ppl_plain, ppl_optima):
                         self.assertTrue(math.isfinite(ppl))
                         self.assertGreater(ppl, dense_ppl * 0.98)

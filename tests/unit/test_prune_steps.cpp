@@ -8,11 +8,14 @@
 #include <random>
 #include <string>
 
+#include "optima/model/arch.h"
+#include "optima/prune/block_runner.h"
 #include "optima/prune/layer_step.h"
 #include "optima/prune/output.h"
 #include "optima/prune/plan.h"
 #include "optima/prune/report.h"
 #include "optima/prune/resume.h"
+#include "optima/stats/accumulator.h"
 #include "test_util.h"
 
 namespace optima {
@@ -115,6 +118,52 @@ TEST(LayerStepTest, ErrorsNameTheLayer) {
         pruner.prune(at::randn({4, 8}), LayerStats{}, SparsityPattern(), report);
       },
       ErrorKind::kInternal, {"model.layers.7.mlp.up_proj", "Hessian"});
+}
+
+// --batch-size 0: the windows that 256 MiB holds for one block's pass, spread evenly; an explicit size as given.
+TEST(BatchSizeTest, FromTheMemoryBudget) {
+  ModelShape small;  // stories260k: hidden 64, MLP 172, 8 heads
+  small.hidden_size = 64;
+  small.intermediate_size = 172;
+  small.num_heads = 8;
+  // Per window 4 · (256 · (5·64 + 3·172) + 8 · 256²) = 2953216 bytes: 90 fit, so 128 windows take 2 batches of 64.
+  EXPECT_EQ(forward_batch_size(0, small, 256, 128, at::kFloat), 64);
+  EXPECT_EQ(forward_batch_size(0, small, 256, 90, at::kFloat), 90);
+  EXPECT_EQ(forward_batch_size(0, small, 256, 91, at::kFloat), 46);
+  EXPECT_EQ(forward_batch_size(0, small, 256, 5, at::kFloat), 5);
+  EXPECT_EQ(forward_batch_size(0, small, 256, 0, at::kFloat), 1);
+  EXPECT_EQ(forward_batch_size(0, small, 256, 128, at::kBFloat16), 128);  // half the bytes: 181 fit
+  EXPECT_EQ(forward_batch_size(0, small, 256, 182, at::kBFloat16), 91);
+  EXPECT_EQ(forward_batch_size(3, small, 256, 128, at::kFloat), 3);
+  ModelShape big;  // LLaMA-7B at 2048 tokens: one window alone is past the budget
+  big.hidden_size = 4096;
+  big.intermediate_size = 11008;
+  big.num_heads = 32;
+  EXPECT_EQ(forward_batch_size(0, big, 2048, 128, at::kFloat), 1);
+}
+
+// A batch of samples gives the statistics of the same samples added one at a time, to the bit, and their running
+// means agree with a float64 sum computed here.
+TEST(StatisticsTest, BatchesAddSampleBySample) {
+  const uint64_t seed = fresh_seed();
+  at::manual_seed(seed);
+  const at::Tensor x = at::randn({5, 7, 12}) * 3;
+  InputStatistics batched(12, c10::kCPU, true, true), single(12, c10::kCPU, true, true);
+  batched.add(x.slice(0, 0, 3));
+  batched.add(x.slice(0, 3, 5));
+  for (int64_t s = 0; s < 5; ++s) single.add(x.slice(0, s, s + 1));
+  EXPECT_TRUE(at::equal(batched.hessian(), single.hessian())) << seed_note(seed);
+  EXPECT_TRUE(at::equal(batched.column_sq_norms(), single.column_sq_norms())) << seed_note(seed);
+  EXPECT_EQ(batched.samples(), 5);
+  EXPECT_EQ(batched.tokens(), 35);
+  const at::Tensor rows = x.reshape({-1, 12}).to(at::kDouble);
+  const at::Tensor h = rows.t().mm(rows) * (2.0 / 5.0);
+  EXPECT_LT((batched.hessian().to(at::kDouble) - h).abs().max().item<double>(), 1e-4 * h.abs().max().item<double>())
+      << seed_note(seed);
+  const at::Tensor norms = rows.pow(2).sum(0) / 5.0;
+  EXPECT_LT((batched.column_sq_norms().to(at::kDouble) - norms).abs().max().item<double>(),
+            1e-5 * norms.abs().max().item<double>())
+      << seed_note(seed);
 }
 
 TEST(PatternCheckTest, FailsWhenAGroupHasTooFewZeros) {

@@ -14,7 +14,7 @@ Command add_eval(CLI::App& root) {
   struct Options {
     std::string model, dataset, tokenizer, device = "cpu", dtype, activation_memory = EvalRequest{}.activation_memory;
     std::string text_format = std::string(kDefaultEvalTextFormat);
-    int64_t seqlen = kDefaultEvalSeqlen, batch_size = kDefaultEvalBatchSize, max_windows = 0;
+    int64_t seqlen = kDefaultEvalSeqlen, batch_size = EvalRequest{}.batch_size, max_windows = 0;
     bool json = false;
   };
   auto o = std::make_shared<Options>();
@@ -32,7 +32,9 @@ Command add_eval(CLI::App& root) {
   app->add_option("--tokenizer", o->tokenizer, "Tokenizer directory (default: the model directory)");
   app->add_option("--device", o->device, "cpu, cuda or cuda:N")->capture_default_str();
   app->add_option("--dtype", o->dtype, "Compute dtype (default: the checkpoint's)");
-  app->add_option("--batch-size", o->batch_size, "Windows per forward call")->capture_default_str();
+  app->add_option("--batch-size", o->batch_size, "Windows per forward call (0: as many as 256 MiB holds)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   app->add_option("--max-windows", o->max_windows, "Evaluate only the first N windows (0: all)")->capture_default_str();
   app->add_option("--activation-memory", o->activation_memory,
                   "Memory for the windows' hidden states between blocks, e.g. 8GiB; past it they are mapped from a "

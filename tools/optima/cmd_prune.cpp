@@ -135,7 +135,9 @@ void add_execution(CLI::App* app, PruneOptions& o) {
   PrunePlan& p = o.plan;
   app->add_option("--device", p.device, "cpu, cuda or cuda:N")->capture_default_str();
   app->add_option("--dtype", p.dtype, "Forward-pass dtype (default: the checkpoint's)");
-  app->add_option("--batch-size", p.batch_size, "Calibration windows per forward call")->capture_default_str();
+  app->add_option("--batch-size", p.batch_size,
+                  "Calibration windows per forward call (0: as many as 256 MiB holds for one block's forward pass)")
+      ->capture_default_str();
   app->add_option("--skip", p.skip, "Regex of linear layer names to leave dense");
   app->add_option("--max-shard-size", p.max_shard_size, "Largest output weight file")->capture_default_str();
   app->add_flag("--save-masks", p.save_masks, "Also write masks.safetensors (bit-packed)");

@@ -25,6 +25,7 @@
 #include "optima/core/interrupt.h"
 #include "optima/core/logging.h"
 #include "optima/core/resources.h"
+#include "optima/core/threads.h"
 #include "optima/core/version.h"
 #include "optima/dist/distributed.h"
 #include "settings_file.h"
@@ -38,6 +39,25 @@ std::string version_text() {
   return fmt::format("optima {} ({}), LibTorch {}, CUDA {}, many processes: {}", OPTIMA_VERSION, OPTIMA_GIT_DESCRIBE,
                      OPTIMA_TORCH_VERSION, OPTIMA_BUILT_WITH_CUDA ? "built in" : "not built",
                      many.empty() ? "not built" : many);
+}
+
+// OpenMP's wait policy must be in the environment before libgomp (loaded with LibTorch) initialises, which is
+// before main(): the executable's .preinit_array runs before every shared library's initialisers (core/threads.h).
+void set_wait_policy_before_libraries(int /*argc*/, char** argv, char** envp) {
+  optima::reexec_with_passive_openmp_wait(argv, envp);
+}
+__attribute__((section(".preinit_array"),
+               used)) void (*const preinit_wait_policy)(int, char**, char**) = &set_wait_policy_before_libraries;
+
+// Subcommands that compute with LibTorch take --threads (and `threads` in a settings file).
+void add_threads_option(CLI::App& app, int& threads) {
+  for (const char* name : {"prune", "eval", "inspect", "convert", "make-random"})
+    app.get_subcommand(name)
+        ->add_option("--threads", threads,
+                     "Threads to compute with (0: the CPUs this process may use: its affinity mask, cgroup CPU quota "
+                     "and SLURM_CPUS_PER_TASK, unless OMP_NUM_THREADS is set)")
+        ->check(CLI::NonNegativeNumber)
+        ->capture_default_str();
 }
 
 // Prints "optima: <kind>: <message>" and returns the kind's exit code.
@@ -67,6 +87,8 @@ int main(int argc, char** argv) {
   commands.push_back(optima::cli::add_convert(app));
   commands.push_back(optima::cli::add_make_random(app));
   commands.push_back(optima::cli::add_check(app));
+  int threads = 0;
+  add_threads_option(app, threads);
 
   try {
     app.parse(argc, argv);
@@ -90,8 +112,12 @@ int main(int argc, char** argv) {
   try {
     optima::configure_logging(log_level);
     optima::install_interrupt_handlers();
-    for (const auto& command : commands)
-      if (command.app->parsed()) return command.run();
+    for (const auto& command : commands) {
+      if (!command.app->parsed()) continue;
+      if (command.app->get_option_no_throw("--threads") != nullptr)
+        optima::apply_threads(optima::choose_threads(optima::read_thread_sources(), threads));
+      return command.run();
+    }
     return optima::kExitUsage;
   } catch (const optima::Error& e) {
     return report(e);

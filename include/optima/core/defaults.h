@@ -53,7 +53,6 @@ inline constexpr uint64_t kDefaultMaxShardBytes = 5'000'000'000;
 
 // Evaluation under the WikiText-2 protocol.
 inline constexpr int64_t kDefaultEvalSeqlen = 2048;
-inline constexpr int64_t kDefaultEvalBatchSize = 8;
 // How the evaluation file is read (eval/perplexity.h): auto is JSON Lines for .jsonl, plain lines otherwise.
 inline constexpr std::string_view kDefaultEvalTextFormat = "auto";
 
@@ -66,5 +65,10 @@ inline constexpr double kDefaultCheckErrorTolerance = 5e-2;
 inline constexpr double kDefaultCheckSparsityTolerance = 1e-4;
 inline constexpr double kDefaultCheckTimeTolerance = 1.0;
 inline constexpr double kDefaultCheckMemoryTolerance = 0.25;
+// Windows per forward call (prune and eval) when --batch-size is 0, its default: as many as this much memory holds
+// for one batch's pass through a block (prune/block_runner.h). Small models then run dozens of windows per call
+// instead of paying each operation's fixed cost per window; a 7B model's 2048-token window alone exceeds it.
+inline constexpr int64_t kDefaultBatchSize = 0;
+inline constexpr uint64_t kDefaultBatchMemory = 256ull << 20;
 
 }  // namespace optima

@@ -39,9 +39,9 @@ inline EvalTextFormat parse_eval_text_format(std::string_view text) {
 
 struct PerplexityOptions {
   int64_t seqlen = kDefaultEvalSeqlen;
-  int64_t batch_size = kDefaultEvalBatchSize;  // windows per forward call
-  int64_t max_windows = 0;                     // 0: all
-  std::string source = "evaluation text";      // what errors name: the dataset file when there is one
+  int64_t batch_size = kDefaultBatchSize;  // windows per forward call (0: forward_batch_size(), prune/block_runner.h)
+  int64_t max_windows = 0;                 // 0: all
+  std::string source = "evaluation text";  // what errors name: the dataset file when there is one
   // Memory for the windows' hidden states between blocks (--activation-memory: auto, none or a size); past it they
   // are mapped from a temporary file.
   std::string activation_memory = "auto";
@@ -76,7 +76,7 @@ struct EvalRequest {
   std::string device = "cpu";
   std::string dtype;                    // empty: the checkpoint's
   int64_t seqlen = kDefaultEvalSeqlen;  // capped at the model's positions (logged)
-  int64_t batch_size = kDefaultEvalBatchSize;
+  int64_t batch_size = kDefaultBatchSize;
   int64_t max_windows = 0;                 // 0: all
   std::string activation_memory = "auto";  // as PerplexityOptions
 };

@@ -16,6 +16,13 @@
 
 namespace optima {
 
+// Windows per forward call: `requested` when positive; else as many as kDefaultBatchMemory holds for one batch's pass
+// through a block (about seqlen·(5h + 3i) activations and heads·seqlen² attention scores per window, in bytes of
+// `dtype`, at least 1), spread evenly over the batches that `windows` then need. It depends only on the model's
+// shape and the run's settings, so a resumed run batches its windows as the interrupted one did.
+int64_t forward_batch_size(int64_t requested, const ModelShape& shape, int64_t seqlen, int64_t windows,
+                           c10::ScalarType dtype);
+
 class BlockRunner {
  public:
   // `windows` windows of `seqlen` tokens in batches of `batch_size`; past `budget_bytes` they are kept in

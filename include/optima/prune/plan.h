@@ -62,7 +62,8 @@ struct PrunePlan {
   double qp_tol = kDefaultQpTolerance;            // cg: relative KKT residual at which every row stops
   int64_t qp_max_iter = kDefaultQpMaxIterations;  // cg: iteration budget per layer
   StatsDtype hessian_dtype = StatsDtype::kFloat32;
-  int64_t batch_size = 1;  // calibration samples per forward call
+  int64_t batch_size =
+      kDefaultBatchSize;  // calibration windows per forward call (0: forward_batch_size(), prune/block_runner.h)
   std::string max_shard_size = std::string(kDefaultMaxShardSize);
   bool save_masks = false;
   std::filesystem::path save_hessians;  // empty: do not save

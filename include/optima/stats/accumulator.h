@@ -19,6 +19,9 @@ class InputStatistics {
   // x: [batch, seq, features] (or [tokens, features] as one sample). Follows the reference updates exactly:
   //   H <- H * n / (n + b) + (sqrt(2 / (n + b)) x)ᵀ (sqrt(2 / (n + b)) x)   (n counts samples, b the batch's)
   //   s <- s * n / (n + b) + ||x_j||² / (n + b)                              (Wanda, per column j)
+  // A batch of several samples is added one sample after the other (b = 1 each), as the reference's calibration
+  // loop adds them: the statistics are then the same sums in the same order whatever --batch-size batched the
+  // forward pass.
   void add(const at::Tensor& x);
 
   // Replaces statistics accumulated over one share of the samples by those of all the shares together (a job of
@@ -36,6 +39,8 @@ class InputStatistics {
   bool saw_non_finite() const { return non_finite_; }
 
  private:
+  void add_sample(const at::Tensor& rows);
+
   at::Tensor hessian_;
   at::Tensor column_norms_;
   int64_t samples_ = 0;
