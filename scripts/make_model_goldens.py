@@ -13,11 +13,14 @@ Each folder NAME/ holds:
                                    on a token stream (non-overlapping windows of `seqlen`, mean NLL of the
                                    seqlen - 1 next-token predictions of each window)
   golden.json                      {"seqlen": ..., "perplexity": ...} for that stream
+Gemma goldens also hold "hidden" (the embedding output and each block's output on "ids") and "hessian.B.SITE" (each
+input site's Hessian on "ids"), see block_captures. Names given as arguments rewrite only those folders.
 """
 import json
 import math
 import os
 import shutil
+import sys
 
 import torch
 import transformers
@@ -41,11 +44,57 @@ def configs():
         rope_theta=500000.0, **llama)
     yield "mistral", transformers.MistralConfig(**llama)
     yield "qwen2", transformers.Qwen2Config(tie_word_embeddings=True, **llama)
+    # Gemma: head_dim other than hidden / heads, query_pre_attn_scalar other than head_dim, a sliding window shorter
+    # than the test sequences, weights large enough that the soft-capping tanh is far from linear.
+    gemma = dict(intermediate_size=48, num_attention_heads=4, head_dim=16, sliding_window=8,
+                 query_pre_attn_scalar=24, initializer_range=0.2, **common)
+    yield "gemma2", transformers.Gemma2Config(num_key_value_heads=2, attn_logit_softcapping=4.0,
+                                              final_logit_softcapping=3.0, **dict(gemma, num_hidden_layers=3))
+    # Gemma 3: layers sliding, full, sliding, full; linear rotary scaling on the full layers only; attention
+    # soft-capping set (transformers' Gemma 3 attention does not apply it) and no final soft-capping.
+    gemma3 = dict(gemma, num_hidden_layers=4, num_key_value_heads=1, sliding_window_pattern=2,
+                  rope_parameters={"full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0},
+                                   "sliding_attention": {"rope_type": "default", "rope_theta": 100.0}})
+    yield "gemma3-text", transformers.Gemma3TextConfig(attn_logit_softcapping=1.0, **gemma3)
+    yield "gemma3-text-untied", transformers.Gemma3TextConfig(tie_word_embeddings=False, final_logit_softcapping=6.0,
+                                                              **dict(gemma3, num_key_value_heads=2))
+
+
+# The input sites of a LLaMA-style block (q/k/v, o, gate/up, down) by the module whose input each is.
+SITES = {"attn_in": "self_attn.q_proj", "attn_out": "self_attn.o_proj", "mlp_in": "mlp.gate_proj",
+         "mlp_hidden": "mlp.down_proj"}
+
+
+def block_captures(model, ids):
+    """For families with LLaMA-style module names: "hidden" float32 [layers + 1, batch, seq, hidden] (the embedding
+    output, then each block's output) and "hessian.B.SITE" float32, each input site's H = (2 / n) sum X^T X over
+    the n sequences of `ids`, summed in float64, as optima accumulates it."""
+    hidden, inputs, hooks = [], {}, []
+    layers = model.model.layers
+    hooks.append(model.model.embed_tokens.register_forward_hook(lambda m, i, o: hidden.append(o.detach())))
+    for b, layer in enumerate(layers):
+        hooks.append(layer.register_forward_hook(lambda m, i, o: hidden.append(
+            (o[0] if isinstance(o, tuple) else o).detach())))
+        for site, module in SITES.items():
+            hooks.append(layer.get_submodule(module).register_forward_pre_hook(
+                lambda m, i, key=f"hessian.{b}.{site}": inputs.setdefault(key, i[0].detach())))
+    with torch.no_grad():
+        model(ids)
+    for h in hooks:
+        h.remove()
+    out = {"hidden": torch.stack(hidden).float().contiguous()}
+    for key, x in inputs.items():
+        x = x.double().reshape(-1, x.shape[-1])
+        out[key] = (2.0 / ids.shape[0] * x.T @ x).float().contiguous()
+    return out
 
 
 def main():
+    only = set(sys.argv[1:])  # names to (re)write; all when none are given
     torch.manual_seed(0)
     for seed, (name, config) in enumerate(configs()):
+        if only and name not in only:
+            continue
         config._attn_implementation = "eager"
         torch.manual_seed(seed)
         model = transformers.AutoModelForCausalLM.from_config(config).eval()
@@ -67,8 +116,10 @@ def main():
             nll = torch.nn.functional.cross_entropy(window_logits[:, :-1].reshape(-1, VOCAB),
                                                     windows[:, 1:].reshape(-1), reduction="none")
             window_nll = nll.view(windows.shape[0], -1).mean(1)
-        save_file({"ids": ids, "logits": logits.contiguous(), "stream": stream, "window_nll": window_nll},
-                  os.path.join(folder, "golden.safetensors"))
+        tensors = {"ids": ids, "logits": logits.contiguous(), "stream": stream, "window_nll": window_nll}
+        if name.startswith("gemma"):
+            tensors.update(block_captures(model, ids))
+        save_file(tensors, os.path.join(folder, "golden.safetensors"))
         with open(os.path.join(folder, "golden.json"), "w") as f:
             json.dump({"seqlen": seqlen, "perplexity": math.exp(window_nll.mean().item()),
                        "transformers": transformers.__version__, "torch": torch.__version__}, f, indent=2)

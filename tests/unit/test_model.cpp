@@ -69,6 +69,12 @@ INSTANTIATE_TEST_SUITE_P(Families, GoldenModel, ::testing::ValuesIn(kGoldenModel
   std::replace(name.begin(), name.end(), '-', '_');
   return name;
 });
+INSTANTIATE_TEST_SUITE_P(GemmaFamilies, GoldenModel, ::testing::Values("gemma2", "gemma3-text", "gemma3-text-untied"),
+                         [](const auto& param_info) {
+                           std::string name = param_info.param;
+                           std::replace(name.begin(), name.end(), '-', '_');
+                           return name;
+                         });
 
 TEST(Decoder, HooksSeeEveryLinearInput) {
   const Checkpoint checkpoint = Checkpoint::open(test_data_dir() / "models" / "llama-gqa");

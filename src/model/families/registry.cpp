@@ -12,6 +12,8 @@ namespace optima {
 // Defined each in its family's file.
 const Family& opt_family();
 const Family& llama_family();
+const Family& gemma2_family();
+const Family& gemma3_text_family();
 
 namespace {
 
@@ -25,6 +27,8 @@ const std::vector<Registration>& registry() {
   static const std::vector<Registration> table = {
       {{"opt"}, opt_family},
       {{"llama", "mistral", "qwen2"}, llama_family},
+      {{"gemma2"}, gemma2_family},
+      {{"gemma3_text", "gemma3"}, gemma3_text_family},  // gemma3 (multimodal) to refuse it clearly
   };
   return table;
 }
