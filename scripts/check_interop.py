@@ -6,7 +6,7 @@ Development tool (needs torch, transformers and safetensors, installed by script
 `interop` test. Each check builds small random models of the real architectures with transformers itself, so
 nothing here depends on optima's own idea of the layouts:
 
-  1. transformers models (OPT, LLaMA, Mistral, Qwen2) saved as safetensors and as pytorch_model.bin (single and
+  1. transformers models (OPT, LLaMA, Mistral, Qwen2, Gemma 2, Gemma 3 text) saved as safetensors and as pytorch_model.bin (single and
      sharded, as old OPT repositories ship them) -> `optima convert` -> every tensor bit-identical in the output
      (read with the safetensors library), which transformers loads with no missing or unexpected keys and whose
      logits equal the original model's exactly;
@@ -19,7 +19,9 @@ nothing here depends on optima's own idea of the layouts:
   4. `optima prune` checkpoints of the real stories260k (magnitude, Wanda, SparseGPT; 50% and 2:4; with and
      without OPTIMA) load in transformers and give the perplexity `optima eval` gives; the masks saved with
      --save-masks have the requested sparsity and are zero in the written weights; and with --save-hessians the
-     written OPTIMA weights equal the float64 optimum of the QP built from the saved Hessians and masks.
+     written OPTIMA weights equal the float64 optimum of the QP built from the saved Hessians and masks;
+  5. Gemma 2 and Gemma 3 text: make-random --config loads in transformers; random transformers models pruned by
+     each method, with and without OPTIMA, in both propagation modes, load in transformers with optima's perplexity.
 
 Exit status 0 when every check passes, 1 on the first failure, 77 when the Python packages are missing (ctest
 reports that as skipped).
@@ -28,6 +30,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -67,6 +70,19 @@ def tiny_configs():
     yield "llama", transformers.LlamaConfig(tie_word_embeddings=False, **llama)
     yield "mistral", transformers.MistralConfig(**llama)
     yield "qwen2", transformers.Qwen2Config(tie_word_embeddings=True, **llama)
+    yield from gemma_configs(common)
+
+
+def gemma_configs(common):
+    """Gemma 2 and Gemma 3 text with their options on: soft-capping, a sliding window shorter than the sequences,
+    grouped-query attention, linear rotary scaling of Gemma 3's full-attention layers, tied and untied heads."""
+    gemma = dict(common, intermediate_size=88, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                 sliding_window=8, query_pre_attn_scalar=24, num_hidden_layers=3)
+    yield "gemma2", transformers.Gemma2Config(attn_logit_softcapping=20.0, final_logit_softcapping=15.0, **gemma)
+    yield "gemma3-text", transformers.Gemma3TextConfig(
+        sliding_window_pattern=2, tie_word_embeddings=False, final_logit_softcapping=10.0,
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 100.0}}, **gemma)
 
 
 def random_model(config, seed):
@@ -155,7 +171,8 @@ def check_initialisation(tag, model, std):
             continue
         where = f"{tag}: {prefix} ({type(module).__name__})"
         if isinstance(module, torch.nn.LayerNorm) or type(module).__name__.endswith("RMSNorm"):
-            assert bool((module.weight == 1).all()), f"{where}: norm weight is not all ones"
+            one = 0 if type(module).__name__.startswith("Gemma") else 1  # Gemma norms scale by (1 + w)
+            assert bool((module.weight == one).all()), f"{where}: norm weight is not all {one}"
         elif isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
             w = module.weight.detach().double().flatten()
             n = w.numel()
@@ -227,6 +244,79 @@ def check_make_random(optima, work):
                 f"{preset}: {key} {'is the same' if key in random else 'differs'} with another seed"
         print(f"ok  make-random: {preset} initialisation ({len(random)} random tensors, std {std}), seeds, "
               f"bfloat16 rounding")
+
+
+def check_make_random_gemma(optima, work):
+    """`optima make-random --config` for the Gemma families: loads in transformers with no missing keys, every tensor
+    as written, each initialised as transformers would (Gemma norms zero), a tied head left tied."""
+    for name, config in gemma_configs(dict(vocab_size=320, hidden_size=32, max_position_embeddings=64)):
+        config_file = os.path.join(work, f"{name}-random-config.json")
+        config.save_pretrained(os.path.join(work, f"{name}-random-config"))
+        os.rename(os.path.join(work, f"{name}-random-config", "config.json"), config_file)
+        out = os.path.join(work, f"{name}-random")
+        run(optima, "make-random", "--config", config_file, "--out", out, "--seed", "5")
+        written = read_safetensors_dir(out)
+        model = load_clean(out)
+        state = model.state_dict()
+        for key, value in written.items():
+            assert torch.equal(state[key], value), f"{name}: {key} differs in transformers"
+        assert ("lm_head.weight" in written) == (not config.tie_word_embeddings), f"{name}: lm_head tie not kept"
+        random = check_initialisation(name, model, config.initializer_range) & set(written)
+        assert random, f"{name}: no random tensors"
+        print(f"ok  make-random --config: {name} ({len(written)} tensors, {len(random)} random)")
+
+
+def check_prune_gemma(optima, work, assets):
+    """Random Gemma models made by transformers (with the stories260k tokenizer, whose 512 tokens they take as their
+    vocabulary) pruned by each method, with and without OPTIMA, in both propagation modes: optima eval's perplexity
+    of the dense and each pruned model equals transformers' on the reloaded checkpoint, and a tied head stays
+    tied."""
+    stories = os.path.join(assets, "models", "stories260k")
+    if not os.path.isfile(os.path.join(stories, "tokenizer.model")):
+        print(f"skip prune gemma: asset missing: {stories}")
+        return
+    calib = os.path.join(assets, "text", "tinystories", "tiny.utf8")
+    with open(calib, encoding="utf-8") as f:
+        rows = [line for line in f.read().splitlines() if line.strip()][-40:]
+    eval_rows = os.path.join(work, "gemma-eval-rows.txt")
+    with open(eval_rows, "w", encoding="utf-8") as f:
+        f.write("\n".join(rows) + "\n")
+    joined = os.path.join(work, "gemma-eval-joined.txt")
+    with open(joined, "w", encoding="utf-8") as f:
+        f.write("\n\n".join(rows))
+    ids = json.loads(run(optima, "tokenize", "--model", stories, "--file", joined, "--json"))["ids"]
+    seqlen = 32  # longer than the sliding window of 8
+    runs = [("magnitude", "none", "reference"), ("wanda", "optima", "reference"),
+            ("sparsegpt", "none", "true-sequential"), ("sparsegpt", "optima", "true-sequential")]
+    for seed, (name, config) in enumerate(gemma_configs(dict(vocab_size=512, hidden_size=32,
+                                                             max_position_embeddings=64))):
+        model_dir = os.path.join(work, f"{name}-dense")
+        random_model(config, 50 + seed).save_pretrained(model_dir)
+        for file in ("tokenizer.model", "tokenizer_config.json"):
+            shutil.copy(os.path.join(stories, file), model_dir)
+        dense_want = json.loads(run(optima, "eval", "--model", model_dir, "--dataset", eval_rows, "--seqlen",
+                                    str(seqlen), "--json"))["perplexity"]
+        dense_got = transformers_perplexity(load_clean(model_dir), ids, seqlen)
+        assert abs(dense_got - dense_want) <= 1e-4 * dense_want, \
+            f"{name}: dense perplexity {dense_want} in optima, {dense_got} in transformers"
+        for method, reconstruct, propagation in runs:
+            tag = f"{name}-{method}-{reconstruct}-{propagation}"
+            out = os.path.join(work, tag)
+            run(optima, "prune", "--model", model_dir, "--out", out, "--calib", calib, "--nsamples", "8",
+                "--seqlen", str(seqlen), "--method", method, "--sparsity", "0.5", "--reconstruct", reconstruct,
+                "--propagation", propagation)
+            written = load_file(os.path.join(out, "model.safetensors"))
+            assert ("lm_head.weight" in written) == (not config.tie_word_embeddings), f"{tag}: lm_head tie not kept"
+            for key, value in written.items():
+                if key.endswith("_proj.weight"):
+                    zeros = float((value == 0).double().mean())
+                    assert abs(zeros - 0.5) <= 0.01, f"{tag}: {key} is {zeros:.3f} zeros, expected 0.5"
+            want = json.loads(run(optima, "eval", "--model", out, "--dataset", eval_rows, "--seqlen", str(seqlen),
+                                  "--json"))["perplexity"]
+            got = transformers_perplexity(load_clean(out), ids, seqlen)
+            assert abs(got - want) <= 1e-4 * want, f"{tag}: perplexity {want} in optima, {got} in transformers"
+            print(f"ok  prune: {tag} loads in transformers, perplexity {got:.4f} (optima {want:.4f}, dense "
+                  f"{dense_got:.4f})")
 
 
 def transformers_perplexity(model, ids, seqlen):
@@ -361,6 +451,8 @@ def main():
         try:
             check_convert(args.optima, work)
             check_make_random(args.optima, work)
+            check_make_random_gemma(args.optima, work)
+            check_prune_gemma(args.optima, work, args.assets)
             check_prune(args.optima, work, args.assets)
         except AssertionError as error:
             print(f"FAIL {error}", file=sys.stderr)

@@ -172,6 +172,30 @@ class ModelDirectory(BadInputCase):
                     self.assertRefused(optima("inspect", model), EXIT_INPUT, config, *fragments)
                 shutil.rmtree(model)
 
+    def test_gemma_features_that_cannot_be_computed_are_refused(self):
+        gemma = dict(TINY_CONFIG, model_type="gemma3_text", head_dim=16, sliding_window=8)
+        cases = [
+            ("rope-type", dict(gemma, rope_scaling={"rope_type": "yarn", "factor": 8.0}),
+             ["key 'rope_scaling'.rope_type", "unsupported rotary scaling", "found yarn"]),
+            ("rope-type-per-layer", dict(gemma, rope_parameters={"full_attention": {"rope_type": "dynamic"},
+                                                                 "sliding_attention": {"rope_type": "default"}}),
+             ["key 'rope_parameters'.full_attention.rope_type", "found dynamic"]),
+            ("vision", dict(gemma, model_type="gemma3", vision_config={"model_type": "siglip_vision_model"}),
+             ["key 'model_type'", "multimodal Gemma 3", "found gemma3 with a vision_config"]),
+            ("gemma2-rope-type", dict(gemma, model_type="gemma2", rope_parameters={"rope_type": "longrope"}),
+             ["key 'rope_parameters'.rope_type", "found longrope"]),
+        ]
+        for tag, changed, fragments in cases:
+            with self.subTest(tag):
+                model = self.copy_model()
+                config = os.path.join(model, "config.json")
+                with open(config, "w") as f:
+                    json.dump(changed, f)
+                digest = tree_digest(model)
+                self.assertRefused(self.prune(model), EXIT_INPUT, config, *fragments, model=model, digest=digest)
+                self.assertRefused(optima("inspect", model), EXIT_INPUT, config, *fragments)
+                shutil.rmtree(model)
+
     def test_tensor_missing_or_of_the_wrong_shape(self):
         model = self.copy_model()
         weights = os.path.join(model, "model.safetensors")
