@@ -291,6 +291,7 @@ def check_prune_gemma(optima, work, assets):
     for seed, (name, config) in enumerate(gemma_configs(dict(vocab_size=512, hidden_size=32,
                                                              max_position_embeddings=64))):
         model_dir = os.path.join(work, f"{name}-dense")
+        config.initializer_range = 0.3  # far from a uniform prediction, so a forward-pass mismatch shows
         random_model(config, 50 + seed).save_pretrained(model_dir)
         for file in ("tokenizer.model", "tokenizer_config.json"):
             shutil.copy(os.path.join(stories, file), model_dir)

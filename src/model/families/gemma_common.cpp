@@ -41,13 +41,12 @@ at::Tensor inv_freq(const Rope& rope, int64_t head_dim, c10::Device device) {
   return freq;
 }
 
-// Where key `k` of position q may attend: k <= q, and within the window on sliding layers (k > q - window).
-at::Tensor allowed_keys(int64_t seq, std::optional<int64_t> window, c10::Device device) {
+// Where key k of position q may attend: k <= q, and on sliding layers (window > 0) also k > q - window.
+at::Tensor allowed_keys(int64_t seq, int64_t window, c10::Device device) {
   const at::Tensor pos = at::arange(seq, at::TensorOptions().dtype(at::kLong).device(device));
   const at::Tensor q = pos.unsqueeze(1), k = pos.unsqueeze(0);
-  at::Tensor allowed = k <= q;
-  if (window) allowed = allowed.logical_and(k > q - *window);
-  return allowed;
+  const at::Tensor causal = k <= q;
+  return window > 0 ? causal.logical_and(k > q - window) : causal;
 }
 
 class GemmaForward : public FamilyForward {
@@ -122,7 +121,7 @@ class GemmaForward : public FamilyForward {
     const int64_t batch = q.size(0), seq = q.size(2);
     at::Tensor scores = at::matmul(q, k.transpose(2, 3)) * std::pow(settings_.query_pre_attn_scalar, -0.5);
     if (settings_.attn_softcap) scores = softcap(scores, *settings_.attn_softcap);
-    const std::optional<int64_t> window = sliding ? std::optional<int64_t>(settings_.sliding_window) : std::nullopt;
+    const int64_t window = sliding ? settings_.sliding_window : 0;
     scores = scores.masked_fill(allowed_keys(seq, window, q.device()).logical_not(),
                                 -std::numeric_limits<double>::infinity());
     const at::Tensor weights = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
