@@ -1,8 +1,6 @@
 // The Gemma 2 family (model_type gemma2): its config.json keys (soft-capping on by default, layers alternating
 // sliding-window and full attention starting with a sliding one, one rotary base); the layout and forward pass are
 // the Gemma families' shared ones (gemma_common.h), as transformers' modeling_gemma2.py computes them.
-#include <fmt/format.h>
-
 #include "arch_helpers.h"
 #include "gemma_common.h"
 #include "optima/model/family.h"

@@ -249,7 +249,7 @@ std::vector<LinearLayer> GemmaFamily::linear_layers(const ModelShape& s) const {
           {"mlp.down_proj", InputSite::kMlpHidden, h, ffn, false}};
 }
 
-std::string GemmaFamily::block_prefix(const ModelShape& /*shape*/, int64_t block) const {
+std::string GemmaFamily::block_prefix(const ModelShape& /*s*/, int64_t block) const {
   return fmt::format("model.layers.{}.", block);
 }
 

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -38,7 +39,7 @@ struct GemmaSettings : FamilySettings {
 
 // Reads the keys both families share into `shape` and `settings` (defaults: transformers' config classes). The
 // rotary settings, soft-capping and the layer pattern are left to each family.
-void read_common(const ModelConfig& config, ModelShape& shape, GemmaSettings& settings);
+void read_common(const ModelConfig& config, ModelShape& s, GemmaSettings& settings);
 // "layer_types" when present (each "sliding_attention" or "full_attention", one per layer), else layer i slides
 // when (i + 1) % pattern != 0; a sliding layer needs a positive sliding_window.
 void read_layer_types(const ModelConfig& config, int64_t pattern, GemmaSettings& settings);
@@ -52,10 +53,10 @@ void read_rope_entry(const std::string& where, const nlohmann::json& entry, Rope
 // The family interface's layout and forward pass, shared; each family adds its name and read_shape.
 class GemmaFamily : public Family {
  public:
-  std::vector<LinearLayer> linear_layers(const ModelShape& shape) const override;
-  std::string block_prefix(const ModelShape& shape, int64_t block) const override;
-  std::vector<ExpectedTensor> block_tensors(const ModelShape& shape, int64_t block) const override;
-  std::vector<ExpectedTensor> global_tensors(const ModelShape& shape) const override;
+  std::vector<LinearLayer> linear_layers(const ModelShape& s) const override;
+  std::string block_prefix(const ModelShape& s, int64_t block) const override;
+  std::vector<ExpectedTensor> block_tensors(const ModelShape& s, int64_t block) const override;
+  std::vector<ExpectedTensor> global_tensors(const ModelShape& s) const override;
   std::unique_ptr<FamilyForward> make_forward(const ModelShape& shape, GlobalWeights globals,
                                               c10::Device device) const override;
 };
