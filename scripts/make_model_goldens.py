@@ -14,7 +14,8 @@ Each folder NAME/ holds:
                                    seqlen - 1 next-token predictions of each window)
   golden.json                      {"seqlen": ..., "perplexity": ...} for that stream
 Gemma goldens also hold "hidden" (the embedding output and each block's output on "ids") and "hessian.B.SITE" (each
-input site's Hessian on "ids"), see block_captures. Names given as arguments rewrite only those folders.
+input site's Hessian on "ids"), see block_captures; gemma3-mm (a multimodal checkpoint) holds only the text model's
+logits. Names given as arguments rewrite only those folders.
 """
 import json
 import math
@@ -58,6 +59,27 @@ def configs():
     yield "gemma3-text", transformers.Gemma3TextConfig(attn_logit_softcapping=1.0, **gemma3)
     yield "gemma3-text-untied", transformers.Gemma3TextConfig(tie_word_embeddings=False, final_logit_softcapping=6.0,
                                                               **dict(gemma3, num_key_value_heads=2))
+    # Multimodal Gemma 3 (Gemma3ForConditionalGeneration) with a tiny vision tower: the text model's logits. An
+    # untied head (saved as language_model.lm_head) and a final soft-capping in text_config, which the multimodal
+    # model does not apply.
+    yield "gemma3-mm", transformers.Gemma3Config(
+        text_config=transformers.Gemma3TextConfig(final_logit_softcapping=2.0, **gemma3).to_dict(),
+        vision_config=SIGLIP_TINY, mm_tokens_per_image=4, tie_word_embeddings=False, initializer_range=0.2)
+
+
+# A vision tower of a few hundred parameters: one layer, 28x28 images in 14x14 patches.
+SIGLIP_TINY = dict(model_type="siglip_vision_model", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                   num_attention_heads=2, image_size=28, patch_size=14)
+
+
+def make_model(config):
+    """The causal LM of `config`; a multimodal Gemma 3 config makes Gemma3ForConditionalGeneration."""
+    if isinstance(config, transformers.Gemma3Config):
+        for sub in (config, config.text_config, config.vision_config):
+            sub._attn_implementation = "eager"
+        return transformers.Gemma3ForConditionalGeneration(config).eval()
+    config._attn_implementation = "eager"
+    return transformers.AutoModelForCausalLM.from_config(config).eval()
 
 
 # The input sites of a LLaMA-style block (q/k/v, o, gate/up, down) by the module whose input each is.
@@ -95,9 +117,8 @@ def main():
     for seed, (name, config) in enumerate(configs()):
         if only and name not in only:
             continue
-        config._attn_implementation = "eager"
         torch.manual_seed(seed)
-        model = transformers.AutoModelForCausalLM.from_config(config).eval()
+        model = make_model(config)
         with torch.no_grad():  # non-trivial norms and biases, so a mix-up of them shows in the logits
             for pname, p in model.named_parameters():
                 if p.ndim == 1:
@@ -117,7 +138,7 @@ def main():
                                                     windows[:, 1:].reshape(-1), reduction="none")
             window_nll = nll.view(windows.shape[0], -1).mean(1)
         tensors = {"ids": ids, "logits": logits.contiguous(), "stream": stream, "window_nll": window_nll}
-        if name.startswith("gemma"):
+        if name.startswith("gemma") and hasattr(model.model, "layers"):
             tensors.update(block_captures(model, ids))
         save_file(tensors, os.path.join(folder, "golden.safetensors"))
         with open(os.path.join(folder, "golden.json"), "w") as f:

@@ -184,6 +184,37 @@ TEST(GemmaFamily, LayersSitesAndTensors) {
   EXPECT_EQ(names(global_tensors(g2)).back(), "lm_head.weight 96x32");
 }
 
+// A multimodal Gemma 3 config as transformers writes it: the text model's keys in text_config (whose final
+// soft-capping Gemma3ForConditionalGeneration does not apply), a vision tower's in vision_config.
+nlohmann::json multimodal_gemma3() {
+  nlohmann::json text = small_gemma("gemma3_text");
+  text["final_logit_softcapping"] = 30.0;
+  return {{"model_type", "gemma3"},
+          {"text_config", text},
+          {"vision_config", {{"model_type", "siglip_vision_model"}, {"hidden_size", 16}}},
+          {"mm_tokens_per_image", 4}};
+}
+
+TEST(GemmaFamily, MultimodalGemma3IsItsTextModelUnderTheLanguageModelPrefix) {
+  nlohmann::json j = multimodal_gemma3();
+  const ModelShape s = shape_of(j);
+  EXPECT_EQ(s.family->name(), "gemma3");
+  EXPECT_EQ(s.hidden_size, 32);
+  EXPECT_EQ(s.num_kv_heads, 2);
+  EXPECT_TRUE(s.copy_other_tensors);  // the vision tower and projector go to the output unchanged
+  EXPECT_FALSE(shape_of(small_gemma("gemma3_text")).copy_other_tensors);
+  EXPECT_TRUE(s.tie_word_embeddings);
+  EXPECT_EQ(block_prefix(s, 1), "language_model.model.layers.1.");
+  EXPECT_EQ(names(global_tensors(s)), (std::vector<std::string>{"language_model.model.embed_tokens.weight 96x32",
+                                                                "language_model.model.norm.weight 32"}));
+  EXPECT_EQ(names(block_tensors(s, 0)).front(), "language_model.model.layers.0.self_attn.q_proj.weight 64x32");
+  EXPECT_EQ(names(block_tensors(s, 0)).size(), 13u);
+  // The head is tied or not as the top level says, and an untied one is the language model's.
+  j["tie_word_embeddings"] = false;
+  j["text_config"]["tie_word_embeddings"] = true;
+  EXPECT_EQ(names(global_tensors(shape_of(j))).back(), "language_model.lm_head.weight 96x32");
+}
+
 TEST(GemmaFamily, RefusesWhatItCannotComputeNamingKeyAndValue) {
   nlohmann::json j = small_gemma("gemma3_text");
   j["rope_parameters"] = {{"full_attention", {{"rope_type", "yarn"}, {"factor", 8.0}}},
@@ -196,10 +227,13 @@ TEST(GemmaFamily, RefusesWhatItCannotComputeNamingKeyAndValue) {
   j = small_gemma("gemma2");
   j["rope_parameters"] = {{"rope_type", "llama3"}, {"rope_theta", 10000.0}};
   expect_error([&] { shape_of(j); }, ErrorKind::kInput, {"'rope_parameters'.rope_type", "found llama3"});
-  j = small_gemma("gemma3");
+  j = small_gemma("gemma3");  // multimodal, but its text model's keys at the top level
   j["vision_config"] = {{"model_type", "siglip_vision_model"}};
+  expect_error([&] { shape_of(j); }, ErrorKind::kInput, {"'text_config'", "text model's config", "found no such key"});
+  j = multimodal_gemma3();
+  j["text_config"]["rope_scaling"] = {{"rope_type", "dynamic"}, {"factor", 2.0}};
   expect_error([&] { shape_of(j); }, ErrorKind::kInput,
-               {"'model_type'", "multimodal Gemma 3", "expected gemma3_text", "found gemma3 with a vision_config"});
+               {"config.json text_config: key 'rope_scaling'.rope_type", "found dynamic"});
   j = small_gemma("gemma2");
   j["hidden_activation"] = "gelu_new";
   expect_error([&] { shape_of(j); }, ErrorKind::kInput, {"'hidden_activation'", "found gelu_new"});

@@ -69,7 +69,8 @@ INSTANTIATE_TEST_SUITE_P(Families, GoldenModel, ::testing::ValuesIn(kGoldenModel
   std::replace(name.begin(), name.end(), '-', '_');
   return name;
 });
-INSTANTIATE_TEST_SUITE_P(GemmaFamilies, GoldenModel, ::testing::Values("gemma2", "gemma3-text", "gemma3-text-untied"),
+INSTANTIATE_TEST_SUITE_P(GemmaFamilies, GoldenModel,
+                         ::testing::Values("gemma2", "gemma3-text", "gemma3-text-untied", "gemma3-mm"),
                          [](const auto& param_info) {
                            std::string name = param_info.param;
                            std::replace(name.begin(), name.end(), '-', '_');

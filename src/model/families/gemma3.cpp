@@ -1,10 +1,18 @@
-// The Gemma 3 text family (model_type gemma3_text): its config.json keys (RMSNorm of each query and key head, a
-// local/global layer pattern, a rotary base for sliding-window layers and another, optionally linearly scaled, for
-// full-attention layers); the layout and forward pass are the Gemma families' shared ones (gemma_common.h), as
-// transformers' modeling_gemma3.py (Gemma3ForCausalLM) computes them. A multimodal Gemma 3 checkpoint (model_type
-// gemma3, a vision tower beside the text model) is refused: its text weights live under another prefix and its
-// vision tensors would have to be carried to the output unchanged.
+// The Gemma 3 families: text-only (model_type gemma3_text, Gemma3ForCausalLM) and the text part of a multimodal
+// checkpoint (model_type gemma3, Gemma3ForConditionalGeneration). Their config.json keys (RMSNorm of each query and
+// key head, a local/global layer pattern, a rotary base for sliding-window layers and another, optionally linearly
+// scaled, for full-attention layers); the layout and forward pass are the Gemma families' shared ones
+// (gemma_common.h), as transformers' modeling_gemma3.py computes them.
+//
+// A multimodal checkpoint keeps its text model's keys in "text_config" and its tensors under
+// "language_model.model." and "language_model.lm_head." (as transformers saves it); optima prunes and evaluates the
+// text model only and carries the vision tower, the projector and anything else it does not declare to the output
+// unchanged (ModelShape::copy_other_tensors). Text-only logits are the language model's through lm_head, which
+// Gemma3ForConditionalGeneration computes without the final soft-capping and ties per the top-level
+// tie_word_embeddings.
 #include <fmt/format.h>
+
+#include <memory>
 
 #include "arch_helpers.h"
 #include "gemma_common.h"
@@ -46,24 +54,44 @@ void read_ropes(const ModelConfig& config, gemma::GemmaSettings& s) {
   gemma::read_rope_entry(where_key(config, "rope_parameters") + ".sliding_attention", sliding, s.sliding_rope);
 }
 
+// The keys of a Gemma 3 text config (a gemma3_text config.json or a multimodal one's text_config).
+std::shared_ptr<gemma::GemmaSettings> read_text_config(const ModelConfig& config, ModelShape& s) {
+  auto settings = std::make_shared<gemma::GemmaSettings>();
+  gemma::read_common(config, s, *settings);
+  settings->qk_norm = true;
+  // Gemma 3's attention never applies attn_logit_softcapping (transformers does not pass it to the attention
+  // function), so the key is read by nobody; the final soft-capping is off unless set.
+  settings->final_softcap = gemma::read_softcap(config, "final_logit_softcapping", std::nullopt);
+  gemma::read_layer_types(config, positive_or(config, "sliding_window_pattern", 6), *settings);
+  read_ropes(config, *settings);
+  return settings;
+}
+
 class Gemma3TextFamily : public gemma::GemmaFamily {
  public:
   std::string_view name() const override { return "gemma3_text"; }
 
+  void read_shape(const ModelConfig& config, ModelShape& s) const override { s.settings = read_text_config(config, s); }
+};
+
+class Gemma3MultimodalFamily : public gemma::GemmaFamily {
+ public:
+  std::string_view name() const override { return "gemma3"; }
+
   void read_shape(const ModelConfig& config, ModelShape& s) const override {
-    if (s.model_type == "gemma3")
-      fail_input(where_key(config, "model_type"),
-                 "multimodal Gemma 3 checkpoints (a vision tower beside the text model) are not supported; a "
-                 "text-only checkpoint (Gemma3ForCausalLM) is",
-                 "gemma3_text", fmt::format("gemma3{}", config.has("vision_config") ? " with a vision_config" : ""));
-    auto settings = std::make_shared<gemma::GemmaSettings>();
-    gemma::read_common(config, s, *settings);
-    settings->qk_norm = true;
-    // Gemma 3's attention never applies attn_logit_softcapping (transformers does not pass it to the attention
-    // function), so the key is read by nobody; the final soft-capping is off unless set.
-    settings->final_softcap = gemma::read_softcap(config, "final_logit_softcapping", std::nullopt);
-    gemma::read_layer_types(config, positive_or(config, "sliding_window_pattern", 6), *settings);
-    read_ropes(config, *settings);
+    const auto& json = config.json();
+    if (!json.contains("text_config") || !json["text_config"].is_object())
+      fail_input(where_key(config, "text_config"), "a multimodal Gemma 3 config needs the text model's config",
+                 "an object", json.contains("text_config") ? json["text_config"].dump() : "no such key");
+    // Errors about a text key name the file and text_config.
+    const ModelConfig text(json["text_config"], config.path().string() + " text_config");
+    auto settings = read_text_config(text, s);
+    settings->prefix = "language_model.model.";
+    settings->head = "language_model.lm_head.weight";
+    // Gemma3ForConditionalGeneration applies lm_head alone (no final soft-capping) and ties it per the top level.
+    settings->final_softcap.reset();
+    s.tie_word_embeddings = config.value_or<bool>("tie_word_embeddings", true);
+    s.copy_other_tensors = true;
     s.settings = std::move(settings);
   }
 };
@@ -72,6 +100,11 @@ class Gemma3TextFamily : public gemma::GemmaFamily {
 
 const Family& gemma3_text_family() {
   static const Gemma3TextFamily family;
+  return family;
+}
+
+const Family& gemma3_family() {
+  static const Gemma3MultimodalFamily family;
   return family;
 }
 

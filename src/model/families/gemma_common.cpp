@@ -59,7 +59,7 @@ class GemmaForward : public FamilyForward {
         sliding_inv_freq_(inv_freq(settings_.sliding_rope, shape.head_dim, device)) {}
 
   at::Tensor embed(const at::Tensor& tokens) const override {
-    const at::Tensor& table = globals_.at("model.embed_tokens.weight");
+    const at::Tensor& table = globals_.at(settings_.prefix + "embed_tokens.weight");
     // transformers keeps sqrt(hidden_size) as an fp32 buffer and casts it to the weights' dtype before multiplying.
     const float normalizer = static_cast<float>(std::sqrt(static_cast<double>(shape_.hidden_size)));
     return at::embedding(table, tokens) *
@@ -83,8 +83,8 @@ class GemmaForward : public FamilyForward {
   }
 
   at::Tensor logits(const at::Tensor& hidden) const override {
-    const at::Tensor h = gemma_norm(hidden, globals_.at("model.norm.weight"), settings_.norm_eps);
-    const std::string head = shape_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+    const at::Tensor h = gemma_norm(hidden, globals_.at(settings_.prefix + "norm.weight"), settings_.norm_eps);
+    const std::string head = shape_.tie_word_embeddings ? settings_.prefix + "embed_tokens.weight" : settings_.head;
     const at::Tensor out = at::linear(h, globals_.at(head));
     return settings_.final_softcap ? softcap(out, *settings_.final_softcap) : out;
   }
@@ -249,8 +249,8 @@ std::vector<LinearLayer> GemmaFamily::linear_layers(const ModelShape& s) const {
           {"mlp.down_proj", InputSite::kMlpHidden, h, ffn, false}};
 }
 
-std::string GemmaFamily::block_prefix(const ModelShape& /*s*/, int64_t block) const {
-  return fmt::format("model.layers.{}.", block);
+std::string GemmaFamily::block_prefix(const ModelShape& s, int64_t block) const {
+  return fmt::format("{}layers.{}.", settings_of(s).prefix, block);
 }
 
 std::vector<ExpectedTensor> GemmaFamily::block_tensors(const ModelShape& s, int64_t block) const {
@@ -270,9 +270,10 @@ std::vector<ExpectedTensor> GemmaFamily::block_tensors(const ModelShape& s, int6
 
 std::vector<ExpectedTensor> GemmaFamily::global_tensors(const ModelShape& s) const {
   std::vector<ExpectedTensor> out;
-  out.push_back({"model.embed_tokens.weight", {s.vocab_size, s.hidden_size}, TensorInit::kNormal});
-  out.push_back({"model.norm.weight", {s.hidden_size}, TensorInit::kZeros});
-  if (!s.tie_word_embeddings) out.push_back({"lm_head.weight", {s.vocab_size, s.hidden_size}, TensorInit::kNormal});
+  const std::string& p = settings_of(s).prefix;
+  out.push_back({p + "embed_tokens.weight", {s.vocab_size, s.hidden_size}, TensorInit::kNormal});
+  out.push_back({p + "norm.weight", {s.hidden_size}, TensorInit::kZeros});
+  if (!s.tie_word_embeddings) out.push_back({settings_of(s).head, {s.vocab_size, s.hidden_size}, TensorInit::kNormal});
   return out;
 }
 

@@ -35,6 +35,10 @@ struct GemmaSettings : FamilySettings {
   Rope full_rope;
   Rope sliding_rope;
   std::vector<bool> sliding;  // per layer: a sliding-window ("sliding_attention") layer
+  // Where the text model's tensors sit: "model." in a causal LM, "language_model.model." in a multimodal Gemma 3
+  // checkpoint as transformers saves it, and the untied head's name there ("language_model.lm_head.weight").
+  std::string prefix = "model.";
+  std::string head = "lm_head.weight";
 };
 
 // Reads the keys both families share into `shape` and `settings` (defaults: transformers' config classes). The
