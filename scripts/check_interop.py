@@ -20,9 +20,9 @@ nothing here depends on optima's own idea of the layouts:
      without OPTIMA) load in transformers and give the perplexity `optima eval` gives; the masks saved with
      --save-masks have the requested sparsity and are zero in the written weights; and with --save-hessians the
      written OPTIMA weights equal the float64 optimum of the QP built from the saved Hessians and masks;
-  5. Gemma 2 and Gemma 3 text: make-random --config loads in transformers; random transformers models pruned (each
-     method, with and without OPTIMA, each propagation mode, spread over the two) load in transformers with
-     optima's perplexity.
+  5. Gemma 2 and Gemma 3 text: make-random --config loads in transformers; random transformers models of Gemma 2,
+     Gemma 3 text and multimodal Gemma 3 (one prune each) load in transformers as their class with optima's
+     perplexity, with every tensor but the pruned linears (a vision tower too) and config.json unchanged.
 
 Exit status 0 when every check passes, 1 on the first failure, 77 when the Python packages are missing (ctest
 reports that as skipped).
@@ -132,10 +132,12 @@ def check_convert(optima, work):
         sources = {}
         sources["safetensors"] = os.path.join(work, f"{name}-st")
         model.save_pretrained(sources["safetensors"], max_shard_size="40KB")
-        sources["bin"] = os.path.join(work, f"{name}-bin")
-        save_bin(model, sources["bin"], shards=1)
-        sources["bin-sharded"] = os.path.join(work, f"{name}-bin3")
-        save_bin(model, sources["bin-sharded"], shards=3)
+        # The .bin readers do not depend on the family: the OPT and LLaMA-style models check them.
+        if not name.startswith("gemma"):
+            sources["bin"] = os.path.join(work, f"{name}-bin")
+            save_bin(model, sources["bin"], shards=1)
+            sources["bin-sharded"] = os.path.join(work, f"{name}-bin3")
+            save_bin(model, sources["bin-sharded"], shards=3)
         reference = {k: v for k, v in model.state_dict().items()}
         for kind, src in sources.items():
             out = src + "-optima"
@@ -158,7 +160,7 @@ def check_convert(optima, work):
             linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"
                        and "project_" not in n]
             assert sorted(l["name"] for l in report["linears"]) == sorted(linears), f"{name}: linear layers differ"
-        print(f"ok  convert + inspect: {name} (safetensors, bin, sharded bin)")
+        print(f"ok  convert + inspect: {name} ({', '.join(sources)})")
 
 
 def check_initialisation(tag, model, std):
@@ -269,16 +271,19 @@ def check_make_random_gemma(optima, work):
 
 def check_prune_gemma(optima, work, assets):
     """Random Gemma models made by transformers (with the stories260k tokenizer, whose 512 tokens they take as their
-    vocabulary) pruned by each method, with and without OPTIMA, in each propagation mode: optima eval's perplexity
-    of the dense and each pruned model equals transformers' on the reloaded checkpoint, and a tied head stays
-    tied."""
+    vocabulary), one prune each: Gemma 2, Gemma 3 text and a multimodal Gemma 3 (Gemma3ForConditionalGeneration with
+    a tiny vision tower). The pruned checkpoint loads in transformers as the original class with optima eval's
+    perplexity, the linear layers have the requested sparsity, a tied head stays tied, and every tensor outside the
+    pruned linears (the vision tower and projector included) and config.json are as they were, byte for byte. The
+    methods, OPTIMA and the propagation modes do not depend on the family (stories260k checks each below); the
+    runs are spread over them. The dense forward pass is checked against transformers by the golden unit tests."""
     stories = os.path.join(assets, "models", "stories260k")
     if not os.path.isfile(os.path.join(stories, "tokenizer.model")):
         print(f"skip prune gemma: asset missing: {stories}")
         return
     calib = os.path.join(assets, "text", "tinystories", "tiny.utf8")
     with open(calib, encoding="utf-8") as f:
-        rows = [line for line in f.read().splitlines() if line.strip()][-40:]
+        rows = [line for line in f.read().splitlines() if line.strip()][-12:]
     eval_rows = os.path.join(work, "gemma-eval-rows.txt")
     with open(eval_rows, "w", encoding="utf-8") as f:
         f.write("\n".join(rows) + "\n")
@@ -286,40 +291,62 @@ def check_prune_gemma(optima, work, assets):
     with open(joined, "w", encoding="utf-8") as f:
         f.write("\n\n".join(rows))
     ids = json.loads(run(optima, "tokenize", "--model", stories, "--file", joined, "--json"))["ids"]
-    seqlen = 32  # longer than the sliding window of 8
-    # Each method, with and without OPTIMA, each propagation mode, spread over the two families to save time.
-    runs = {"gemma2": [("magnitude", "none", "reference"), ("sparsegpt", "optima", "true-sequential")],
-            "gemma3-text": [("wanda", "optima", "reference"), ("sparsegpt", "none", "true-sequential")]}
-    for seed, (name, config) in enumerate(gemma_configs(dict(vocab_size=512, hidden_size=32,
-                                                             max_position_embeddings=64))):
+    seqlen = 16  # longer than the sliding window of 8
+    assert len(ids) >= 4 * seqlen, f"gemma eval text too short: {len(ids)} tokens"
+    runs = {"gemma2": ("sparsegpt", "optima", "true-sequential"), "gemma3-text": ("wanda", "none", "reference"),
+            "gemma3-mm": ("wanda", "optima", "true-sequential")}
+    configs = list(gemma_configs(dict(vocab_size=512, hidden_size=32, max_position_embeddings=64)))
+    configs.append(("gemma3-mm", gemma3_multimodal_config(configs[-1][1])))
+    for seed, (name, config) in enumerate(configs):
         model_dir = os.path.join(work, f"{name}-dense")
         config.initializer_range = 0.3  # far from a uniform prediction, so a forward-pass mismatch shows
-        random_model(config, 50 + seed).save_pretrained(model_dir)
+        dense_model = random_model(config, 50 + seed)
+        dense_model.save_pretrained(model_dir)
         for file in ("tokenizer.model", "tokenizer_config.json"):
             shutil.copy(os.path.join(stories, file), model_dir)
-        dense_want = json.loads(run(optima, "eval", "--model", model_dir, "--dataset", eval_rows, "--seqlen",
-                                    str(seqlen), "--json"))["perplexity"]
-        dense_got = transformers_perplexity(load_clean(model_dir), ids, seqlen)
-        assert abs(dense_got - dense_want) <= 1e-4 * dense_want, \
-            f"{name}: dense perplexity {dense_want} in optima, {dense_got} in transformers"
-        for method, reconstruct, propagation in runs[name]:
-            tag = f"{name}-{method}-{reconstruct}-{propagation}"
-            out = os.path.join(work, tag)
-            run(optima, "prune", "--model", model_dir, "--out", out, "--calib", calib, "--nsamples", "8",
-                "--seqlen", str(seqlen), "--method", method, "--sparsity", "0.5", "--reconstruct", reconstruct,
-                "--propagation", propagation)
-            written = load_file(os.path.join(out, "model.safetensors"))
-            assert ("lm_head.weight" in written) == (not config.tie_word_embeddings), f"{tag}: lm_head tie not kept"
-            for key, value in written.items():
-                if key.endswith("_proj.weight"):
-                    zeros = float((value == 0).double().mean())
-                    assert abs(zeros - 0.5) <= 0.01, f"{tag}: {key} is {zeros:.3f} zeros, expected 0.5"
-            want = json.loads(run(optima, "eval", "--model", out, "--dataset", eval_rows, "--seqlen", str(seqlen),
-                                  "--json"))["perplexity"]
-            got = transformers_perplexity(load_clean(out), ids, seqlen)
-            assert abs(got - want) <= 1e-4 * want, f"{tag}: perplexity {want} in optima, {got} in transformers"
-            print(f"ok  prune: {tag} loads in transformers, perplexity {got:.4f} (optima {want:.4f}, dense "
-                  f"{dense_got:.4f})")
+        method, reconstruct, propagation = runs[name]
+        tag = f"{name}-{method}-{reconstruct}-{propagation}"
+        out = os.path.join(work, tag)
+        run(optima, "prune", "--model", model_dir, "--out", out, "--calib", calib, "--nsamples", "8",
+            "--seqlen", str(seqlen), "--method", method, "--sparsity", "0.5", "--reconstruct", reconstruct,
+            "--propagation", propagation)
+        dense = load_file(os.path.join(model_dir, "model.safetensors"))
+        written = load_file(os.path.join(out, "model.safetensors"))
+        assert set(written) == set(dense), f"{tag}: tensors differ from the input's: {set(written) ^ set(dense)}"
+        tied = config.tie_word_embeddings
+        assert (any(k.endswith("lm_head.weight") for k in written)) == (not tied), f"{tag}: lm_head tie not kept"
+        pruned = 0
+        for key, value in written.items():
+            if key.endswith("_proj.weight") and ".layers." in key and "vision_tower" not in key:
+                zeros = float((value == 0).double().mean())
+                assert abs(zeros - 0.5) <= 0.01, f"{tag}: {key} is {zeros:.3f} zeros, expected 0.5"
+                pruned += 1
+            else:  # copied unchanged: same dtype, shape and bytes
+                assert value.dtype == dense[key].dtype and torch.equal(value.view(torch.uint8).flatten(),
+                                                                       dense[key].view(torch.uint8).flatten()), \
+                    f"{tag}: {key} changed"
+        assert pruned == 7 * config.get_text_config().num_hidden_layers, f"{tag}: {pruned} pruned linears"
+        kept = len(written) - pruned
+        with open(os.path.join(model_dir, "config.json"), "rb") as f, open(os.path.join(out, "config.json"), "rb") as g:
+            assert f.read() == g.read(), f"{tag}: config.json changed"
+        model = load_clean(out)
+        assert type(model) is type(dense_model), f"{tag}: loads as {type(model).__name__}"
+        want = json.loads(run(optima, "eval", "--model", out, "--dataset", eval_rows, "--seqlen", str(seqlen),
+                              "--json"))["perplexity"]
+        got = transformers_perplexity(model, ids, seqlen)
+        assert abs(got - want) <= 1e-4 * want, f"{tag}: perplexity {want} in optima, {got} in transformers"
+        print(f"ok  prune: {tag} loads in transformers as {type(model).__name__}, perplexity {got:.4f} (optima "
+              f"{want:.4f}); {pruned} linears at 50%, {kept} other tensors and config.json unchanged")
+
+
+def gemma3_multimodal_config(text_config):
+    """Gemma3ForConditionalGeneration around `text_config` with a vision tower of a few thousand parameters."""
+    vision = dict(model_type="siglip_vision_model", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                  num_attention_heads=2, image_size=28, patch_size=14)
+    text = text_config.to_dict()
+    text["tie_word_embeddings"] = True
+    return transformers.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                                     tie_word_embeddings=True)
 
 
 def transformers_perplexity(model, ids, seqlen):

@@ -180,8 +180,13 @@ class ModelDirectory(BadInputCase):
             ("rope-type-per-layer", dict(gemma, rope_parameters={"full_attention": {"rope_type": "dynamic"},
                                                                  "sliding_attention": {"rope_type": "default"}}),
              ["key 'rope_parameters'.full_attention.rope_type", "found dynamic"]),
-            ("vision", dict(gemma, model_type="gemma3", vision_config={"model_type": "siglip_vision_model"}),
-             ["key 'model_type'", "multimodal Gemma 3", "found gemma3 with a vision_config"]),
+            # Multimodal Gemma 3: its text model's keys belong in text_config, where errors are named.
+            ("vision-no-text-config", dict(gemma, model_type="gemma3",
+                                           vision_config={"model_type": "siglip_vision_model"}),
+             ["key 'text_config'", "text model's config", "found no such key"]),
+            ("vision-text-rope-type", {"model_type": "gemma3", "vision_config": {"model_type": "siglip_vision_model"},
+                                       "text_config": dict(gemma, rope_scaling={"rope_type": "yarn", "factor": 8.0})},
+             ["config.json text_config: key 'rope_scaling'.rope_type", "found yarn"]),
             ("gemma2-rope-type", dict(gemma, model_type="gemma2", rope_parameters={"rope_type": "longrope"}),
              ["key 'rope_parameters'.rope_type", "found longrope"]),
         ]
@@ -195,6 +200,14 @@ class ModelDirectory(BadInputCase):
                 self.assertRefused(self.prune(model), EXIT_INPUT, config, *fragments, model=model, digest=digest)
                 self.assertRefused(optima("inspect", model), EXIT_INPUT, config, *fragments)
                 shutil.rmtree(model)
+        # A computable multimodal config over a checkpoint without the language model's tensors.
+        model = self.copy_model()
+        with open(os.path.join(model, "config.json"), "w") as f:
+            json.dump({"model_type": "gemma3", "text_config": gemma,
+                       "vision_config": {"model_type": "siglip_vision_model"}}, f)
+        digest = tree_digest(model)
+        self.assertRefused(self.prune(model), EXIT_INPUT, model,
+                           "tensor 'language_model.model.embed_tokens.weight' is missing", model=model, digest=digest)
 
     def test_tensor_missing_or_of_the_wrong_shape(self):
         model = self.copy_model()
