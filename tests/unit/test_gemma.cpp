@@ -20,6 +20,7 @@
 #include "optima/model/arch.h"
 #include "optima/model/decoder.h"
 #include "optima/model/family.h"
+#include "optima/model/random_model.h"
 #include "optima/stats/accumulator.h"
 #include "test_util.h"
 
@@ -213,6 +214,17 @@ TEST(GemmaFamily, MultimodalGemma3IsItsTextModelUnderTheLanguageModelPrefix) {
   j["tie_word_embeddings"] = false;
   j["text_config"]["tie_word_embeddings"] = true;
   EXPECT_EQ(names(global_tensors(shape_of(j))).back(), "language_model.lm_head.weight 96x32");
+}
+
+// make-random knows only the family's tensors, so it refuses a model that has others rather than write it partly.
+TEST(GemmaFamily, MakeRandomRefusesAMultimodalModel) {
+  TempDir tmp;
+  const fs::path out = tmp / "random";
+  expect_error([&] { write_random_model(multimodal_gemma3(), out, RandomModelOptions{}); }, ErrorKind::kInput,
+               {"key 'model_type'", "make-random writes only text models", "found gemma3"});
+  EXPECT_FALSE(fs::exists(out));
+  write_random_model(small_gemma("gemma3_text"), out, RandomModelOptions{});  // the text model alone is made
+  EXPECT_TRUE(fs::exists(out / "model.safetensors"));
 }
 
 TEST(GemmaFamily, RefusesWhatItCannotComputeNamingKeyAndValue) {

@@ -10,7 +10,6 @@
 // unchanged (ModelShape::copy_other_tensors). Text-only logits are the language model's through lm_head, which
 // Gemma3ForConditionalGeneration computes without the final soft-capping and ties per the top-level
 // tie_word_embeddings.
-#include <fmt/format.h>
 
 #include <memory>
 
