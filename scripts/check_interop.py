@@ -7,6 +7,7 @@ Development tool (needs torch, transformers and safetensors, installed by script
 nothing here depends on optima's own idea of the layouts:
 
   1. transformers models (OPT, LLaMA untied and tied, Mistral, Qwen2, Qwen3, Phi-3) saved as safetensors and as pytorch_model.bin (single and
+  1. transformers models (OPT, LLaMA, Mistral, Qwen2, Gemma 2, Gemma 3 text) saved as safetensors and as pytorch_model.bin (single and
      sharded, as old OPT repositories ship them) -> `optima convert` -> every tensor bit-identical in the output
      (read with the safetensors library), which transformers loads with no missing or unexpected keys and whose
      logits equal the original model's exactly;
@@ -29,6 +30,9 @@ nothing here depends on optima's own idea of the layouts:
      sequence lengths on both sides of original_max_position_embeddings, where LongRoPE switches factors), and
      `optima prune` outputs (SparseGPT with OPTIMA) load in transformers with no missing keys, keep a tied
      head tied (no lm_head.weight written, config.json unchanged) and give the perplexity `optima eval` gives.
+  5. Gemma 2 and Gemma 3 text: make-random --config loads in transformers; random transformers models of Gemma 2,
+     Gemma 3 text and multimodal Gemma 3 (one prune each) load in transformers as their class with optima's
+     perplexity, with every tensor but the pruned linears (a vision tower too) and config.json unchanged.
 
 Exit status 0 when every check passes, 1 on the first failure, 77 when the Python packages are missing (ctest
 reports that as skipped).
@@ -103,6 +107,19 @@ def new_family_configs(common, llama):
                       "long_factor": [3.0, 4.5, 6.0, 12.0]},
         partial_rotary_factor=0.5, sliding_window=40, pad_token_id=None, bos_token_id=1, eos_token_id=2,
         initializer_range=0.1, **phi3)
+    yield from gemma_configs(common)
+
+
+def gemma_configs(common):
+    """Gemma 2 and Gemma 3 text with their options on: soft-capping, a sliding window shorter than the sequences,
+    grouped-query attention, linear rotary scaling of Gemma 3's full-attention layers, tied and untied heads."""
+    gemma = dict(common, intermediate_size=88, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                 sliding_window=8, query_pre_attn_scalar=24, num_hidden_layers=3)
+    yield "gemma2", transformers.Gemma2Config(attn_logit_softcapping=20.0, final_logit_softcapping=15.0, **gemma)
+    yield "gemma3-text", transformers.Gemma3TextConfig(
+        sliding_window_pattern=2, tie_word_embeddings=False, final_logit_softcapping=10.0,
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 100.0}}, **gemma)
 
 
 def random_model(config, seed):
@@ -151,10 +168,12 @@ def check_convert(optima, work):
         sources = {}
         sources["safetensors"] = os.path.join(work, f"{name}-st")
         model.save_pretrained(sources["safetensors"], max_shard_size="40KB")
-        sources["bin"] = os.path.join(work, f"{name}-bin")
-        save_bin(model, sources["bin"], shards=1)
-        sources["bin-sharded"] = os.path.join(work, f"{name}-bin3")
-        save_bin(model, sources["bin-sharded"], shards=3)
+        # The .bin readers do not depend on the family: the OPT and LLaMA-style models check them.
+        if not name.startswith("gemma"):
+            sources["bin"] = os.path.join(work, f"{name}-bin")
+            save_bin(model, sources["bin"], shards=1)
+            sources["bin-sharded"] = os.path.join(work, f"{name}-bin3")
+            save_bin(model, sources["bin-sharded"], shards=3)
         reference = {k: v for k, v in model.state_dict().items()}
         for kind, src in sources.items():
             out = src + "-optima"
@@ -181,6 +200,7 @@ def check_convert(optima, work):
                 want_site = SITE_OF[layer["name"].split(".")[-1]]
                 assert layer["input"] == want_site, f"{name}: {layer['name']} reads {layer['input']}, not {want_site}"
         print(f"ok  convert + inspect: {name} (safetensors, bin, sharded bin)")
+        print(f"ok  convert + inspect: {name} ({', '.join(sources)})")
 
 
 def check_initialisation(tag, model, std):
@@ -194,7 +214,8 @@ def check_initialisation(tag, model, std):
             continue
         where = f"{tag}: {prefix} ({type(module).__name__})"
         if isinstance(module, torch.nn.LayerNorm) or type(module).__name__.endswith("RMSNorm"):
-            assert bool((module.weight == 1).all()), f"{where}: norm weight is not all ones"
+            one = 0 if type(module).__name__.startswith("Gemma") else 1  # Gemma norms scale by (1 + w)
+            assert bool((module.weight == one).all()), f"{where}: norm weight is not all {one}"
         elif isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
             w = module.weight.detach().double().flatten()
             n = w.numel()
@@ -266,6 +287,106 @@ def check_make_random(optima, work):
                 f"{preset}: {key} {'is the same' if key in random else 'differs'} with another seed"
         print(f"ok  make-random: {preset} initialisation ({len(random)} random tensors, std {std}), seeds, "
               f"bfloat16 rounding")
+
+
+def check_make_random_gemma(optima, work):
+    """`optima make-random --config` for the Gemma families: loads in transformers with no missing keys, every tensor
+    as written, each initialised as transformers would (Gemma norms zero), a tied head left tied."""
+    for name, config in gemma_configs(dict(vocab_size=320, hidden_size=32, max_position_embeddings=64)):
+        config_file = os.path.join(work, f"{name}-random-config.json")
+        config.save_pretrained(os.path.join(work, f"{name}-random-config"))
+        os.rename(os.path.join(work, f"{name}-random-config", "config.json"), config_file)
+        out = os.path.join(work, f"{name}-random")
+        run(optima, "make-random", "--config", config_file, "--out", out, "--seed", "5")
+        written = read_safetensors_dir(out)
+        model = load_clean(out)
+        state = model.state_dict()
+        for key, value in written.items():
+            assert torch.equal(state[key], value), f"{name}: {key} differs in transformers"
+        assert ("lm_head.weight" in written) == (not config.tie_word_embeddings), f"{name}: lm_head tie not kept"
+        random = check_initialisation(name, model, config.initializer_range) & set(written)
+        assert random, f"{name}: no random tensors"
+        print(f"ok  make-random --config: {name} ({len(written)} tensors, {len(random)} random)")
+
+
+def check_prune_gemma(optima, work, assets):
+    """Random Gemma models made by transformers (with the stories260k tokenizer, whose 512 tokens they take as their
+    vocabulary), one prune each: Gemma 2, Gemma 3 text and a multimodal Gemma 3 (Gemma3ForConditionalGeneration with
+    a tiny vision tower). The pruned checkpoint loads in transformers as the original class with optima eval's
+    perplexity, the linear layers have the requested sparsity, a tied head stays tied, and every tensor outside the
+    pruned linears (the vision tower and projector included) and config.json are as they were, byte for byte. The
+    methods, OPTIMA and the propagation modes do not depend on the family (stories260k checks each below); the
+    runs are spread over them. The dense forward pass is checked against transformers by the golden unit tests."""
+    stories = os.path.join(assets, "models", "stories260k")
+    if not os.path.isfile(os.path.join(stories, "tokenizer.model")):
+        print(f"skip prune gemma: asset missing: {stories}")
+        return
+    calib = os.path.join(assets, "text", "tinystories", "tiny.utf8")
+    with open(calib, encoding="utf-8") as f:
+        rows = [line for line in f.read().splitlines() if line.strip()][-12:]
+    eval_rows = os.path.join(work, "gemma-eval-rows.txt")
+    with open(eval_rows, "w", encoding="utf-8") as f:
+        f.write("\n".join(rows) + "\n")
+    joined = os.path.join(work, "gemma-eval-joined.txt")
+    with open(joined, "w", encoding="utf-8") as f:
+        f.write("\n\n".join(rows))
+    ids = json.loads(run(optima, "tokenize", "--model", stories, "--file", joined, "--json"))["ids"]
+    seqlen = 16  # longer than the sliding window of 8
+    assert len(ids) >= 4 * seqlen, f"gemma eval text too short: {len(ids)} tokens"
+    runs = {"gemma2": ("sparsegpt", "optima", "true-sequential"), "gemma3-text": ("wanda", "none", "reference"),
+            "gemma3-mm": ("wanda", "optima", "true-sequential")}
+    configs = list(gemma_configs(dict(vocab_size=512, hidden_size=32, max_position_embeddings=64)))
+    configs.append(("gemma3-mm", gemma3_multimodal_config(configs[-1][1])))
+    for seed, (name, config) in enumerate(configs):
+        model_dir = os.path.join(work, f"{name}-dense")
+        config.initializer_range = 0.3  # far from a uniform prediction, so a forward-pass mismatch shows
+        dense_model = random_model(config, 50 + seed)
+        dense_model.save_pretrained(model_dir)
+        for file in ("tokenizer.model", "tokenizer_config.json"):
+            shutil.copy(os.path.join(stories, file), model_dir)
+        method, reconstruct, propagation = runs[name]
+        tag = f"{name}-{method}-{reconstruct}-{propagation}"
+        out = os.path.join(work, tag)
+        run(optima, "prune", "--model", model_dir, "--out", out, "--calib", calib, "--nsamples", "8",
+            "--seqlen", str(seqlen), "--method", method, "--sparsity", "0.5", "--reconstruct", reconstruct,
+            "--propagation", propagation)
+        dense = load_file(os.path.join(model_dir, "model.safetensors"))
+        written = load_file(os.path.join(out, "model.safetensors"))
+        assert set(written) == set(dense), f"{tag}: tensors differ from the input's: {set(written) ^ set(dense)}"
+        tied = config.tie_word_embeddings
+        assert (any(k.endswith("lm_head.weight") for k in written)) == (not tied), f"{tag}: lm_head tie not kept"
+        pruned = 0
+        for key, value in written.items():
+            if key.endswith("_proj.weight") and ".layers." in key and "vision_tower" not in key:
+                zeros = float((value == 0).double().mean())
+                assert abs(zeros - 0.5) <= 0.01, f"{tag}: {key} is {zeros:.3f} zeros, expected 0.5"
+                pruned += 1
+            else:  # copied unchanged: same dtype, shape and bytes
+                assert value.dtype == dense[key].dtype and torch.equal(value.view(torch.uint8).flatten(),
+                                                                       dense[key].view(torch.uint8).flatten()), \
+                    f"{tag}: {key} changed"
+        assert pruned == 7 * config.get_text_config().num_hidden_layers, f"{tag}: {pruned} pruned linears"
+        kept = len(written) - pruned
+        with open(os.path.join(model_dir, "config.json"), "rb") as f, open(os.path.join(out, "config.json"), "rb") as g:
+            assert f.read() == g.read(), f"{tag}: config.json changed"
+        model = load_clean(out)
+        assert type(model) is type(dense_model), f"{tag}: loads as {type(model).__name__}"
+        want = json.loads(run(optima, "eval", "--model", out, "--dataset", eval_rows, "--seqlen", str(seqlen),
+                              "--json"))["perplexity"]
+        got = transformers_perplexity(model, ids, seqlen)
+        assert abs(got - want) <= 1e-4 * want, f"{tag}: perplexity {want} in optima, {got} in transformers"
+        print(f"ok  prune: {tag} loads in transformers as {type(model).__name__}, perplexity {got:.4f} (optima "
+              f"{want:.4f}); {pruned} linears at 50%, {kept} other tensors and config.json unchanged")
+
+
+def gemma3_multimodal_config(text_config):
+    """Gemma3ForConditionalGeneration around `text_config` with a vision tower of a few thousand parameters."""
+    vision = dict(model_type="siglip_vision_model", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                  num_attention_heads=2, image_size=28, patch_size=14)
+    text = text_config.to_dict()
+    text["tie_word_embeddings"] = True
+    return transformers.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                                     tie_word_embeddings=True)
 
 
 def transformers_perplexity(model, ids, seqlen):
@@ -498,6 +619,11 @@ def main():
             for name, check in checks.items():
                 if args.only in (None, name):
                     check()
+            check_convert(args.optima, work)
+            check_make_random(args.optima, work)
+            check_make_random_gemma(args.optima, work)
+            check_prune_gemma(args.optima, work, args.assets)
+            check_prune(args.optima, work, args.assets)
         except AssertionError as error:
             print(f"FAIL {error}", file=sys.stderr)
             return 1

@@ -22,6 +22,9 @@ and, for the models written since these were added (qwen3, phi3-longrope, llama3
                                       takes LongRoPE's short factors where "ids" takes the long ones
 
 Give folder names to write only those:  .venv/bin/python scripts/make_model_goldens.py qwen3 phi3-longrope
+Gemma goldens also hold "hidden" (the embedding output and each block's output on "ids") and "hessian.B.SITE" (each
+input site's Hessian on "ids"), see block_captures; gemma3-mm (a multimodal checkpoint) holds only the text model's
+logits. Names given as arguments rewrite only those folders.
 """
 import json
 import math
@@ -105,19 +108,82 @@ def blocks_and_hessians(model, ids):
         model(ids)
     for h in handles:
         h.remove()
+    # Gemma: head_dim other than hidden / heads, query_pre_attn_scalar other than head_dim, a sliding window shorter
+    # than the test sequences, weights large enough that the soft-capping tanh is far from linear.
+    gemma = dict(intermediate_size=48, num_attention_heads=4, head_dim=16, sliding_window=8,
+                 query_pre_attn_scalar=24, initializer_range=0.2, **common)
+    yield "gemma2", transformers.Gemma2Config(num_key_value_heads=2, attn_logit_softcapping=4.0,
+                                              final_logit_softcapping=3.0, **dict(gemma, num_hidden_layers=3))
+    # Gemma 3: layers sliding, full, sliding, full; linear rotary scaling on the full layers only; attention
+    # soft-capping set (transformers' Gemma 3 attention does not apply it) and no final soft-capping.
+    gemma3 = dict(gemma, num_hidden_layers=4, num_key_value_heads=1, sliding_window_pattern=2,
+                  rope_parameters={"full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0},
+                                   "sliding_attention": {"rope_type": "default", "rope_theta": 100.0}})
+    yield "gemma3-text", transformers.Gemma3TextConfig(attn_logit_softcapping=1.0, **gemma3)
+    yield "gemma3-text-untied", transformers.Gemma3TextConfig(tie_word_embeddings=False, final_logit_softcapping=6.0,
+                                                              **dict(gemma3, num_key_value_heads=2))
+    # Multimodal Gemma 3 (Gemma3ForConditionalGeneration) with a tiny vision tower: the text model's logits. An
+    # untied head (saved as language_model.lm_head) and a final soft-capping in text_config, which the multimodal
+    # model does not apply.
+    yield "gemma3-mm", transformers.Gemma3Config(
+        text_config=transformers.Gemma3TextConfig(final_logit_softcapping=2.0, **gemma3).to_dict(),
+        vision_config=SIGLIP_TINY, mm_tokens_per_image=4, tie_word_embeddings=False, initializer_range=0.2)
+
+
+# A vision tower of a few hundred parameters: one layer, 28x28 images in 14x14 patches.
+SIGLIP_TINY = dict(model_type="siglip_vision_model", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                   num_attention_heads=2, image_size=28, patch_size=14)
+
+
+def make_model(config):
+    """The causal LM of `config`; a multimodal Gemma 3 config makes Gemma3ForConditionalGeneration."""
+    if isinstance(config, transformers.Gemma3Config):
+        for sub in (config, config.text_config, config.vision_config):
+            sub._attn_implementation = "eager"
+        return transformers.Gemma3ForConditionalGeneration(config).eval()
+    config._attn_implementation = "eager"
+    return transformers.AutoModelForCausalLM.from_config(config).eval()
+
+
+# The input sites of a LLaMA-style block (q/k/v, o, gate/up, down) by the module whose input each is.
+SITES = {"attn_in": "self_attn.q_proj", "attn_out": "self_attn.o_proj", "mlp_in": "mlp.gate_proj",
+         "mlp_hidden": "mlp.down_proj"}
+
+
+def block_captures(model, ids):
+    """For families with LLaMA-style module names: "hidden" float32 [layers + 1, batch, seq, hidden] (the embedding
+    output, then each block's output) and "hessian.B.SITE" float32, each input site's H = (2 / n) sum X^T X over
+    the n sequences of `ids`, summed in float64, as optima accumulates it."""
+    hidden, inputs, hooks = [], {}, []
+    layers = model.model.layers
+    hooks.append(model.model.embed_tokens.register_forward_hook(lambda m, i, o: hidden.append(o.detach())))
+    for b, layer in enumerate(layers):
+        hooks.append(layer.register_forward_hook(lambda m, i, o: hidden.append(
+            (o[0] if isinstance(o, tuple) else o).detach())))
+        for site, module in SITES.items():
+            hooks.append(layer.get_submodule(module).register_forward_pre_hook(
+                lambda m, i, key=f"hessian.{b}.{site}": inputs.setdefault(key, i[0].detach())))
+    with torch.no_grad():
+        model(ids)
+    for h in hooks:
+        h.remove()
+    out = {"hidden": torch.stack(hidden).float().contiguous()}
+    for key, x in inputs.items():
+        x = x.double().reshape(-1, x.shape[-1])
+        out[key] = (2.0 / ids.shape[0] * x.T @ x).float().contiguous()
     return out
 
 
 def main():
+    only = set(sys.argv[1:])  # names to (re)write; all when none are given
     torch.manual_seed(0)
-    only = set(sys.argv[1:])
     for seed, (name, config) in enumerate(configs()):
         if only and name not in only:
             continue
         seed = EXTENDED.get(name, seed)
         config._attn_implementation = "eager"
         torch.manual_seed(seed)
-        model = transformers.AutoModelForCausalLM.from_config(config).eval()
+        model = make_model(config)
         with torch.no_grad():  # non-trivial norms and biases, so a mix-up of them shows in the logits
             for pname, p in model.named_parameters():
                 if p.ndim == 1:
@@ -144,6 +210,8 @@ def main():
                 ids_short = torch.randint(0, VOCAB, (2, original - 4), generator=generator)
                 with torch.no_grad():
                     tensors.update(ids_short=ids_short, logits_short=model(ids_short).logits.float().contiguous())
+        if name.startswith("gemma") and hasattr(model.model, "layers"):
+            tensors.update(block_captures(model, ids))
         save_file(tensors, os.path.join(folder, "golden.safetensors"))
         with open(os.path.join(folder, "golden.json"), "w") as f:
             json.dump({"seqlen": seqlen, "perplexity": math.exp(window_nll.mean().item()),

@@ -68,6 +68,11 @@ nlohmann::json random_model_preset(std::string_view name) {
 void write_random_model(const nlohmann::json& config_json, const fs::path& out, const RandomModelOptions& options) {
   const ModelConfig config(config_json, out / "config.json");
   const ModelShape shape = read_model_shape(config);
+  // The family knows only the text model's tensors; a model with others (a vision tower) would be incomplete.
+  if (shape.copy_other_tensors)
+    fail_input(fmt::format("{}: key 'model_type'", config.path().string()),
+               "make-random writes only text models; this model has tensors beyond its family's (a vision tower)",
+               "a text-only model_type", shape.model_type);
   StagedDirectory staged(out, options.overwrite);
 
   nlohmann::json written = config_json;

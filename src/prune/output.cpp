@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <optional>
+#include <set>
+#include <string>
 
 #include "optima/core/byte_size.h"
 #include "optima/core/error.h"
@@ -55,6 +57,16 @@ class CheckpointOutput final : public OutputSink {
     // A stored lm_head that the config ties to the embeddings is carried over unchanged too.
     if (shape.tie_word_embeddings && checkpoint.find("lm_head.weight"))
       writer_->add("lm_head.weight", checkpoint.load("lm_head.weight"));
+    if (shape.copy_other_tensors) copy_other_tensors(checkpoint, shape);
+  }
+
+  // Every stored tensor the family does not declare (a multimodal model's vision tower), unchanged, before the
+  // blocks, so that a resumed run finds them in the writer already.
+  void copy_other_tensors(const Checkpoint& checkpoint, const ModelShape& shape) {
+    std::set<std::string> declared{"lm_head.weight"};
+    for (const ExpectedTensor& t : expected_tensors(shape)) declared.insert(t.name);
+    for (const CheckpointTensor& t : checkpoint.tensors())
+      if (!declared.count(t.name)) writer_->add(t.name, checkpoint.load(t.name));
   }
 
   void restore(const RunState& state, const ResumeFolder& work) override {

@@ -202,6 +202,42 @@ class ModelDirectory(BadInputCase):
                 refused = os.path.join(self.case, f"{tag}-random")
                 self.assertRefused(optima("make-random", "--config", config, "--out", refused), EXIT_INPUT,
                                    *fragments, out=refused)
+    def test_gemma_features_that_cannot_be_computed_are_refused(self):
+        gemma = dict(TINY_CONFIG, model_type="gemma3_text", head_dim=16, sliding_window=8)
+        cases = [
+            ("rope-type", dict(gemma, rope_scaling={"rope_type": "yarn", "factor": 8.0}),
+             ["key 'rope_scaling'.rope_type", "unsupported rotary scaling", "found yarn"]),
+            ("rope-type-per-layer", dict(gemma, rope_parameters={"full_attention": {"rope_type": "dynamic"},
+                                                                 "sliding_attention": {"rope_type": "default"}}),
+             ["key 'rope_parameters'.full_attention.rope_type", "found dynamic"]),
+            # Multimodal Gemma 3: its text model's keys belong in text_config, where errors are named.
+            ("vision-no-text-config", dict(gemma, model_type="gemma3",
+                                           vision_config={"model_type": "siglip_vision_model"}),
+             ["key 'text_config'", "text model's config", "found no such key"]),
+            ("vision-text-rope-type", {"model_type": "gemma3", "vision_config": {"model_type": "siglip_vision_model"},
+                                       "text_config": dict(gemma, rope_scaling={"rope_type": "yarn", "factor": 8.0})},
+             ["config.json text_config: key 'rope_scaling'.rope_type", "found yarn"]),
+            ("gemma2-rope-type", dict(gemma, model_type="gemma2", rope_parameters={"rope_type": "longrope"}),
+             ["key 'rope_parameters'.rope_type", "found longrope"]),
+        ]
+        for tag, changed, fragments in cases:
+            with self.subTest(tag):
+                model = self.copy_model()
+                config = os.path.join(model, "config.json")
+                with open(config, "w") as f:
+                    json.dump(changed, f)
+                digest = tree_digest(model)
+                self.assertRefused(self.prune(model), EXIT_INPUT, config, *fragments, model=model, digest=digest)
+                self.assertRefused(optima("inspect", model), EXIT_INPUT, config, *fragments)
+                shutil.rmtree(model)
+        # A computable multimodal config over a checkpoint without the language model's tensors.
+        model = self.copy_model()
+        with open(os.path.join(model, "config.json"), "w") as f:
+            json.dump({"model_type": "gemma3", "text_config": gemma,
+                       "vision_config": {"model_type": "siglip_vision_model"}}, f)
+        digest = tree_digest(model)
+        self.assertRefused(self.prune(model), EXIT_INPUT, model,
+                           "tensor 'language_model.model.embed_tokens.weight' is missing", model=model, digest=digest)
 
     def test_tensor_missing_or_of_the_wrong_shape(self):
         model = self.copy_model()

@@ -73,6 +73,12 @@ def config_seeds():
         "max_position_embeddings": 128, "tie_word_embeddings": True, "hidden_act": "silu",
         "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
                             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}))
+    write(t, "gemma3_legacy_rope", json.dumps({
+        "model_type": "gemma3_text", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 7,
+        "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 16, "vocab_size": 100,
+        "max_position_embeddings": 128, "sliding_window": 8, "sliding_window_pattern": 3, "rope_theta": 1000000.0,
+        "rope_local_base_freq": 10000.0, "rope_scaling": {"rope_type": "linear", "factor": 8.0},
+        "query_pre_attn_scalar": 16, "final_logit_softcapping": None, "hidden_activation": "gelu_pytorch_tanh"}))
     write(t, "opt_minimal", json.dumps({
         "model_type": "opt", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "ffn_dim": 32,
         "vocab_size": 50, "max_position_embeddings": 64, "word_embed_proj_dim": 8, "do_layer_norm_before": False}))

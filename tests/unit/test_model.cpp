@@ -74,6 +74,13 @@ INSTANTIATE_TEST_SUITE_P(Families, GoldenModel, ::testing::ValuesIn(kGoldenModel
   std::replace(name.begin(), name.end(), '-', '_');
   return name;
 });
+INSTANTIATE_TEST_SUITE_P(GemmaFamilies, GoldenModel,
+                         ::testing::Values("gemma2", "gemma3-text", "gemma3-text-untied", "gemma3-mm"),
+                         [](const auto& param_info) {
+                           std::string name = param_info.param;
+                           std::replace(name.begin(), name.end(), '-', '_');
+                           return name;
+                         });
 
 // Per block: optima's block outputs against transformers' (1e-4 absolute, like the logits) and each input site's
 // Hessian, accumulated by InputStatistics from optima's activations, against the float64 Hessian of transformers'

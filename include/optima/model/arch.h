@@ -38,6 +38,9 @@ struct ModelShape {
   int64_t intermediate_size = 0;
   int64_t max_positions = 0;
   bool tie_word_embeddings = true;
+  // The checkpoint holds more than the text model (a multimodal model's vision tower and projector): every tensor the
+  // family does not declare is copied to a pruned output unchanged, so the output loads as the original model did.
+  bool copy_other_tensors = false;
   std::shared_ptr<const FamilySettings> settings;  // the family's own, made by its read_shape
 };
 

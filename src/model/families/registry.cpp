@@ -14,6 +14,9 @@ const Family& opt_family();
 const Family& llama_family();
 const Family& qwen3_family();
 const Family& phi3_family();
+const Family& gemma2_family();
+const Family& gemma3_text_family();
+const Family& gemma3_family();
 
 namespace {
 
@@ -25,10 +28,10 @@ struct Registration {
 // One line per family, with the model_type values it serves, in the order messages and --help list them.
 const std::vector<Registration>& registry() {
   static const std::vector<Registration> table = {
-      {{"opt"}, opt_family},
-      {{"llama", "mistral", "qwen2"}, llama_family},
-      {{"qwen3"}, qwen3_family},
-      {{"phi3"}, phi3_family},
+      {{"opt"}, opt_family},       {{"llama", "mistral", "qwen2"}, llama_family},
+      {{"qwen3"}, qwen3_family},   {{"phi3"}, phi3_family},
+      {{"gemma2"}, gemma2_family}, {{"gemma3_text"}, gemma3_text_family},
+      {{"gemma3"}, gemma3_family},  // the text part of a multimodal checkpoint
   };
   return table;
 }
