@@ -31,7 +31,7 @@ std::string sweep_setting_name(const PrunePlan& plan) {
   return fmt::format(
       "{}{}-{}-{:g}{}", plan.method, plan.reconstruct == Reconstruct::kOptima ? "+optima" : "", pattern,
       plan.pattern.sparsity(),
-      plan.allocation == SparsityAllocation::kUniform ? "" : "-" + std::string(to_string(plan.allocation)));
+      plan.allocation == SparsityAllocation::kUniform ? std::string() : fmt::format("-{}", to_string(plan.allocation)));
 }
 
 std::vector<PrunePlan> expand_sweep(const PrunePlan& base, const std::vector<std::string>& methods,

@@ -100,7 +100,7 @@ TEST(Threads, LocalProcessesShareTheMachine) {
   s.local_processes = 4;
   s.slurm_cpus = 3;  // SLURM's count is per task already
   EXPECT_EQ(choose_threads(s, 0).threads, 3);
-  s.omp_num_threads = "2";
+  s.omp_num_threads.emplace("2");
   EXPECT_EQ(choose_threads(s, 0).threads, 2);
   EXPECT_EQ(choose_threads(s, 7).threads, 7);
 }
