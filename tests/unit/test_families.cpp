@@ -64,7 +64,8 @@ nlohmann::json small_llama() {
 // --- the registry ----------------------------------------------------------------------------------------------
 
 TEST(FamilyRegistry, ListsEveryModelTypeInOrder) {
-  EXPECT_EQ(supported_model_types(), (std::vector<std::string>{"opt", "llama", "mistral", "qwen2", "qwen3", "phi3"}));
+  EXPECT_EQ(supported_model_types(), (std::vector<std::string>{"opt", "llama", "mistral", "qwen2", "qwen3", "phi3",
+                                                               "gemma2", "gemma3_text", "gemma3"}));
 }
 
 TEST(FamilyRegistry, EachModelTypeHasItsFamily) {
