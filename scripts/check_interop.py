@@ -89,6 +89,7 @@ def tiny_configs():
     yield "mistral", transformers.MistralConfig(**llama)
     yield "qwen2", transformers.Qwen2Config(tie_word_embeddings=True, **llama)
     yield from new_family_configs(common, llama)
+    yield from gemma_configs(common)
 
 
 def new_family_configs(common, llama):
@@ -107,7 +108,6 @@ def new_family_configs(common, llama):
                       "long_factor": [3.0, 4.5, 6.0, 12.0]},
         partial_rotary_factor=0.5, sliding_window=40, pad_token_id=None, bos_token_id=1, eos_token_id=2,
         initializer_range=0.1, **phi3)
-    yield from gemma_configs(common)
 
 
 def gemma_configs(common):
@@ -603,7 +603,8 @@ def main():
     parser.add_argument("--optima", required=True, help="path to the optima binary")
     parser.add_argument("--assets", default=os.environ.get("OPTIMA_ASSETS", os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "assets")), help="offline assets folder")
-    parser.add_argument("--only", choices=["convert", "make-random", "prune", "eval-protocol", "new-families"],
+    parser.add_argument("--only", choices=["convert", "make-random", "make-random-gemma", "prune-gemma", "prune",
+                                           "eval-protocol", "new-families"],
                         help="run this check alone")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -613,17 +614,14 @@ def main():
         try:
             checks = {"convert": lambda: check_convert(args.optima, work),
                       "make-random": lambda: check_make_random(args.optima, work),
+                      "make-random-gemma": lambda: check_make_random_gemma(args.optima, work),
+                      "prune-gemma": lambda: check_prune_gemma(args.optima, work, args.assets),
                       "prune": lambda: check_prune(args.optima, work, args.assets),
                       "eval-protocol": lambda: check_eval_protocol(args.optima, work, args.assets),
                       "new-families": lambda: check_new_families(args.optima, work, args.assets)}
             for name, check in checks.items():
                 if args.only in (None, name):
                     check()
-            check_convert(args.optima, work)
-            check_make_random(args.optima, work)
-            check_make_random_gemma(args.optima, work)
-            check_prune_gemma(args.optima, work, args.assets)
-            check_prune(args.optima, work, args.assets)
         except AssertionError as error:
             print(f"FAIL {error}", file=sys.stderr)
             return 1
