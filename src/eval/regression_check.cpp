@@ -202,7 +202,8 @@ std::vector<std::string> identity_differences(const RunSummary& baseline, const 
       out.push_back("model: the weights or config.json differ (content hash " + describe(value) + " vs " +
                     describe(other) + ")");
     } else if (key == "calibration") {
-      out.push_back("calibration: other calibration tokens (file, tokenizer, sampling rule, windows or seed differ)");
+      out.emplace_back(
+          "calibration: other calibration tokens (file, tokenizer, sampling rule, windows or seed differ)");
     } else {
       out.push_back(fmt::format("{}: baseline {}, run {}", key, describe(value), describe(other)));
     }
