@@ -35,4 +35,18 @@ void append_linear_tensors(const std::string& prefix, const std::vector<LinearLa
   }
 }
 
+std::string llama_layout_block_prefix(int64_t block) {
+  return fmt::format("model.layers.{}.", block);
+}
+
+std::vector<ExpectedTensor> llama_layout_global_tensors(const ModelShape& shape) {
+  std::vector<ExpectedTensor> out;
+  out.push_back({"model.embed_tokens.weight", {shape.vocab_size, shape.hidden_size}, TensorInit::kNormal});
+  out.push_back({"model.norm.weight", {shape.hidden_size}, TensorInit::kOnes});
+  if (!shape.tie_word_embeddings) {
+    out.push_back({"lm_head.weight", {shape.vocab_size, shape.hidden_size}, TensorInit::kNormal});
+  }
+  return out;
+}
+
 }  // namespace optima

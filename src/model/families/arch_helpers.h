@@ -31,4 +31,10 @@ int64_t positive_or(const ModelConfig& config, std::string_view key, int64_t fal
 void append_linear_tensors(const std::string& prefix, const std::vector<LinearLayer>& layers,
                            std::vector<ExpectedTensor>& out);
 
+// The LLaMA checkpoint layout, which LLaMA, Mistral, Qwen2/3 and Phi-3 share: a block's tensors sit under
+// "model.layers.<block>."; the global ones are the token embedding, the final norm and, unless the embeddings are
+// tied, lm_head.
+std::string llama_layout_block_prefix(int64_t block);
+std::vector<ExpectedTensor> llama_layout_global_tensors(const ModelShape& shape);
+
 }  // namespace optima

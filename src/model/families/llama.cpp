@@ -197,7 +197,7 @@ class LlamaFamily : public Family {
   }
 
   std::string block_prefix(const ModelShape& /*shape*/, int64_t block) const override {
-    return fmt::format("model.layers.{}.", block);
+    return llama_layout_block_prefix(block);
   }
 
   std::vector<ExpectedTensor> block_tensors(const ModelShape& s, int64_t block) const override {
@@ -210,11 +210,7 @@ class LlamaFamily : public Family {
   }
 
   std::vector<ExpectedTensor> global_tensors(const ModelShape& s) const override {
-    std::vector<ExpectedTensor> out;
-    out.push_back({"model.embed_tokens.weight", {s.vocab_size, s.hidden_size}, TensorInit::kNormal});
-    out.push_back({"model.norm.weight", {s.hidden_size}, TensorInit::kOnes});
-    if (!s.tie_word_embeddings) out.push_back({"lm_head.weight", {s.vocab_size, s.hidden_size}, TensorInit::kNormal});
-    return out;
+    return llama_layout_global_tensors(s);
   }
 
   std::unique_ptr<FamilyForward> make_forward(const ModelShape& shape, GlobalWeights globals,
