@@ -32,7 +32,7 @@ int64_t count_at(int64_t numel, double fraction) {
 at::Tensor pruned_at(const at::Tensor& magnitude, const SparsityPattern& target, int64_t t) {
   if (target.is_unstructured())  // the reference's global branch: the full target at every iteration (no schedule)
     return lowest_k_mask(magnitude, count_at(magnitude.numel(), target.sparsity()));
-  const at::Tensor base = lowest_n_of_m_mask(magnitude, target.n(), target.m());
+  at::Tensor base = lowest_n_of_m_mask(magnitude, target.n(), target.m());
   if (t + 1 >= kAdmmMaskIterations) return base;  // s_t = s: exactly the N:M mask
   // Cubic schedule: the int(R*C*s_t) smallest of the entries the N:M mask would prune; entries tied with the
   // threshold stay.
