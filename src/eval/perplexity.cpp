@@ -112,8 +112,9 @@ PerplexityResult evaluate_perplexity(const DecoderModel& model, const std::vecto
   PerplexityResult result;
   // The output head takes as many windows at a time as kDefaultBatchMemory holds of their fp64 logits and log
   // probabilities: one window for OPT's 50272 tokens at 2048 (0.8 GB each), a whole batch for small vocabularies.
+  constexpr int64_t kHeadBytesPerLogit = 3 * sizeof(double);  // logits, log probabilities and one temporary
   const int64_t head_windows = std::max<int64_t>(
-      1, static_cast<int64_t>(kDefaultBatchMemory) / (int64_t{3 * 8} * options.seqlen * model.shape().vocab_size));
+      1, static_cast<int64_t>(kDefaultBatchMemory) / (kHeadBytesPerLogit * options.seqlen * model.shape().vocab_size));
   for (size_t i = 0; i < runner.batches(); ++i) {
     const at::Tensor hidden = runner.activations().get(i);
     for (int64_t w = 0; w < hidden.size(0); w += head_windows) {
