@@ -34,6 +34,17 @@ void tune_allocator() {
 #endif
 }
 
+void fit_allocator_to_block(int64_t block_weight_bytes) {
+#if defined(__GLIBC__)
+  if (block_weight_bytes > kSmallBlockBytes || std::getenv("MALLOC_MMAP_THRESHOLD_") != nullptr) return;
+  constexpr int kLargestMmapThreshold = 32 << 20;  // glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit machines
+  mallopt(M_MMAP_THRESHOLD, kLargestMmapThreshold);
+  mallopt(M_TRIM_THRESHOLD, 2 * kLargestMmapThreshold);
+#else
+  (void)block_weight_bytes;
+#endif
+}
+
 void release_free_memory() {
 #if defined(__GLIBC__)
   malloc_trim(0);

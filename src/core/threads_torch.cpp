@@ -23,4 +23,14 @@ void apply_threads(const ThreadChoice& choice) {
                                               : fmt::format("{} (OMP_WAIT_POLICY)", policy));
 }
 
+SerialScope::SerialScope(bool serial) {
+  if (!serial || at::get_num_threads() == 1) return;
+  previous_threads_ = at::get_num_threads();
+  at::set_num_threads(1);
+}
+
+SerialScope::~SerialScope() {
+  if (previous_threads_ > 0) at::set_num_threads(previous_threads_);
+}
+
 }  // namespace optima

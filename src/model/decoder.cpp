@@ -3,6 +3,7 @@
 #include "optima/model/decoder.h"
 
 #include <ATen/ATen.h>
+#include <spdlog/spdlog.h>
 
 #include "families/ops.h"
 #include "optima/core/error.h"
@@ -10,13 +11,21 @@
 
 namespace optima {
 
+c10::ScalarType default_compute_dtype(c10::ScalarType stored, c10::Device device) {
+  const bool half = stored == at::kHalf || stored == at::kBFloat16;
+  if (!half || !device.is_cpu()) return stored;
+  spdlog::info("computing in float32: the checkpoint's {} has no fast matrix products on the CPU (--dtype {} keeps it)",
+               c10::toString(stored), stored == at::kHalf ? "float16" : "bfloat16");
+  return at::kFloat;
+}
+
 DecoderModel::DecoderModel(const Checkpoint& checkpoint, RunOptions options)
     : checkpoint_(checkpoint), shape_(read_model_shape(checkpoint.config())), options_(options) {
   validate_checkpoint(checkpoint_, shape_);
   dtype_ = options_.dtype;
   if (dtype_ == c10::ScalarType::Undefined) {
     const std::string first = block_prefix(shape_, 0) + linear_layers(shape_)[0].name + ".weight";
-    dtype_ = to_scalar_type(checkpoint_.find(first)->dtype);
+    dtype_ = default_compute_dtype(to_scalar_type(checkpoint_.find(first)->dtype), options_.device);
   }
   GlobalWeights globals;
   for (const ExpectedTensor& t : global_tensors(shape_)) globals.emplace(t.name, load(t.name));

@@ -8,6 +8,9 @@
 
 #include "optima/core/defaults.h"
 #include "optima/core/error.h"
+#include "optima/core/finite.h"
+#include "optima/core/resources.h"
+#include "optima/model/arch.h"
 
 namespace optima {
 
@@ -18,6 +21,12 @@ std::vector<std::vector<int64_t>> batch_shapes(int64_t windows, int64_t seqlen, 
   for (int64_t b = 0; b < windows; b += batch_size)
     shapes.push_back({std::min(batch_size, windows - b), seqlen, hidden});
   return shapes;
+}
+
+int64_t block_weight_bytes(const ModelShape& shape, c10::ScalarType dtype) {
+  int64_t parameters = 0;
+  for (const LinearLayer& layer : linear_layers(shape)) parameters += layer.out_features * layer.in_features;
+  return parameters * static_cast<int64_t>(c10::elementSize(dtype));
 }
 
 }  // namespace
@@ -40,7 +49,9 @@ BlockRunner::BlockRunner(const DecoderModel& model, int64_t windows, int64_t seq
     : model_(model),
       batch_size_(batch_size),
       store_(std::make_unique<ActivationStore>(batch_shapes(windows, seqlen, batch_size, model.shape().hidden_size),
-                                               model.dtype(), budget_bytes, spill_file)) {}
+                                               model.dtype(), budget_bytes, spill_file)) {
+  fit_allocator_to_block(block_weight_bytes(model.shape(), model.dtype()));
+}
 
 void BlockRunner::embed(const at::Tensor& ids) {
   for (size_t i = 0; i < store_->size(); ++i) {
@@ -62,7 +73,7 @@ void BlockRunner::propagate(const BlockWeights& block, bool check_finite, const 
   for (size_t i = 0; i < store_->size(); ++i) {
     if (before_batch) before_batch();
     const at::Tensor h = model_.block_forward(block, store_->get(i));
-    if (check_finite && !at::isfinite(h).all().item<bool>())
+    if (check_finite && !all_finite(h))
       throw Error(ErrorKind::kNumeric,
                   fmt::format("block {}: the pruned block produced NaN or Inf activations; stopping", block.index));
     store_->set(i, h);

@@ -5,6 +5,8 @@
 
 #include <cmath>
 
+#include "optima/core/finite.h"
+
 namespace optima {
 
 InputStatistics::InputStatistics(int64_t features, c10::Device device, bool hessian, bool column_norms,
@@ -18,10 +20,10 @@ InputStatistics::InputStatistics(int64_t features, c10::Device device, bool hess
 void InputStatistics::add(const at::Tensor& x) {
   const at::Tensor batch3 = x.dim() == 2 ? x.unsqueeze(0) : x;
   const at::Tensor all = batch3.to(hessian_.defined() ? hessian_.device() : column_norms_.device(), dtype_);
-  if (!at::isfinite(all).all().item<bool>()) non_finite_ = true;
+  if (!all_finite(all)) non_finite_ = true;
   for (int64_t s = 0; s < all.size(0); ++s) add_sample(all[s]);
-  if (!non_finite_ && ((hessian_.defined() && !at::isfinite(hessian_).all().item<bool>()) ||
-                       (column_norms_.defined() && !at::isfinite(column_norms_).all().item<bool>())))
+  if (!non_finite_ &&
+      ((hessian_.defined() && !all_finite(hessian_)) || (column_norms_.defined() && !all_finite(column_norms_))))
     non_finite_ = true;
 }
 

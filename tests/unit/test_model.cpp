@@ -7,6 +7,7 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 
+#include "model/families/small_head_attention_cpu.h"
 #include "optima/eval/perplexity.h"
 #include "optima/io/json_file.h"
 #include "optima/io/safetensors.h"
@@ -282,6 +283,45 @@ TEST(Decoder, WeightsThatOverflowTheComputeDtypeAreNamed) {
   expect_error([&] { DecoderModel(checkpoint, half).load_block(0); }, ErrorKind::kNumeric,
                {name, "too large for Half"});
   EXPECT_NO_THROW(DecoderModel(checkpoint).load_block(0));
+}
+
+TEST(Decoder, HalfPrecisionCheckpointsComputeInFloat32OnTheCpuOnly) {
+  const c10::Device cpu(c10::kCPU), cuda(c10::kCUDA, 0);
+  EXPECT_EQ(default_compute_dtype(at::kHalf, cpu), at::kFloat);
+  EXPECT_EQ(default_compute_dtype(at::kBFloat16, cpu), at::kFloat);
+  EXPECT_EQ(default_compute_dtype(at::kFloat, cpu), at::kFloat);
+  EXPECT_EQ(default_compute_dtype(at::kDouble, cpu), at::kDouble);
+  EXPECT_EQ(default_compute_dtype(at::kHalf, cuda), at::kHalf);
+  EXPECT_EQ(default_compute_dtype(at::kBFloat16, cuda), at::kBFloat16);
+}
+
+// The small-head attention kernel against the eager formula in float64, on fresh random inputs with large scores
+// (scaled by 4) and sequence lengths on both sides of the kernel's 8-lane blocks.
+TEST(Attention, SmallHeadKernelMatchesFloat64) {
+  const at::Tensor probe = at::randn({1, 1, 4, 8});
+  if (!ops::small_head_attention_applies(probe, probe, probe)) GTEST_SKIP() << "no AVX2 + FMA on this CPU";
+  for (const int64_t dim : {8, 16, 24, 32}) {
+    for (const int64_t seq : {1, 7, 8, 9, 63, 200}) {
+      const at::Tensor q = at::randn({2, 3, seq, dim}) * 4, k = at::randn({2, 3, seq, dim}),
+                       v = at::randn({2, 3, seq, dim});
+      // A strided input (heads transposed out of [batch, seq, heads, dim]), as the families pass it.
+      const at::Tensor q_strided = q.transpose(1, 2).contiguous().transpose(1, 2);
+      ASSERT_TRUE(ops::small_head_attention_applies(q_strided, k, v));
+      const at::Tensor got = ops::small_head_causal_attention(q_strided, k, v);
+      const at::Tensor q64 = q.to(at::kDouble), k64 = k.to(at::kDouble), v64 = v.to(at::kDouble);
+      const at::Tensor mask = at::ones({seq, seq}, at::kBool).triu(1);
+      const at::Tensor scores =
+          at::matmul(q64, k64.transpose(2, 3)).div(std::sqrt(static_cast<double>(dim))).masked_fill(mask, -INFINITY);
+      const at::Tensor want = at::matmul(at::softmax(scores, -1), v64);
+      EXPECT_LT((got.to(at::kDouble) - want).abs().max().item<double>(), 1e-5) << "dim " << dim << " seq " << seq;
+    }
+  }
+  // Outside its domain the kernel is not chosen: half precision, head_dim 12 or 64, other shapes for k.
+  EXPECT_FALSE(ops::small_head_attention_applies(probe.to(at::kHalf), probe.to(at::kHalf), probe.to(at::kHalf)));
+  const at::Tensor odd = at::randn({1, 1, 4, 12}), wide = at::randn({1, 1, 4, 64});
+  EXPECT_FALSE(ops::small_head_attention_applies(odd, odd, odd));
+  EXPECT_FALSE(ops::small_head_attention_applies(wide, wide, wide));
+  EXPECT_FALSE(ops::small_head_attention_applies(probe, at::randn({1, 1, 5, 8}), at::randn({1, 1, 5, 8})));
 }
 
 TEST(Tokenizer, MustFitTheModelVocabulary) {

@@ -8,6 +8,7 @@
 #include <random>
 #include <string>
 
+#include "optima/core/finite.h"
 #include "optima/model/arch.h"
 #include "optima/prune/block_runner.h"
 #include "optima/prune/layer_step.h"
@@ -317,6 +318,25 @@ TEST(SettingsTest, PlanJsonSpellsSettingsAsTheCommandLine) {
   EXPECT_EQ(j.at("qp_precision"), "fp64");
   EXPECT_EQ(j.at("hessian_dtype"), "fp64");
   EXPECT_EQ(j.at("propagation"), "true-sequential");
+}
+
+// all_finite's one-pass sum must not hide a NaN or an Inf anywhere, nor call finite values non-finite when their sum
+// overflows; the elementwise test is the reference.
+TEST(AllFinite, AgreesWithTheElementwiseTest) {
+  for (const at::ScalarType type : {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16}) {
+    at::Tensor t = at::randn({37, 11}).to(type);
+    EXPECT_TRUE(all_finite(t));
+    for (const double bad : {std::nan(""), double{INFINITY}, -double{INFINITY}}) {
+      at::Tensor spoiled = t.clone();
+      spoiled.view(-1)[std::rand() % t.numel()] = bad;
+      EXPECT_FALSE(all_finite(spoiled)) << c10::toString(type) << " " << bad;
+      EXPECT_EQ(all_finite(spoiled), at::isfinite(spoiled).all().item<bool>());
+    }
+  }
+  EXPECT_TRUE(all_finite(at::full({4}, 1e308, at::kDouble)));  // the sum overflows, the values do not
+  EXPECT_TRUE(all_finite(at::full({4}, 60000.0, at::kHalf)));
+  EXPECT_TRUE(all_finite(at::empty({0})));
+  EXPECT_TRUE(all_finite(at::ones({3}, at::kLong)));
 }
 
 }  // namespace

@@ -31,7 +31,8 @@ Command add_eval(CLI::App& root) {
       ->capture_default_str();
   app->add_option("--tokenizer", o->tokenizer, "Tokenizer directory (default: the model directory)");
   app->add_option("--device", o->device, "cpu, cuda or cuda:N")->capture_default_str();
-  app->add_option("--dtype", o->dtype, "Compute dtype (default: the checkpoint's)");
+  app->add_option("--dtype", o->dtype,
+                  "Compute dtype (default: the checkpoint's; float32 for a half-precision checkpoint on the CPU)");
   app->add_option("--batch-size", o->batch_size, "Windows per forward call (0: as many as 256 MiB holds)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();

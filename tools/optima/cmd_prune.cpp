@@ -134,7 +134,8 @@ void add_reconstruction(CLI::App* app, PruneOptions& o) {
 void add_execution(CLI::App* app, PruneOptions& o) {
   PrunePlan& p = o.plan;
   app->add_option("--device", p.device, "cpu, cuda or cuda:N")->capture_default_str();
-  app->add_option("--dtype", p.dtype, "Forward-pass dtype (default: the checkpoint's)");
+  app->add_option("--dtype", p.dtype,
+                  "Forward-pass dtype (default: the checkpoint's; float32 for a half-precision checkpoint on the CPU)");
   app->add_option("--batch-size", p.batch_size,
                   "Calibration windows per forward call (0: as many as 256 MiB holds for one block's forward pass)")
       ->capture_default_str();

@@ -61,4 +61,20 @@ bool passive_wait_set_by_optima();
 // logs which rule chose it. Defined in the LibTorch part of the library.
 void apply_threads(const ThreadChoice& choice);
 
+// One intra-op thread for the lifetime of the scope when `serial` is true, the previous count restored after: a
+// small layer's selection and solve are many short parallel regions, and waking the sleeping (PASSIVE) OpenMP
+// threads for each costs more than the work shared (stories260k's 35 layers: 0.14 s on one thread, 0.6 s on two).
+// Results do not depend on it beyond round-off, and the rule is a fixed function of the layer's shape, so a run
+// stays reproducible. Defined in the LibTorch part of the library.
+class SerialScope {
+ public:
+  explicit SerialScope(bool serial);
+  ~SerialScope();
+  SerialScope(const SerialScope&) = delete;
+  SerialScope& operator=(const SerialScope&) = delete;
+
+ private:
+  int previous_threads_ = 0;  // 0: the scope changed nothing
+};
+
 }  // namespace optima

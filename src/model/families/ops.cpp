@@ -3,6 +3,8 @@
 
 #include <ATen/ATen.h>
 
+#include "small_head_attention_cpu.h"
+
 namespace optima::ops {
 namespace {
 
@@ -51,6 +53,8 @@ at::Tensor repeat_kv_heads(const at::Tensor& x, int64_t heads) {
 at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   const int64_t batch = q.size(0), heads = q.size(1), seq = q.size(2), head_dim = q.size(3);
   // OPT's query scaling by head_dim^-0.5 is the same factor as the default scale here.
+  if (small_head_attention_applies(q, k, v))
+    return small_head_causal_attention(q, k, v).transpose(1, 2).reshape({batch, seq, heads * head_dim});
   const auto in_type = q.scalar_type();
   const bool promote = in_type == at::kHalf || in_type == at::kBFloat16;
   const at::Tensor out = at::scaled_dot_product_attention(
