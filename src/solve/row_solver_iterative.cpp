@@ -1,0 +1,214 @@
+// The iterative OPTIMA row solver: conjugate gradients on every row's kept-set system at once, preconditioned with
+// the kept block of H⁻¹, for layers whose per-row systems cost more to factor than a few dozen products over all
+// rows. The design is described in include/optima/solve/row_solver.h.
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "optima/core/error.h"
+#include "optima/solve/row_solver.h"
+#include "solve_common.h"
+
+namespace optima {
+
+namespace {
+
+constexpr const char* kWhere = "solve_rows_iterative";
+// Each inner CG run aims this far below the fp64 residual it corrects: fp32 CG stalls not far past 1e-5 of its
+// right-hand side, while fp64 gets there in one round.
+constexpr double kInnerReductionFp32 = 1e-4;
+constexpr double kInnerReductionFp64 = 1e-12;
+// The batch is compacted to the rows still iterating once they are at most this fraction of it: gathering the
+// state costs a few row-sized copies, the products it saves are n times larger.
+constexpr double kCompactBelow = 0.75;
+// The damping a retry starts from when none was asked for, and the most a retry may reach (as the exact solver).
+constexpr double kFirstRetryDamp = 1e-10;
+constexpr double kMaxRetryDamp = 1e-2;
+
+struct CgState {
+  int64_t iterations = 0;
+  double flops = 0;
+};
+
+// The matrix the rows solve with and its preconditioner.
+struct System {
+  at::Tensor h;  // fp64: undamped H unless it is singular
+  at::Tensor g;  // fp64 h⁻¹, the preconditioner's source
+  double damping = 0;
+  double condition = 0;
+  int64_t retries = 0;
+};
+
+System prepare_system(const solve_detail::PreparedHessian& prepared, const RowSolveOptions& options) {
+  System s;
+  auto [l, info] = at::linalg_cholesky_ex(prepared.h);
+  s.condition = info.item<int64_t>() == 0 ? cholesky_condition_estimate(l) : std::numeric_limits<double>::infinity();
+  if (s.condition <= kSingularCondition) {
+    s.h = prepared.h;
+    s.g = at::cholesky_inverse(l);
+    return s;
+  }
+  // Singular (or nearly so): the damped problem, as the exact solver solves it.
+  double damping = options.damp * prepared.mean_diag;
+  for (int attempt = 0;; ++attempt) {
+    at::Tensor h = prepared.h.clone();
+    h.diagonal().add_(damping);
+    auto [ld, infod] = at::linalg_cholesky_ex(h);
+    if (infod.item<int64_t>() == 0) {
+      s.h = h;
+      s.g = at::cholesky_inverse(ld);
+      s.damping = damping;
+      s.condition = cholesky_condition_estimate(ld);
+      s.retries = attempt;
+      return s;
+    }
+    const double next = std::max(damping * 10, kFirstRetryDamp * prepared.mean_diag);
+    if (attempt >= options.max_damping_retries || next > kMaxRetryDamp * prepared.mean_diag * (1 + 1e-12))
+      fail(ErrorKind::kNumeric, kWhere,
+           fmt::format("Cholesky factorization failed at every damping tried ({} retries, last {:.3g} x mean(diag "
+                       "H)); the Hessian is not positive semi-definite",
+                       attempt, damping / prepared.mean_diag),
+           fmt::format("success at damping <= {:.3g} x mean(diag H)", kMaxRetryDamp), "failure");
+    damping = next;
+  }
+}
+
+// Preconditioned CG for (H e)_T = rhs_T with e_S = 0, every row at once, in h's dtype; the preconditioner is
+// (G ·)_T. Starts from e = 0 and stops when each row's residual norm is at most target[r] or the iteration budget
+// runs out. Converged rows leave the batch; their e is final.
+at::Tensor pcg(const at::Tensor& h, const at::Tensor& g, const at::Tensor& rhs, const at::Tensor& kept,
+               const at::Tensor& target, int64_t budget, CgState& state) {
+  const double n = static_cast<double>(h.size(0));
+  at::Tensor e = at::zeros_like(rhs);
+  // The rows still iterating (indices into the batch) and their state.
+  at::Tensor rows = at::arange(rhs.size(0), rhs.options().dtype(at::kLong));
+  at::Tensor x = at::zeros_like(rhs), r = rhs.clone(), m = kept, t = target;
+  at::Tensor z = at::matmul(r, g) * m;
+  state.flops += 2.0 * n * n * static_cast<double>(r.size(0));
+  at::Tensor p = z.clone();
+  at::Tensor rz = (r * z).sum(1);
+  int64_t live = r.size(0);
+  for (int64_t it = 0; it < budget; ++it) {
+    at::Tensor active = at::linalg_vector_norm(r, 2, {1}) > t;
+    const int64_t count = active.sum().item<int64_t>();
+    if (count == 0) break;
+    if (count <= kCompactBelow * static_cast<double>(live)) {
+      // Write the finished rows' answers and keep only the active ones.
+      e.index_copy_(0, rows, x);
+      const at::Tensor keep = active.nonzero().squeeze(1);
+      rows = rows.index_select(0, keep);
+      x = x.index_select(0, keep);
+      r = r.index_select(0, keep);
+      m = m.index_select(0, keep);
+      t = t.index_select(0, keep);
+      p = p.index_select(0, keep);
+      rz = rz.index_select(0, keep);
+      active = active.index_select(0, keep);
+      live = count;
+    }
+    const double product_flops = 2.0 * n * n * static_cast<double>(live);
+    const at::Tensor q = at::matmul(p, h) * m;
+    const at::Tensor pq = (p * q).sum(1);
+    const at::Tensor alpha = at::where(active & (pq > 0), rz / pq, at::zeros_like(pq)).unsqueeze(1);
+    x = x + alpha * p;
+    r = r - alpha * q;
+    z = at::matmul(r, g) * m;
+    state.flops += 2 * product_flops;
+    ++state.iterations;
+    const at::Tensor rz_next = (r * z).sum(1);
+    const at::Tensor beta = at::where(active & (rz > 0), rz_next / rz, at::zeros_like(rz)).unsqueeze(1);
+    p = z + beta * p;
+    rz = rz_next;
+  }
+  e.index_copy_(0, rows, x);
+  return e;
+}
+
+}  // namespace
+
+double cholesky_condition_estimate(const at::Tensor& l) {
+  if (l.numel() == 0) return 1.0;
+  const at::Tensor d = l.diagonal().to(at::kDouble).abs();
+  const double lo = d.min().item<double>(), hi = d.max().item<double>();
+  if (!(lo > 0) || !std::isfinite(hi)) return std::numeric_limits<double>::infinity();
+  return (hi / lo) * (hi / lo);
+}
+
+RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Tensor& pruned,
+                                    const at::Tensor& hessian, const at::Tensor& start, double tolerance,
+                                    int64_t max_iterations, const RowSolveOptions& options) {
+  solve_detail::validate_inputs(kWhere, dense_weight, pruned, hessian, start);
+  if (!start.defined()) fail_input(kWhere, "a start point must be given", "[out, in] weights", "none");
+  if (!(tolerance > 0)) fail_usage(fmt::format("{}: tolerance must be > 0, found {}", kWhere, tolerance));
+  if (max_iterations < 0) fail_usage(fmt::format("{}: max_iterations must be >= 0, found {}", kWhere, max_iterations));
+  if (!(options.damp >= 0)) fail_usage(fmt::format("{}: damping must be >= 0, found {}", kWhere, options.damp));
+  solve_detail::require_finite(kWhere, "weight", dense_weight);
+  solve_detail::require_finite(kWhere, "start", start);
+  const solve_detail::PreparedHessian prepared = solve_detail::prepare_hessian(kWhere, hessian);
+
+  RowSolveResult result;
+  result.dead_inputs = prepared.dead_inputs;
+  result.mean_diag = prepared.mean_diag;
+  const double n = static_cast<double>(dense_weight.size(1));
+  const System system = prepare_system(prepared, options);
+  result.damping = system.damping;
+  result.damping_retries = system.retries;
+  result.condition_estimate = system.condition;
+  result.factor_flops = n * n * n / 3;
+  const at::Tensor& h = system.h;
+  const at::Tensor w = dense_weight.to(at::kDouble);
+  const at::Tensor kept = pruned.logical_not().to(at::kDouble);
+  const double product_flops = 2.0 * n * n * static_cast<double>(w.size(0));
+
+  // Optimality: (H ŵ)_T = (H w)_T with ŵ_S = 0.
+  const at::Tensor hw = at::matmul(w, h);
+  const at::Tensor rhs = hw * kept;
+  const at::Tensor hw_t_norm = at::linalg_vector_norm(rhs, 2, {1});
+  const at::Tensor target = hw_t_norm * tolerance;
+  // Rows with nothing pruned are solved by w itself; the others start from the given point.
+  const at::Tensor whole = pruned.any(1, /*keepdim=*/true).logical_not();
+  at::Tensor x = at::where(whole, w, start.to(at::kDouble)) * kept;
+
+  const bool fp32 = options.precision == SolvePrecision::kFloat32Refined;
+  result.fp64_predicted = fp32 && predict_fp64(system.condition);
+  const bool work32 = fp32 && !result.fp64_predicted;
+  const at::ScalarType work = work32 ? at::kFloat : at::kDouble;
+  const at::Tensor hw_ = h.to(work), gw = system.g.to(work), keptw = kept.to(work);
+  const double reduction = work32 ? kInnerReductionFp32 : kInnerReductionFp64;
+
+  CgState state;
+  state.flops = result.factor_flops + n * n * n + 2 * product_flops;  // Cholesky, inverse, H w, first residual
+  at::Tensor residual = rhs - at::matmul(x, h) * kept;
+  for (int round = 0; round <= options.max_refinement_steps && state.iterations < max_iterations; ++round) {
+    const at::Tensor rnorm = at::linalg_vector_norm(residual, 2, {1});
+    if (!(rnorm > target).any().item<bool>()) break;
+    result.refinement_steps = round + 1;
+    // Correction equation (H e)_T = residual_T in the working precision; x += e; the fp64 residual again.
+    const at::Tensor inner_target = at::maximum(target, rnorm * reduction).to(work);
+    const at::Tensor e =
+        pcg(hw_, gw, residual.to(work), keptw, inner_target, max_iterations - state.iterations, state);
+    x = x + e.to(at::kDouble) * kept;
+    residual = rhs - at::matmul(x, h) * kept;
+    state.flops += product_flops;
+  }
+  result.kkt_residual = solve_detail::relative_residual(residual, hw_t_norm).max().item<double>();
+  if (system.damping == 0) {
+    result.kkt_residual_undamped = result.kkt_residual;
+  } else {
+    // (H₀ δ)_T = (H δ)_T − damping · δ_T with δ = ŵ − w; the residual above is −(H δ)_T.
+    const at::Tensor delta_t = (x - w) * kept;
+    const at::Tensor rho0 = residual + system.damping * delta_t;
+    const at::Tensor hw0_norm = at::linalg_vector_norm(rhs - system.damping * w * kept, 2, {1});
+    result.kkt_residual_undamped = solve_detail::relative_residual(rho0, hw0_norm).max().item<double>();
+  }
+  result.converged = result.kkt_residual <= tolerance;
+  result.iterations = state.iterations;
+  result.flops = state.flops;
+  result.weight = x.masked_fill(pruned, 0.0).to(dense_weight.scalar_type());
+  return result;
+}
+
+}  // namespace optima

@@ -1,0 +1,60 @@
+// Per-layer choice between the exact and the iterative row solver by predicted cost, and the prediction of layers
+// that fp32 cannot hold (see include/optima/solve/row_solver.h).
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "optima/solve/row_solver.h"
+
+namespace optima {
+
+namespace {
+
+// The exact solver's batched Cholesky (gathers and refinement included) runs at this fraction of the fp32
+// matrix-product rate, growing with the system size m: 0.21 at m = 384 (OPT-125M attention, 768 inputs), 0.45 at
+// m = 1536-2048 (OPT-125M fc2, LLaMA-7B attention), bench/solver_cpu.json.
+double exact_efficiency(double m) {
+  return std::min(0.45, 0.21 * std::pow(std::max(m, 1.0) / 384.0, 0.55));
+}
+// The exact solver's fixed work besides the factorizations, in products: right-hand sides, residuals and a
+// refinement step in fp64 (each about two fp32 products).
+constexpr double kExactFixedUnits = 6;
+// Iterations the preconditioned CG needs to reach the KKT tolerance on LLM-like Hessians (bench/solver_cpu.json,
+// "iterative"), each two products, plus the fp64 outer residuals.
+constexpr double kPredictedIterations = 40;
+constexpr double kIterativeFixedUnits = 8;
+// Condition estimates above this send fp32 work to fp64 directly. fp32 refinement contracts by about
+// cond · 2⁻²⁴ · c per step; the estimate is a lower bound on cond, and layers of real models whose estimate passed
+// about 1e5 needed fp64 for every row (bench/solver_cpu.json, "fp64_prediction").
+constexpr double kFp32ConditionLimit = 1e5;
+
+}  // namespace
+
+bool predict_fp64(double condition_estimate) {
+  return !(condition_estimate <= kFp32ConditionLimit);
+}
+
+SolverCostPrediction predict_solver_cost(const at::Tensor& pruned) {
+  SolverCostPrediction p;
+  const int64_t rows = pruned.size(0), n = pruned.size(1);
+  if (rows == 0 || n == 0) return p;
+  const at::Tensor k = pruned.sum(1).to(at::kDouble).cpu();
+  const at::Tensor m = at::minimum(k, static_cast<double>(n) - k);
+  const double fn = static_cast<double>(n);
+  const double unit = 2.0 * static_cast<double>(rows) * fn * fn;  // flops of one [rows, n] x [n, n] product
+  const double* mv = m.contiguous().data_ptr<double>();
+  double exact = 0, largest = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    exact += mv[r] * mv[r] * mv[r] / 3.0 / exact_efficiency(mv[r]);
+    largest = std::max(largest, mv[r]);
+  }
+  // Rows through G need H⁻¹ (n³ flops at about half the product rate); the iterative solver always does.
+  const double inverse_units = 2.0 * fn * fn * fn / unit;
+  p.exact_units = exact / unit + kExactFixedUnits + (largest > 0 ? inverse_units : 0.0);
+  p.iterative_units = 2 * kPredictedIterations + kIterativeFixedUnits + inverse_units;
+  p.choice = p.iterative_units < p.exact_units ? RowSolverKind::kIterative : RowSolverKind::kExact;
+  return p;
+}
+
+}  // namespace optima
