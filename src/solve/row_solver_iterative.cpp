@@ -7,6 +7,10 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <utility>
+#include <vector>
+
+#include <ATen/CPUGeneratorImpl.h>
 
 #include "optima/core/error.h"
 #include "optima/solve/row_solver.h"
@@ -27,16 +31,28 @@ constexpr double kCompactBelow = 0.75;
 // The damping a retry starts from when none was asked for, and the most a retry may reach (as the exact solver).
 constexpr double kFirstRetryDamp = 1e-10;
 constexpr double kMaxRetryDamp = 1e-2;
+// The low-rank preconditioner: rank n / kLowRankDivisor within [kLowRankMin, kLowRankMax]; subspace-iteration steps;
+// the Nyström core's relative shift (keeps its Cholesky defined when Ĥ has fewer than k strong directions); the
+// floor on Δ (unit-diagonal scale), which keeps the model definite where a feature is almost all low-rank; the
+// memory bound of the per-row setup; the seed of its random start.
+constexpr int64_t kLowRankDivisor = 24;
+constexpr int64_t kLowRankMin = 32;
+constexpr int64_t kLowRankMax = 128;
+constexpr int kSubspaceSteps = 2;
+constexpr double kNystromShift = 1e-10;
+constexpr double kDeltaFloor = 1e-3;
+constexpr int64_t kSetupBytes = int64_t{256} << 20;
+constexpr uint64_t kLowRankSeed = 0x5eed;
 
 struct CgState {
   int64_t iterations = 0;
   double flops = 0;
 };
 
-// The matrix the rows solve with and its preconditioner.
+// The matrix the rows solve with.
 struct System {
   at::Tensor h;  // fp64: undamped H unless it is singular
-  at::Tensor g;  // fp64 h⁻¹, the preconditioner's source
+  at::Tensor l;  // its Cholesky factor (for G = H⁻¹, when the preconditioner needs it)
   double damping = 0;
   double condition = 0;
   int64_t retries = 0;
@@ -48,7 +64,7 @@ System prepare_system(const solve_detail::PreparedHessian& prepared, const RowSo
   s.condition = info.item<int64_t>() == 0 ? cholesky_condition_estimate(l) : std::numeric_limits<double>::infinity();
   if (s.condition <= kSingularCondition) {
     s.h = prepared.h;
-    s.g = at::cholesky_inverse(l);
+    s.l = l;
     return s;
   }
   // Singular (or nearly so): the damped problem, as the exact solver solves it.
@@ -59,7 +75,7 @@ System prepare_system(const solve_detail::PreparedHessian& prepared, const RowSo
     auto [ld, infod] = at::linalg_cholesky_ex(h);
     if (infod.item<int64_t>() == 0) {
       s.h = h;
-      s.g = at::cholesky_inverse(ld);
+      s.l = ld;
       s.damping = damping;
       s.condition = cholesky_condition_estimate(ld);
       s.retries = attempt;
@@ -76,18 +92,109 @@ System prepare_system(const solve_detail::PreparedHessian& prepared, const RowSo
   }
 }
 
-// Preconditioned CG for (H e)_T = rhs_T with e_S = 0, every row at once, in h's dtype; the preconditioner is
-// (G ·)_T. Starts from e = 0 and stops when each row's residual norm is at most target[r] or the iteration budget
-// runs out. Converged rows leave the batch; their e is final.
-at::Tensor pcg(const at::Tensor& h, const at::Tensor& g, const at::Tensor& rhs, const at::Tensor& kept,
+// A preconditioner for every row's kept-set system at once: z = M_r⁻¹ r for r [rows, n] supported on each row's
+// kept set. Holds per-row state, which follows the rows when the batch is compacted.
+class Preconditioner {
+ public:
+  // G_TT: the kept block of G = H⁻¹ (g [n, n]); one product per application.
+  static Preconditioner inverse_block(at::Tensor g) {
+    Preconditioner p;
+    p.g_ = std::move(g);
+    return p;
+  }
+  // Woodbury on the low-rank-plus-diagonal model of H (see low_rank below); a few thin products per application.
+  static Preconditioner low_rank(at::Tensor scale, at::Tensor u, at::Tensor inv_delta, at::Tensor k_inv) {
+    Preconditioner p;
+    p.scale_ = std::move(scale);
+    p.u_ = std::move(u);
+    p.inv_delta_ = std::move(inv_delta);
+    p.k_inv_ = std::move(k_inv);
+    return p;
+  }
+  // Flops of one application to `rows` rows.
+  double flops(int64_t rows, int64_t n) const {
+    const double r = static_cast<double>(rows), fn = static_cast<double>(n);
+    if (g_.defined()) return 2.0 * r * fn * fn;
+    const double k = static_cast<double>(u_.size(1));
+    return 4.0 * r * fn * k + 2.0 * r * k * k;
+  }
+  at::Tensor apply(const at::Tensor& r, const at::Tensor& kept) const {
+    if (g_.defined()) return at::matmul(r, g_) * kept;
+    // M_T = S⁻¹ (Δ_T + U_T U_Tᵀ) S⁻¹ with S = diag(H)^(-1/2); M_T⁻¹ = S (Δ⁻¹ − Δ⁻¹ U_T K⁻¹ U_Tᵀ Δ⁻¹) S with
+    // K = I + U_Tᵀ Δ_T⁻¹ U_T (per row, inverted at setup).
+    const at::Tensor v = r * scale_ * inv_delta_ * kept;
+    const at::Tensor c = at::bmm(k_inv_, at::matmul(v, u_).unsqueeze(2)).squeeze(2);
+    return (v - at::matmul(c, u_.t()) * inv_delta_ * kept) * scale_;
+  }
+  void select(const at::Tensor& keep) {
+    if (k_inv_.defined()) k_inv_ = k_inv_.index_select(0, keep);
+  }
+
+ private:
+  at::Tensor g_;
+  at::Tensor scale_, u_, inv_delta_, k_inv_;
+};
+
+// The rank of the low-rank model: enough to capture the few strongly correlated directions of an LLM layer's
+// inputs (outlier features, shared factors), small enough that its per-row setup, K_r [k, k], costs a fraction of
+// one product over the rows (rows·n·k² against rows·n²).
+int64_t low_rank_size(int64_t n) {
+  return std::clamp<int64_t>(n / kLowRankDivisor, std::min<int64_t>(n, kLowRankMin), kLowRankMax);
+}
+
+// The low-rank-plus-diagonal preconditioner. With S = diag(H)^(-1/2), the unit-diagonal Ĥ = S H S is approximated by
+// Nyström, Ĥ ≈ U Uᵀ from k directions found by two steps of subspace iteration (Ĥ − U Uᵀ is positive
+// semi-definite), and Δ = diag(Ĥ − U Uᵀ) (floored) completes the diagonal. Restricting Δ + U Uᵀ to a row's kept
+// set is Δ_T + U_T U_Tᵀ, whose inverse Woodbury gives through the row's K = I + U_Tᵀ Δ_T⁻¹ U_T alone.
+Preconditioner low_rank_preconditioner(const at::Tensor& h, const at::Tensor& kept, at::ScalarType work,
+                                       double& flops) {
+  const int64_t n = h.size(0), k = low_rank_size(n);
+  const double fn = static_cast<double>(n), fk = static_cast<double>(k), rows = static_cast<double>(kept.size(0));
+  const at::Tensor scale = h.diagonal().rsqrt();
+  const at::Tensor hs = h * scale.unsqueeze(0) * scale.unsqueeze(1);
+  // A fixed seed: the same layer gets the same preconditioner, and the run's own random stream is left alone.
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(kLowRankSeed);
+  at::Tensor omega = at::randn({n, k}, gen, at::TensorOptions().dtype(at::kDouble)).to(h.device());
+  for (int step = 0; step < kSubspaceSteps; ++step) omega = std::get<0>(at::linalg_qr(at::matmul(hs, omega)));
+  const at::Tensor y = at::matmul(hs, omega);
+  at::Tensor core = at::matmul(omega.t(), y);
+  core = (core + core.t()) * 0.5;
+  core.diagonal().add_(kNystromShift * core.diagonal().mean().item<double>());
+  const at::Tensor lc = at::linalg_cholesky(core);
+  // U = Y L⁻ᵀ, so that U Uᵀ = Y C⁻¹ Yᵀ.
+  const at::Tensor u = at::linalg_solve_triangular(lc, y.t(), /*upper=*/false).t().contiguous();
+  const at::Tensor delta = (1.0 - (u * u).sum(1)).clamp_min(kDeltaFloor);
+  const at::Tensor inv_delta = 1.0 / delta;
+  flops += 2.0 * fn * fn * fk * (kSubspaceSteps + 1);
+  // K_r = I + Σ_{i in T_r} u_i u_iᵀ / Δ_i for every row, in row chunks bounded in memory.
+  const at::Tensor v = u * inv_delta.sqrt().unsqueeze(1);
+  const at::Tensor kept64 = kept.to(at::kDouble);
+  const int64_t chunk = std::max<int64_t>(1, kSetupBytes / (8 * n * k));
+  std::vector<at::Tensor> parts;
+  for (int64_t begin = 0; begin < kept.size(0); begin += chunk) {
+    const at::Tensor m = kept64.narrow(0, begin, std::min(chunk, kept.size(0) - begin));
+    parts.push_back(at::matmul((m.unsqueeze(2) * v.unsqueeze(0)).transpose(1, 2), v));
+  }
+  at::Tensor kmat = parts.empty() ? at::zeros({0, k, k}, v.options()) : at::cat(parts, 0);
+  kmat.diagonal(0, 1, 2).add_(1.0);
+  flops += 2.0 * rows * fn * fk * fk + rows * fk * fk * fk;
+  const at::Tensor k_inv = at::linalg_inv(kmat);
+  return Preconditioner::low_rank(scale.to(work), u.to(work), inv_delta.to(work), k_inv.to(work));
+}
+
+// Preconditioned CG for (H e)_T = rhs_T with e_S = 0, every row at once, in h's dtype. Starts from e = 0 and stops
+// when each row's residual norm is at most target[r] or the iteration budget runs out. Converged rows leave the
+// batch; their e is final.
+at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, const at::Tensor& kept,
                const at::Tensor& target, int64_t budget, CgState& state) {
-  const double n = static_cast<double>(h.size(0));
+  const int64_t n = h.size(0);
+  const double fn = static_cast<double>(n);
   at::Tensor e = at::zeros_like(rhs);
   // The rows still iterating (indices into the batch) and their state.
   at::Tensor rows = at::arange(rhs.size(0), rhs.options().dtype(at::kLong));
   at::Tensor x = at::zeros_like(rhs), r = rhs.clone(), m = kept, t = target;
-  at::Tensor z = at::matmul(r, g) * m;
-  state.flops += 2.0 * n * n * static_cast<double>(r.size(0));
+  at::Tensor z = prec.apply(r, m);
+  state.flops += prec.flops(r.size(0), n);
   at::Tensor p = z.clone();
   at::Tensor rz = (r * z).sum(1);
   int64_t live = r.size(0);
@@ -107,16 +214,16 @@ at::Tensor pcg(const at::Tensor& h, const at::Tensor& g, const at::Tensor& rhs, 
       p = p.index_select(0, keep);
       rz = rz.index_select(0, keep);
       active = active.index_select(0, keep);
+      prec.select(keep);
       live = count;
     }
-    const double product_flops = 2.0 * n * n * static_cast<double>(live);
     const at::Tensor q = at::matmul(p, h) * m;
     const at::Tensor pq = (p * q).sum(1);
     const at::Tensor alpha = at::where(active & (pq > 0), rz / pq, at::zeros_like(pq)).unsqueeze(1);
     x = x + alpha * p;
     r = r - alpha * q;
-    z = at::matmul(r, g) * m;
-    state.flops += 2 * product_flops;
+    z = prec.apply(r, m);
+    state.flops += 2.0 * fn * fn * static_cast<double>(live) + prec.flops(live, n);
     ++state.iterations;
     const at::Tensor rz_next = (r * z).sum(1);
     const at::Tensor beta = at::where(active & (rz > 0), rz_next / rz, at::zeros_like(rz)).unsqueeze(1);
@@ -176,11 +283,16 @@ RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Te
   result.fp64_predicted = fp32 && predict_fp64(system.condition);
   const bool work32 = fp32 && !result.fp64_predicted;
   const at::ScalarType work = work32 ? at::kFloat : at::kDouble;
-  const at::Tensor hw_ = h.to(work), gw = system.g.to(work), keptw = kept.to(work);
+  const at::Tensor hw_ = h.to(work), keptw = kept.to(work);
+  CgState state;
+  const Preconditioner prec =
+      options.preconditioner == IterativePreconditioner::kInverseBlock
+          ? Preconditioner::inverse_block(at::cholesky_inverse(system.l).to(work))
+          : low_rank_preconditioner(h, pruned.logical_not(), work, state.flops);
+  if (options.preconditioner == IterativePreconditioner::kInverseBlock) state.flops += n * n * n;
   const double reduction = work32 ? kInnerReductionFp32 : kInnerReductionFp64;
 
-  CgState state;
-  state.flops = result.factor_flops + n * n * n + 2 * product_flops;  // Cholesky, inverse, H w, first residual
+  state.flops += result.factor_flops + 2 * product_flops;  // Cholesky, H w, first residual
   at::Tensor residual = rhs - at::matmul(x, h) * kept;
   for (int round = 0; round <= options.max_refinement_steps && state.iterations < max_iterations; ++round) {
     const at::Tensor rnorm = at::linalg_vector_norm(residual, 2, {1});
@@ -189,7 +301,7 @@ RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Te
     // Correction equation (H e)_T = residual_T in the working precision; x += e; the fp64 residual again.
     const at::Tensor inner_target = at::maximum(target, rnorm * reduction).to(work);
     const at::Tensor e =
-        pcg(hw_, gw, residual.to(work), keptw, inner_target, max_iterations - state.iterations, state);
+        pcg(hw_, prec, residual.to(work), keptw, inner_target, max_iterations - state.iterations, state);
     x = x + e.to(at::kDouble) * kept;
     residual = rhs - at::matmul(x, h) * kept;
     state.flops += product_flops;

@@ -53,6 +53,11 @@ enum class SolvePrecision {
   kFloat32Refined,  // fp32 gathers and factorizations; fp64 residuals drive iterative refinement
 };
 
+// The iterative solver's preconditioner. kLowRank (default): Woodbury on a low-rank-plus-diagonal model of H
+// restricted to each row's kept set, a few thin products per iteration; kInverseBlock: G_TT, the kept block of
+// G = H⁻¹, one more full product per iteration (kept for comparison: bench/solver_cpu.json, "paths").
+enum class IterativePreconditioner { kLowRank, kInverseBlock };
+
 struct RowSolveOptions {
   SolvePrecision precision = SolvePrecision::kFloat64;
   // Relative damping: damp · mean(diag H) is added to diag H (after dead inputs are fixed) before solving.
@@ -69,6 +74,7 @@ struct RowSolveOptions {
   double refinement_tolerance = 1e-11;
   // Factorization failures that may each raise the damping tenfold before kNumeric is thrown.
   int max_damping_retries = 8;
+  IterativePreconditioner preconditioner = IterativePreconditioner::kLowRank;  // iterative solver only
 };
 
 struct RowSolveResult {
