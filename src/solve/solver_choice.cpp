@@ -20,10 +20,15 @@ double exact_efficiency(double m) {
 // The exact solver's fixed work besides the factorizations, in products: right-hand sides, residuals and a
 // refinement step in fp64 (each about two fp32 products).
 constexpr double kExactFixedUnits = 6;
-// Iterations the preconditioned CG needs to reach the KKT tolerance on LLM-like Hessians (bench/solver_cpu.json,
-// "iterative"), each two products, plus the fp64 outer residuals.
+// Iterations the preconditioned CG needs to reach the KKT tolerance on LLM-like Hessians from the selector's weights
+// (bench/solver_cpu.json, "paths"); each is one product with H plus the low-rank preconditioner's thin products.
 constexpr double kPredictedIterations = 40;
+// Its fixed work in products: H w, the fp64 residuals of about three correction rounds (two fp32 products each).
 constexpr double kIterativeFixedUnits = 8;
+// The low-rank preconditioner's rank, as row_solver_iterative.cpp chooses it.
+double low_rank_size(double n) {
+  return std::clamp(std::floor(n / 24), std::min(n, 32.0), 128.0);
+}
 // Condition estimates above this send fp32 work to fp64 directly. fp32 refinement contracts by about
 // cond · 2⁻²⁴ · c per step; the estimate is a lower bound on cond, and layers of real models whose estimate passed
 // about 1e5 needed fp64 for every row (bench/solver_cpu.json, "fp64_prediction").
@@ -49,10 +54,14 @@ SolverCostPrediction predict_solver_cost(const at::Tensor& pruned) {
     exact += mv[r] * mv[r] * mv[r] / 3.0 / exact_efficiency(mv[r]);
     largest = std::max(largest, mv[r]);
   }
-  // Rows through G need H⁻¹ (n³ flops at about half the product rate); the iterative solver always does.
+  // Rows through G need H⁻¹ (n³ flops at about half the product rate).
   const double inverse_units = 2.0 * fn * fn * fn / unit;
   p.exact_units = exact / unit + kExactFixedUnits + (largest > 0 ? inverse_units : 0.0);
-  p.iterative_units = 2 * kPredictedIterations + kIterativeFixedUnits + inverse_units;
+  // Iterative: per iteration one product and 4·rows·n·k preconditioner flops; setup: subspace iteration (three
+  // n x n x k products), every row's k x k matrix (2·rows·n·k² flops) and H's Cholesky (n³/3), all in fp64.
+  const double k = low_rank_size(fn), fr = static_cast<double>(rows);
+  const double setup_units = 2.0 * (6.0 * fn * fn * k + 2.0 * fr * fn * k * k + fn * fn * fn / 3) / unit;
+  p.iterative_units = kPredictedIterations * (1.0 + 2.0 * k / fn) + kIterativeFixedUnits + setup_units;
   p.choice = p.iterative_units < p.exact_units ? RowSolverKind::kIterative : RowSolverKind::kExact;
   return p;
 }
