@@ -31,6 +31,12 @@ constexpr int64_t kMinPad = 4;
 // past it the answer is no longer the one asked for), both relative to mean(diag H).
 constexpr double kFirstRetryDamp = 1e-10;
 constexpr double kMaxRetryDamp = 1e-2;
+// fp32 layers are probed on this many rows of their first chunk before the rest is attempted in fp32: H's condition
+// estimate does not tell every layer fp32 cannot hold (the LayerNorm outputs feeding OPT-125M's attention and fc1
+// have a near-null direction spread over all inputs, invisible in the Cholesky diagonal, and fail fp32 on every
+// row; fc2, with a larger estimate, does not), and a failed probe costs 1% of a layer where a failed chunk cost up
+// to all of it once more.
+constexpr size_t kProbeRows = 8;
 
 // Everything one attempt (one damping value) needs about the layer.
 struct Layer {
@@ -289,6 +295,19 @@ RowSolveResult solve_rows_exact(const at::Tensor& dense_weight, const at::Tensor
       (c.through_g ? result.rows_via_inverse : result.rows_via_kept) += static_cast<int64_t>(c.rows.size());
     // Once fp32 failed a chunk of this layer, the rest goes to fp64 directly: the conditioning is the layer's.
     bool fp64_from_now = result.fp64_predicted;
+    if (fp32 && !fp64_from_now && !chunks.empty() && chunks[0].rows.size() > kProbeRows) {
+      Chunk probe = chunks[0];
+      probe.rows.resize(kProbeRows);
+      probe.sizes.resize(kProbeRows);
+      probe.m = *std::max_element(probe.sizes.begin(), probe.sizes.end());
+      // Its rows are solved again with their chunk (in fp32 or fp64), so `out` ends up the same either way.
+      const ChunkOutcome o = solve_chunk(layer, probe, true, options, workspace32, out, result);
+      if (o.factored && !(o.kkt <= options.refinement_tolerance)) {
+        fp64_from_now = true;
+        result.fp64_predicted = true;
+        fallback_rows += static_cast<int64_t>(kProbeRows);
+      }
+    }
     for (size_t c = 0; factored && c < chunks.size(); ++c) {
       const int64_t rows = static_cast<int64_t>(chunks[c].rows.size());
       ChunkOutcome o;

@@ -25,6 +25,8 @@ constexpr const char* kWhere = "solve_rows_iterative";
 // right-hand side, while fp64 gets there in one round.
 constexpr double kInnerReductionFp32 = 1e-4;
 constexpr double kInnerReductionFp64 = 1e-12;
+// An fp32 round must cut the largest relative residual at least this much, or the rest runs in fp64.
+constexpr double kFp32Progress = 0.1;
 // The batch is compacted to the rows still iterating once they are at most this fraction of it: gathering the
 // state costs a few row-sized copies, the products it saves are n times larger.
 constexpr double kCompactBelow = 0.75;
@@ -97,6 +99,7 @@ System prepare_system(const solve_detail::PreparedHessian& prepared, const RowSo
 class Preconditioner {
  public:
   // G_TT: the kept block of G = H⁻¹ (g [n, n]); one product per application.
+  Preconditioner() = default;
   static Preconditioner inverse_block(at::Tensor g) {
     Preconditioner p;
     p.g_ = std::move(g);
@@ -281,16 +284,25 @@ RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Te
 
   const bool fp32 = options.precision == SolvePrecision::kFloat32Refined;
   result.fp64_predicted = fp32 && predict_fp64(system.condition);
-  const bool work32 = fp32 && !result.fp64_predicted;
-  const at::ScalarType work = work32 ? at::kFloat : at::kDouble;
-  const at::Tensor hw_ = h.to(work), keptw = kept.to(work);
+  bool work32 = fp32 && !result.fp64_predicted;
   CgState state;
-  const Preconditioner prec =
-      options.preconditioner == IterativePreconditioner::kInverseBlock
-          ? Preconditioner::inverse_block(at::cholesky_inverse(system.l).to(work))
-          : low_rank_preconditioner(h, pruned.logical_not(), work, state.flops);
-  if (options.preconditioner == IterativePreconditioner::kInverseBlock) state.flops += n * n * n;
-  const double reduction = work32 ? kInnerReductionFp32 : kInnerReductionFp64;
+  at::ScalarType work = at::kFloat;
+  at::Tensor hw_, keptw;
+  Preconditioner prec;
+  // The working-precision copies; built again in fp64 when fp32 rounds stop making progress.
+  const auto setup = [&] {
+    work = work32 ? at::kFloat : at::kDouble;
+    hw_ = h.to(work);
+    keptw = kept.to(work);
+    if (options.preconditioner == IterativePreconditioner::kInverseBlock) {
+      prec = Preconditioner::inverse_block(at::cholesky_inverse(system.l).to(work));
+      state.flops += n * n * n;
+    } else {
+      prec = low_rank_preconditioner(h, pruned.logical_not(), work, state.flops);
+    }
+  };
+  setup();
+  double previous = std::numeric_limits<double>::infinity();
 
   state.flops += result.factor_flops + 2 * product_flops;  // Cholesky, H w, first residual
   at::Tensor residual = rhs - at::matmul(x, h) * kept;
@@ -299,6 +311,15 @@ RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Te
     if (!(rnorm > target).any().item<bool>()) break;
     result.refinement_steps = round + 1;
     // Correction equation (H e)_T = residual_T in the working precision; x += e; the fp64 residual again.
+    // fp32 rounds that no longer cut the residual tenfold: fp32 cannot hold this layer; fp64 from here on.
+    const double worst = (rnorm / hw_t_norm.clamp_min(1e-300)).max().item<double>();
+    if (work32 && !(worst < previous * kFp32Progress)) {
+      work32 = false;
+      result.fp64_fallback_rows = w.size(0);
+      setup();
+    }
+    previous = worst;
+    const double reduction = work32 ? kInnerReductionFp32 : kInnerReductionFp64;
     const at::Tensor inner_target = at::maximum(target, rnorm * reduction).to(work);
     const at::Tensor e =
         pcg(hw_, prec, residual.to(work), keptw, inner_target, max_iterations - state.iterations, state);
