@@ -71,8 +71,8 @@ LayerResult LayerPruner::prune(const at::Tensor& dense, const LayerStats& stats,
   if (reconstruct_.method == Reconstruct::kOptima) {
     t0 = SteadyClock::now();
     // OPTIMA starts from the dense row w, not the selector's updated weights (algorithms.md §6).
-    const RowSolveResult r = reconstruct(dense.to(at::kFloat), selection.pruned, selection.weight.to(at::kFloat),
-                                         stats.hessian, report);
+    const RowSolveResult r =
+        reconstruct(dense.to(at::kFloat), selection.pruned, selection.weight.to(at::kFloat), stats.hessian, report);
     report.qp_iterations = r.iterations;
     report.qp_fp64_fallback_rows = r.fp64_fallback_rows;
     report.qp_chunks = r.chunks;
@@ -110,9 +110,9 @@ RowSolveResult LayerPruner::reconstruct(const at::Tensor& dense, const at::Tenso
   // A job of many processes solves each process's share of the rows and gathers them.
   const RowSolver solve = [&](const at::Tensor& w_rows, const at::Tensor& pruned_rows, const at::Tensor& start_rows,
                               const RowSolveOptions& options) {
-    return iterative ? solve_rows_iterative(w_rows, pruned_rows, hessian, start_rows, s.tolerance, s.max_iterations,
-                                            options)
-                     : solve_rows_exact(w_rows, pruned_rows, hessian, options);
+    return iterative
+               ? solve_rows_iterative(w_rows, pruned_rows, hessian, start_rows, s.tolerance, s.max_iterations, options)
+               : solve_rows_exact(w_rows, pruned_rows, hessian, options);
   };
   const std::string& name = report.name;
   RowSolveResult r =

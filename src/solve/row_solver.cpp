@@ -46,7 +46,7 @@ struct Layer {
   at::Tensor g;         // fp64 H⁻¹, when some row uses it
   at::Tensor h32, g32;  // fp32 copies for the fp32 gathers
   int64_t n = 0;
-  double damping = 0;   // absolute damping in h: the undamped residual subtracts it again
+  double damping = 0;  // absolute damping in h: the undamped residual subtracts it again
 };
 
 // One group of rows solved with one batched factorization.
@@ -175,13 +175,12 @@ ChunkOutcome solve_chunk(const Layer& layer, const Chunk& chunk, bool fp32, cons
   }
   outcome.kkt = best;
   // Against the undamped H₀ = H − damping·I: (H₀ δ)_T = ρ_T − damping·δ_T, (H₀ w)_T = (H w)_T − damping·w_T.
-  outcome.kkt_undamped =
-      layer.damping == 0
-          ? best
-          : solve_detail::relative_residual(best_rho - layer.damping * delta * kept_d,
-                                            at::linalg_vector_norm(hw_t - layer.damping * w * kept_d, 2, {1}))
-                .max()
-                .item<double>();
+  outcome.kkt_undamped = layer.damping == 0 ? best
+                                            : solve_detail::relative_residual(
+                                                  best_rho - layer.damping * delta * kept_d,
+                                                  at::linalg_vector_norm(hw_t - layer.damping * w * kept_d, 2, {1}))
+                                                  .max()
+                                                  .item<double>();
   // Non-finite numbers after a factorization that succeeded mean it was too close to singular: damp more.
   if (!std::isfinite(best)) {
     outcome.factored = false;

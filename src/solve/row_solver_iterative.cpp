@@ -247,9 +247,9 @@ double cholesky_condition_estimate(const at::Tensor& l) {
   return (hi / lo) * (hi / lo);
 }
 
-RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Tensor& pruned,
-                                    const at::Tensor& hessian, const at::Tensor& start, double tolerance,
-                                    int64_t max_iterations, const RowSolveOptions& options) {
+RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Tensor& pruned, const at::Tensor& hessian,
+                                    const at::Tensor& start, double tolerance, int64_t max_iterations,
+                                    const RowSolveOptions& options) {
   solve_detail::validate_inputs(kWhere, dense_weight, pruned, hessian, start);
   if (!start.defined()) fail_input(kWhere, "a start point must be given", "[out, in] weights", "none");
   if (!(tolerance > 0)) fail_usage(fmt::format("{}: tolerance must be > 0, found {}", kWhere, tolerance));

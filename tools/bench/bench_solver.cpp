@@ -307,8 +307,8 @@ json solver_paths() {
       optima::LayerStats stats;
       stats.hessian = h;
       const optima::Selection sel = optima::make_selector("sparsegpt")->select(w, stats, target);
-      const at::Tensor full_mask = nm ? two_four_mask(at::randn({s.full_rows, s.n}))
-                                      : at::rand({s.full_rows, s.n}) < 0.5;
+      const at::Tensor full_mask =
+          nm ? two_four_mask(at::randn({s.full_rows, s.n})) : at::rand({s.full_rows, s.n}) < 0.5;
       const optima::SolverCostPrediction predicted = optima::predict_solver_cost(full_mask);
       json e = {{"layer", s.layer},
                 {"device", device.str()},
@@ -327,9 +327,8 @@ json solver_paths() {
                                          optima::kDefaultQpMaxIterations);
         done(r.weight);
       });
-      const double layer = rows == s.full_rows
-                               ? t
-                               : t_layer_wide + std::max(0.0, t - t_layer_wide) * s.full_rows / rows;
+      const double layer =
+          rows == s.full_rows ? t : t_layer_wide + std::max(0.0, t - t_layer_wide) * s.full_rows / rows;
       e["iterative"] = {{"rows_timed", rows},
                         {"converged", r.converged},
                         {"seconds", t},
@@ -350,10 +349,10 @@ json solver_paths() {
           x = optima::solve_rows_exact(we, pe, h);
           done(x.weight);
         });
-        const double exact_layer = s.exact_rows == s.full_rows
-                                       ? te
-                                       : x.inverse_seconds + std::max(0.0, te - x.inverse_seconds) *
-                                                                  s.full_rows / s.exact_rows;
+        const double exact_layer =
+            s.exact_rows == s.full_rows
+                ? te
+                : x.inverse_seconds + std::max(0.0, te - x.inverse_seconds) * s.full_rows / s.exact_rows;
         e["exact"] = {{"rows_timed", s.exact_rows},
                       {"seconds", te},
                       {"layer_seconds", exact_layer},

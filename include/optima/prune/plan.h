@@ -73,9 +73,10 @@ inline constexpr EnumName<Propagation> kPropagationNames[] = {{Propagation::kRef
                                                               {Propagation::kTrueSequential, "sequential", true}};
 inline constexpr EnumName<Reconstruct> kReconstructNames[] = {{Reconstruct::kNone, "none"},
                                                               {Reconstruct::kOptima, "optima"}};
-inline constexpr EnumName<QpSolver> kQpSolverNames[] = {
-    {QpSolver::kAuto, "auto"}, {QpSolver::kExact, "exact"}, {QpSolver::kIterative, "iterative"},
-    {QpSolver::kIterative, "cg", /*alias=*/true}};
+inline constexpr EnumName<QpSolver> kQpSolverNames[] = {{QpSolver::kAuto, "auto"},
+                                                        {QpSolver::kExact, "exact"},
+                                                        {QpSolver::kIterative, "iterative"},
+                                                        {QpSolver::kIterative, "cg", /*alias=*/true}};
 inline constexpr EnumName<SolvePrecision> kQpPrecisionNames[] = {{SolvePrecision::kFloat64, "fp64"},
                                                                  {SolvePrecision::kFloat32Refined, "fp32"}};
 inline constexpr EnumName<StatsDtype> kStatsDtypeNames[] = {{StatsDtype::kFloat32, "fp32"},

@@ -129,9 +129,9 @@ RowSolveResult solve_rows_exact(const at::Tensor& dense_weight, const at::Tensor
 // `converged` is false). kFloat32Refined: fp32 CG solves correction equations whose right-hand sides are fp64
 // residuals (at most max_refinement_steps + 1 rounds), unless the condition estimate predicts fp32 cannot hold the
 // layer (predict_fp64), when it runs in fp64 directly. kFloat64: fp64 throughout.
-RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Tensor& pruned,
-                                    const at::Tensor& hessian, const at::Tensor& start, double tolerance,
-                                    int64_t max_iterations, const RowSolveOptions& options = {});
+RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Tensor& pruned, const at::Tensor& hessian,
+                                    const at::Tensor& start, double tolerance, int64_t max_iterations,
+                                    const RowSolveOptions& options = {});
 
 // Which solver a layer uses, by predicted cost.
 enum class RowSolverKind { kExact, kIterative };
