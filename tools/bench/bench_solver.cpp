@@ -331,6 +331,10 @@ json solver_paths() {
           rows == s.full_rows ? t : t_layer_wide + std::max(0.0, t - t_layer_wide) * s.full_rows / rows;
       e["iterative"] = {{"rows_timed", rows},
                         {"converged", r.converged},
+                        {"flops", r.flops},
+                        {"fp64_fallback_rows", r.fp64_fallback_rows},
+                        // Load-independent: the solver's flops over one product's, for the rows timed.
+                        {"product_flop_equivalents", r.flops / (2.0 * static_cast<double>(rows) * s.n * s.n)},
                         {"seconds", t},
                         {"layer_seconds", layer},
                         {"gemm_equivalents", layer / t_gemm_layer},
@@ -361,6 +365,8 @@ json solver_paths() {
                       {"kkt_residual_undamped", x.kkt_residual_undamped},
                       {"fp64_predicted", x.fp64_predicted},
                       {"fp64_fallback_rows", x.fp64_fallback_rows},
+                      {"flops", x.flops},
+                      {"product_flop_equivalents", x.flops / (2.0 * static_cast<double>(s.exact_rows) * s.n * s.n)},
                       {"extrapolated", s.exact_rows != s.full_rows}};
       }
       note("paths: " + e.dump());
