@@ -115,11 +115,12 @@ RowSolveResult solve_rows_exact(const at::Tensor& dense_weight, const at::Tensor
                                 const RowSolveOptions& options = {});
 
 // Iterative solver for wide layers, whose per-row systems cost (n/2)³/3 each to factor: preconditioned conjugate
-// gradients on every row's kept-set system H_TT x = H_TS w_S at once. An iteration costs two matrix products over
-// all rows, [rows, n] x [n, n]: one with H (masked to each row's kept set T) and one with the preconditioner G_TT,
-// the kept block of G = H⁻¹ (one Cholesky of H per layer), which turns the system into I − G_TS H_ST and leaves
-// only the coupling between kept and pruned inputs for CG to resolve. Each row keeps its own step lengths; rows
-// that reached the tolerance leave the products (the batch is compacted as they do).
+// gradients on every row's kept-set system H_TT x = H_TS w_S at once. An iteration costs one matrix product over all
+// rows, [rows, n] x [n, n], with H masked to each row's kept set T, plus the preconditioner (options.preconditioner):
+// by default Woodbury on a low-rank-plus-diagonal (Nyström) model of diag(H)^(-1/2) H diag(H)^(-1/2) restricted to
+// T, through one k x k matrix per row built once (a few thin products per iteration); or G_TT, the kept block of
+// G = H⁻¹ (one more full product per iteration). Each row keeps its own step lengths; rows that reached the
+// tolerance leave the products (the batch is compacted as they do).
 //
 // Warm-started from `start` [out, in] (for example the selector's updated weights; its pruned entries are ignored).
 // The system is the UNDAMPED H (dead inputs fixed as in the exact solver) whenever its Cholesky succeeds with a
