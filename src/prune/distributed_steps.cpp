@@ -43,7 +43,8 @@ RowSolveResult solve_rows_shared(const Distributed& dist, const RowSolver& solve
   const std::vector<double> most =
       dist.all_reduce({r.kkt_residual, static_cast<double>(r.iterations), static_cast<double>(r.refinement_steps),
                        static_cast<double>(own_retries), static_cast<double>(r.dead_inputs), r.inverse_seconds,
-                       r.damping, r.converged ? 0.0 : 1.0, r.mean_diag},
+                       r.damping, r.converged ? 0.0 : 1.0, r.mean_diag, r.kkt_residual_undamped,
+                       r.fp64_predicted ? 1.0 : 0.0, r.condition_estimate},
                       ReduceOp::kMax, fmt::format("{}: solver figures", what));
   const std::vector<double> sums = dist.all_reduce(
       {static_cast<double>(r.fp64_fallback_rows), static_cast<double>(r.chunks),
@@ -60,6 +61,9 @@ RowSolveResult solve_rows_shared(const Distributed& dist, const RowSolver& solve
   all.damping = most[6];
   all.converged = most[7] == 0.0;
   all.mean_diag = most[8];
+  all.kkt_residual_undamped = most[9];
+  all.fp64_predicted = most[10] != 0.0;
+  all.condition_estimate = most[11];
   all.fp64_fallback_rows = static_cast<int64_t>(sums[0]);
   all.chunks = static_cast<int64_t>(sums[1]);
   all.rows_via_inverse = static_cast<int64_t>(sums[2]);

@@ -75,14 +75,17 @@ LayerResult LayerPruner::prune(const at::Tensor& dense, const LayerStats& stats,
   if (reconstruct_.method == Reconstruct::kOptima) {
     t0 = SteadyClock::now();
     // OPTIMA starts from the dense row w, not the selector's updated weights (algorithms.md §6).
-    const RowSolveResult r = reconstruct(dense.to(at::kFloat), selection.pruned, selection.weight.to(at::kFloat),
-                                         stats.hessian, report.name);
+    const RowSolveResult r =
+        reconstruct(dense.to(at::kFloat), selection.pruned, selection.weight.to(at::kFloat), stats.hessian, report);
     report.qp_iterations = r.iterations;
     report.qp_fp64_fallback_rows = r.fp64_fallback_rows;
     report.qp_chunks = r.chunks;
     report.qp_converged = r.converged;
     report.seconds_reconstruct = seconds_since(t0);
     report.kkt_residual = r.kkt_residual;
+    report.kkt_residual_undamped = r.kkt_residual_undamped;
+    report.qp_fp64_predicted = r.fp64_predicted;
+    report.qp_condition_estimate = r.condition_estimate;
     report.reconstruct_damping = r.damping;
     final_weight = r.weight;
   }
@@ -97,15 +100,25 @@ LayerResult LayerPruner::prune(const at::Tensor& dense, const LayerStats& stats,
 }
 
 RowSolveResult LayerPruner::reconstruct(const at::Tensor& dense, const at::Tensor& pruned, const at::Tensor& start,
-                                        const at::Tensor& hessian, const std::string& name) const {
+                                        const at::Tensor& hessian, LayerReport& report) const {
   const ReconstructSettings& s = reconstruct_;
+  // auto: one choice for the whole layer (every process of a job sees the whole mask, so they agree).
+  bool iterative = s.solver == QpSolver::kIterative;
+  if (s.solver == QpSolver::kAuto) {
+    const SolverCostPrediction predicted = predict_solver_cost(pruned);
+    iterative = predicted.choice == RowSolverKind::kIterative;
+    report.qp_predicted_exact_units = predicted.exact_units;
+    report.qp_predicted_iterative_units = predicted.iterative_units;
+  }
+  report.qp_solver = iterative ? "iterative" : "exact";
   // A job of many processes solves each process's share of the rows and gathers them.
   const RowSolver solve = [&](const at::Tensor& w_rows, const at::Tensor& pruned_rows, const at::Tensor& start_rows,
                               const RowSolveOptions& options) {
-    return s.solver == QpSolver::kCg
-               ? solve_rows_cg(w_rows, pruned_rows, hessian, start_rows, s.tolerance, s.max_iterations, options)
+    return iterative
+               ? solve_rows_iterative(w_rows, pruned_rows, hessian, start_rows, s.tolerance, s.max_iterations, options)
                : solve_rows_exact(w_rows, pruned_rows, hessian, options);
   };
+  const std::string& name = report.name;
   RowSolveResult r =
       in_layer(name, [&] { return solve_rows_shared(dist_, solve, dense, pruned, start, s.options, name); });
   if (!r.converged)

@@ -24,6 +24,12 @@ nlohmann::json LayerReport::to_json() const {
                       {"seconds_select", seconds_select}};
   if (reconstructed()) {
     j["kkt_residual"] = kkt_residual;
+    j["kkt_residual_undamped"] = kkt_residual_undamped;
+    j["qp_solver"] = qp_solver;
+    j["qp_fp64_predicted"] = qp_fp64_predicted;
+    j["qp_condition_estimate"] = qp_condition_estimate;
+    j["qp_predicted_exact_units"] = qp_predicted_exact_units;
+    j["qp_predicted_iterative_units"] = qp_predicted_iterative_units;
     j["reconstruct_damping"] = reconstruct_damping;
     j["qp_iterations"] = qp_iterations;
     j["qp_fp64_fallback_rows"] = qp_fp64_fallback_rows;
@@ -51,6 +57,12 @@ LayerReport LayerReport::from_json(const nlohmann::json& j) {
   l.seconds_select = j.at("seconds_select");
   if (j.contains("kkt_residual")) {
     l.kkt_residual = j.at("kkt_residual");
+    l.kkt_residual_undamped = j.value("kkt_residual_undamped", -1.0);
+    l.qp_solver = j.value("qp_solver", std::string());
+    l.qp_fp64_predicted = j.value("qp_fp64_predicted", false);
+    l.qp_condition_estimate = j.value("qp_condition_estimate", 0.0);
+    l.qp_predicted_exact_units = j.value("qp_predicted_exact_units", 0.0);
+    l.qp_predicted_iterative_units = j.value("qp_predicted_iterative_units", 0.0);
     l.reconstruct_damping = j.at("reconstruct_damping");
     l.qp_iterations = j.at("qp_iterations");
     l.qp_fp64_fallback_rows = j.at("qp_fp64_fallback_rows");

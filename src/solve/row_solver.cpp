@@ -31,6 +31,12 @@ constexpr int64_t kMinPad = 4;
 // past it the answer is no longer the one asked for), both relative to mean(diag H).
 constexpr double kFirstRetryDamp = 1e-10;
 constexpr double kMaxRetryDamp = 1e-2;
+// fp32 layers are probed on this many rows of their first chunk before the rest is attempted in fp32: H's condition
+// estimate does not tell every layer fp32 cannot hold (the LayerNorm outputs feeding OPT-125M's attention and fc1
+// have a near-null direction spread over all inputs, invisible in the Cholesky diagonal, and fail fp32 on every
+// row; fc2, with a larger estimate, does not), and a failed probe costs 1% of a layer where a failed chunk cost up
+// to all of it once more.
+constexpr size_t kProbeRows = 8;
 
 // Everything one attempt (one damping value) needs about the layer.
 struct Layer {
@@ -40,6 +46,7 @@ struct Layer {
   at::Tensor g;         // fp64 H⁻¹, when some row uses it
   at::Tensor h32, g32;  // fp32 copies for the fp32 gathers
   int64_t n = 0;
+  double damping = 0;  // absolute damping in h: the undamped residual subtracts it again
 };
 
 // One group of rows solved with one batched factorization.
@@ -53,6 +60,7 @@ struct Chunk {
 struct ChunkOutcome {
   bool factored = true;  // false: an fp64 factorization failed (damping must rise)
   double kkt = 0;
+  double kkt_undamped = 0;  // the same against the undamped H
   int64_t steps = 0;
 };
 
@@ -126,9 +134,10 @@ ChunkOutcome solve_chunk(const Layer& layer, const Chunk& chunk, bool fp32, cons
   // Refinement against the fp64 residual ρ_T = (H δ)_T. Its correction c (c_S = 0, H_TT c_T = −ρ_T) comes from
   // the chunk's factors: through H directly; through G from H_TT⁻¹ = G_TT − G_TS G_SS⁻¹ G_ST, that is
   // y = G ρ_T, c_T = (G[:, S] G_SS⁻¹ y_S − y)_T.
-  const at::Tensor hw_t_norm = at::linalg_vector_norm(at::matmul(w, layer.h) * kept_d, 2, {1});
+  const at::Tensor hw_t = at::matmul(w, layer.h) * kept_d;
+  const at::Tensor hw_t_norm = at::linalg_vector_norm(hw_t, 2, {1});
   result.flops += product_flops;
-  at::Tensor best_delta;
+  at::Tensor best_delta, best_rho;
   double best = 0;
   for (int64_t step = 0;; ++step) {
     const at::Tensor rho = at::matmul(delta, layer.h) * kept_d;
@@ -138,6 +147,7 @@ ChunkOutcome solve_chunk(const Layer& layer, const Chunk& chunk, bool fp32, cons
       delta = best_delta;
       break;
     }
+    best_rho = rho;
     const double rate = step > 0 ? worst / best : 0.0;  // contraction of the last correction
     best = worst;
     best_delta = delta;
@@ -164,6 +174,13 @@ ChunkOutcome solve_chunk(const Layer& layer, const Chunk& chunk, bool fp32, cons
     result.flops += solve_flops;
   }
   outcome.kkt = best;
+  // Against the undamped H₀ = H − damping·I: (H₀ δ)_T = ρ_T − damping·δ_T, (H₀ w)_T = (H w)_T − damping·w_T.
+  outcome.kkt_undamped = layer.damping == 0 ? best
+                                            : solve_detail::relative_residual(
+                                                  best_rho - layer.damping * delta * kept_d,
+                                                  at::linalg_vector_norm(hw_t - layer.damping * w * kept_d, 2, {1}))
+                                                  .max()
+                                                  .item<double>();
   // Non-finite numbers after a factorization that succeeded mean it was too close to singular: damp more.
   if (!std::isfinite(best)) {
     outcome.factored = false;
@@ -248,22 +265,26 @@ RowSolveResult solve_rows_exact(const at::Tensor& dense_weight, const at::Tensor
     layer.n = n;
     layer.h = prepared.h.clone();
     layer.h.diagonal().add_(damping);
+    layer.damping = damping;
     // Rows with nothing pruned keep w; rows with everything pruned are 0; the others are overwritten below.
     at::Tensor out = dense_weight.masked_fill(pruned, 0);
-    double kkt = 0;
+    double kkt = 0, kkt_undamped = 0;
     int64_t steps = 0, fallback_rows = 0;
     bool factored = true;
     const double fn = static_cast<double>(n);
     if (any_through_g) {
       const auto started = std::chrono::steady_clock::now();
-      layer.g = solve_detail::spd_inverse(layer.h);
+      layer.g = solve_detail::spd_inverse(layer.h, &result.condition_estimate);
       factored = layer.g.defined();
       result.factor_flops += fn * fn * fn / 3;
       result.flops += fn * fn * fn;                      // Cholesky, then the inverse from it
       if (factored) (void)layer.g.sum().item<double>();  // waits for the device, so that the time below is real
       result.inverse_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     }
-    if (fp32) {
+    // fp32 factors of a layer this ill-conditioned would fail or refine too slowly: fp64 from the start.
+    if (fp32 && factored && !any_through_g) result.condition_estimate = solve_detail::spd_condition_estimate(layer.h);
+    result.fp64_predicted = fp32 && factored && predict_fp64(result.condition_estimate);
+    if (fp32 && !result.fp64_predicted) {
       layer.h32 = layer.h.to(at::kFloat).contiguous();
       if (layer.g.defined()) layer.g32 = layer.g.to(at::kFloat).contiguous();
     }
@@ -272,7 +293,20 @@ RowSolveResult solve_rows_exact(const at::Tensor& dense_weight, const at::Tensor
     for (const Chunk& c : chunks)
       (c.through_g ? result.rows_via_inverse : result.rows_via_kept) += static_cast<int64_t>(c.rows.size());
     // Once fp32 failed a chunk of this layer, the rest goes to fp64 directly: the conditioning is the layer's.
-    bool fp64_from_now = false;
+    bool fp64_from_now = result.fp64_predicted;
+    if (fp32 && !fp64_from_now && !chunks.empty() && chunks[0].rows.size() > kProbeRows) {
+      Chunk probe = chunks[0];
+      probe.rows.resize(kProbeRows);
+      probe.sizes.resize(kProbeRows);
+      probe.m = *std::max_element(probe.sizes.begin(), probe.sizes.end());
+      // Its rows are solved again with their chunk (in fp32 or fp64), so `out` ends up the same either way.
+      const ChunkOutcome o = solve_chunk(layer, probe, true, options, workspace32, out, result);
+      if (o.factored && !(o.kkt <= options.refinement_tolerance)) {
+        fp64_from_now = true;
+        result.fp64_predicted = true;
+        fallback_rows += static_cast<int64_t>(kProbeRows);
+      }
+    }
     for (size_t c = 0; factored && c < chunks.size(); ++c) {
       const int64_t rows = static_cast<int64_t>(chunks[c].rows.size());
       ChunkOutcome o;
@@ -285,17 +319,19 @@ RowSolveResult solve_rows_exact(const at::Tensor& dense_weight, const at::Tensor
           o = solve_chunk(layer, chunks[c], false, options, workspace64, out, result);
         }
       } else {
-        fallback_rows += fp32 ? rows : 0;
+        fallback_rows += fp32 && !result.fp64_predicted ? rows : 0;
         o = solve_chunk(layer, chunks[c], false, options, workspace64, out, result);
       }
       ++result.chunks;
       factored = o.factored;
       kkt = std::max(kkt, o.kkt);
+      kkt_undamped = std::max(kkt_undamped, o.kkt_undamped);
       steps = std::max(steps, o.steps);
     }
     if (factored) {
       result.weight = out;
       result.kkt_residual = kkt;
+      result.kkt_residual_undamped = kkt_undamped;
       result.refinement_steps = steps;
       result.fp64_fallback_rows = fallback_rows;
       return result;

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "optima/core/error.h"
+#include "optima/solve/row_solver.h"
 
 // LAPACK's Cholesky factorization and solve (LP64), as LibTorch's CPU library exports them from the BLAS/LAPACK it
 // bundles. Weak: a LibTorch that exports none leaves them null, and the solver uses ATen's own path instead.
@@ -153,15 +154,25 @@ void for_each_slice(bool cpu, int64_t count, const std::function<void(int64_t)>&
     if (e) std::rethrow_exception(e);
 }
 
-at::Tensor spd_inverse(const at::Tensor& h) {
+at::Tensor spd_inverse(const at::Tensor& h, double* condition_estimate) {
   // LAPACK's multi-threaded potrf/potri synchronise often; on a 2-core machine shared with other work they were
   // measured 10-30x slower than one thread (0.02 s becoming 2 s on 768 columns), while one thread costs at most 2x
   // when the machine is idle and the inverse is a small part of any layer whose rows need it.
   std::optional<ThreadCountGuard> single;
   if (h.is_cpu()) single.emplace(1);
   auto [l, info] = at::linalg_cholesky_ex(h);
-  if (info.item<int64_t>() != 0) return at::Tensor();
+  const bool ok = info.item<int64_t>() == 0;
+  if (condition_estimate)
+    *condition_estimate = ok ? cholesky_condition_estimate(l) : std::numeric_limits<double>::infinity();
+  if (!ok) return at::Tensor();
   return at::cholesky_inverse(l).contiguous();  // row-major for the system gathers
+}
+
+double spd_condition_estimate(const at::Tensor& h) {
+  std::optional<ThreadCountGuard> single;
+  if (h.is_cpu()) single.emplace(1);
+  auto [l, info] = at::linalg_cholesky_ex(h);
+  return info.item<int64_t>() == 0 ? cholesky_condition_estimate(l) : std::numeric_limits<double>::infinity();
 }
 
 namespace {

@@ -34,8 +34,12 @@ PreparedHessian prepare_hessian(std::string_view where, const at::Tensor& hessia
 at::Tensor relative_residual(const at::Tensor& rho_t, const at::Tensor& hw_t_norm);
 
 // H⁻¹ of an SPD matrix from its Cholesky factor, with single-threaded LAPACK on CPU; undefined when the
-// factorization fails.
-at::Tensor spd_inverse(const at::Tensor& h);
+// factorization fails. `condition_estimate`, when given, receives cholesky_condition_estimate of that factor
+// (infinite when it failed).
+at::Tensor spd_inverse(const at::Tensor& h, double* condition_estimate = nullptr);
+
+// cholesky_condition_estimate of h's Cholesky factor (single-threaded LAPACK on CPU), infinite when it fails.
+double spd_condition_estimate(const at::Tensor& h);
 
 // Cholesky factors of a batch of SPD matrices [b, m, m]. On CPU the batch is split into one slice per ATen thread,
 // each factored on its own OS thread with single-threaded LAPACK: MKL's multi-threaded potrf on a few hundred

@@ -48,7 +48,7 @@ PRUNE_SETTINGS = {
     "--qp-damp": ("1e-08", 1e-08),
     "--qp-precision": ("fp64", "fp64"),
     "--qp-memory": ("2GiB", "2GiB"),
-    "--qp-solver": ("cg", "cg"),
+    "--qp-solver": ("iterative", "iterative"),
     "--qp-tol": ("1e-07", 1e-07),
     "--qp-max-iter": ("500", 500),
     "--hessian-dtype": ("fp64", "fp64"),

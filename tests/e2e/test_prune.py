@@ -404,18 +404,27 @@ class Prune(unittest.TestCase):
 
     def test_iterative_solver_and_fp64_statistics_agree_with_the_exact_path(self):
         runs = {}
-        for tag, extra in (("exact", []), ("cg", ["--qp-solver", "cg", "--qp-tol", "1e-9"]),
+        for tag, extra in (("exact", []), ("cg", ["--qp-solver", "cg", "--qp-tol", "1e-9"]),  # cg: an alias
                            ("fp64", ["--hessian-dtype", "fp64"])):
             out = os.path.join(self.work, f"solver-{tag}")
             self.assertExit(self.prune(out, "--method", "sparsegpt", "--sparsity", "0.5", "--reconstruct", "optima",
                                        *extra), EXIT_OK)
             runs[tag] = self.check_pruned(out, "unstructured", 0.5)
-        self.assertEqual(runs["cg"]["settings"]["qp_solver"], "cg")
+        self.assertEqual(runs["cg"]["settings"]["qp_solver"], "iterative")
+        self.assertEqual(runs["exact"]["settings"]["qp_solver"], "auto")
         self.assertEqual(runs["fp64"]["settings"]["hessian_dtype"], "fp64")
         for exact, cg, fp64 in zip(runs["exact"]["layers"], runs["cg"]["layers"], runs["fp64"]["layers"]):
             self.assertTrue(cg["qp_converged"], cg["name"])
             self.assertGreater(cg["qp_iterations"], 0, cg["name"])
             self.assertLessEqual(cg["kkt_residual"], 1e-9, cg["name"])
+            self.assertEqual(cg["qp_solver"], "iterative", cg["name"])
+            # auto on these narrow layers predicts the exact solver cheaper, and records both predictions.
+            self.assertEqual(exact["qp_solver"], "exact", exact["name"])
+            self.assertLess(exact["qp_predicted_exact_units"], exact["qp_predicted_iterative_units"], exact["name"])
+            # The exact solver solves the damped problem; the iterative one the undamped one where H is not singular.
+            self.assertGreaterEqual(exact["kkt_residual_undamped"], 0, exact["name"])
+            if cg["reconstruct_damping"] == 0:
+                self.assertEqual(cg["kkt_residual_undamped"], cg["kkt_residual"], cg["name"])
             # Same masks and Hessians (the selector sees the same inputs): the same optimum, whichever solver.
             self.assertAlmostEqual(cg["error_final"], exact["error_final"], delta=1e-6 * exact["error_final"] + 1e-12,
                                    msg=cg["name"])

@@ -308,13 +308,13 @@ TEST(SettingsTest, EveryNameParsesAndPrints) {
 
 TEST(SettingsTest, PlanJsonSpellsSettingsAsTheCommandLine) {
   PrunePlan plan = plan_for("wanda", Reconstruct::kOptima);
-  plan.qp_solver = QpSolver::kCg;
+  plan.qp_solver = QpSolver::kIterative;
   plan.hessian_dtype = StatsDtype::kFloat64;
   plan.propagation = Propagation::kTrueSequential;
   const nlohmann::json j = plan.to_json();
   EXPECT_EQ(j.at("method"), "wanda");
   EXPECT_EQ(j.at("reconstruct"), "optima");
-  EXPECT_EQ(j.at("qp_solver"), "cg");
+  EXPECT_EQ(j.at("qp_solver"), "iterative");
   EXPECT_EQ(j.at("qp_precision"), "fp64");
   EXPECT_EQ(j.at("hessian_dtype"), "fp64");
   EXPECT_EQ(j.at("propagation"), "true-sequential");

@@ -4,10 +4,12 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <limits>
 #include <ostream>
 #include <random>
 #include <string>
 
+#include "optima/core/defaults.h"
 #include "optima/solve/row_solver.h"
 #include "solve/gather_systems.h"
 #include "test_util.h"
@@ -367,44 +369,175 @@ TEST_F(SolveTest, KeepsTheWeightDtype) {
   }
 }
 
-TEST_F(SolveTest, ConjugateGradientsReachTheExactSolution) {
+TEST_F(SolveTest, IterativeSolverReachesTheExactSolution) {
   const int64_t out = 32, n = 64;
   const at::Tensor h = spd_with_condition(n, 1e3);
   const at::Tensor w = at::randn({out, n}, kF64);
   const at::Tensor mask = variable_mask(out, n);
   RowSolveOptions options;
-  options.damp = 0;
-  const at::Tensor exact = reference(w, mask, h);
+  const at::Tensor exact = reference(w, mask, h);  // undamped: H is not singular, so no damping is applied
   const double tolerance = 1e-10;
   // The error in the H-norm is bounded by the residual; with cond(H) = 1e3 the weights agree to about
   // cond · tolerance relative to the update.
   for (SolvePrecision precision : {SolvePrecision::kFloat64, SolvePrecision::kFloat32Refined}) {
     options.precision = precision;
     const at::Tensor start = w.masked_fill(mask, 0) + 0.1 * at::randn_like(w);
-    const RowSolveResult r = solve_rows_cg(w, mask, h, start, tolerance, 5000, options);
+    const RowSolveResult r = solve_rows_iterative(w, mask, h, start, tolerance, 5000, options);
     EXPECT_TRUE(r.converged);
+    EXPECT_EQ(r.damping, 0);
     EXPECT_LE(r.kkt_residual, tolerance);
+    EXPECT_EQ(r.kkt_residual_undamped, r.kkt_residual);
     EXPECT_GT(r.iterations, 0);
     EXPECT_TRUE(r.weight.masked_select(mask).eq(0).all().item<bool>());
     EXPECT_LE(rel_diff(r.weight, exact), 1e3 * tolerance);
   }
   // An iteration budget too small to converge is reported, not hidden.
   options.precision = SolvePrecision::kFloat64;
-  const RowSolveResult short_run = solve_rows_cg(w, mask, h, w.masked_fill(mask, 0), 1e-12, 2, options);
+  const RowSolveResult short_run = solve_rows_iterative(w, mask, h, w.masked_fill(mask, 0), 1e-12, 2, options);
   EXPECT_FALSE(short_run.converged);
   EXPECT_EQ(short_run.iterations, 2);
   EXPECT_GT(short_run.kkt_residual, 1e-12);
 }
 
-TEST_F(SolveTest, ConjugateGradientsFromTheExactSolutionStopAtOnce) {
+// The closed form ŵ_T = w_T + H_TT⁻¹ H_TS w_S in fp64, on correlated LLM-like Hessians (outlier inputs, full rank),
+// at 50% unstructured and 2:4, with the default settings (fp32 CG refined against fp64 residuals).
+TEST_F(SolveTest, IterativeSolverMatchesTheClosedFormOnCorrelatedHessians) {
+  const int64_t out = 48, n = 128;
+  const at::Tensor h = gram_hessian(n, 4 * n);
+  const at::Tensor w = at::randn({out, n}, kF64);
+  for (int kind = 0; kind < 2; ++kind) {
+    const at::Tensor mask = kind == 0 ? matrix_threshold_mask(w, 0.5) : n_m_mask(w, 2, 4);
+    const at::Tensor exact = reference(w, mask, h);
+    for (SolvePrecision precision : {SolvePrecision::kFloat32Refined, SolvePrecision::kFloat64}) {
+      RowSolveOptions options;
+      options.precision = precision;
+      const RowSolveResult r = solve_rows_iterative(w, mask, h, w.masked_fill(mask, 0), kDefaultQpTolerance,
+                                                    kDefaultQpMaxIterations, options);
+      SCOPED_TRACE(kind == 0 ? "unstructured 50%" : "2:4");
+      EXPECT_TRUE(r.converged);
+      EXPECT_EQ(r.damping, 0) << "full-rank H is solved undamped";
+      EXPECT_LE(r.kkt_residual_undamped, 1e-8);
+      // The KKT residual measured here, independently of the solver.
+      const at::Tensor kept = mask.logical_not();
+      const at::Tensor rho = at::matmul(r.weight - w, h) * kept;
+      const at::Tensor rel = rho.norm(2, {1}) / (at::matmul(w, h) * kept).norm(2, {1});
+      EXPECT_LE(rel.max().item<double>(), 1e-8);
+      EXPECT_LE(rel_diff(r.weight - w, exact - w), 1e-6);
+      EXPECT_TRUE(r.weight.masked_select(mask).eq(0).all().item<bool>());
+    }
+  }
+}
+
+// Dead inputs (H_jj = 0) leave H singular as given; the dead-input rule makes it definite, so no damping is used and
+// the answer is the closed form on the fixed H. A rank-deficient H is singular: damped, and exact for that damping.
+TEST_F(SolveTest, IterativeSolverOnSingularHessians) {
+  const int64_t out = 24, n = 64;
+  at::Tensor h = gram_hessian(n, 4 * n);
+  const at::Tensor dead = at::randperm(n).narrow(0, 0, 6);
+  h.index_fill_(0, dead, 0.0);
+  h.index_fill_(1, dead, 0.0);
+  const at::Tensor w = at::randn({out, n}, kF64);
+  const at::Tensor mask = n_m_mask(w, 2, 4);
+  RowSolveResult r = solve_rows_iterative(w, mask, h, w.masked_fill(mask, 0), 1e-10, 2000);
+  EXPECT_EQ(r.dead_inputs, 6);
+  EXPECT_EQ(r.damping, 0);
+  EXPECT_LE(r.kkt_residual_undamped, 1e-8);
+  EXPECT_LE(rel_diff(r.weight, reference(w, mask, damped(h, 0))), 1e-7);
+
+  const at::Tensor low = gram_hessian(n, 24);  // rank 24
+  RowSolveOptions options;
+  options.damp = 1e-4;
+  r = solve_rows_iterative(w, mask, low, w.masked_fill(mask, 0), 1e-10, 4000, options);
+  EXPECT_TRUE(r.converged);
+  EXPECT_NEAR(r.damping, 1e-4 * low.diagonal().mean().item<double>(), 1e-9 * r.damping);
+  EXPECT_LE(rel_diff(r.weight, reference(w, mask, damped(low, 1e-4))), 1e-6);
+  // Against the undamped (singular) problem the damped optimum leaves a residual, reported as such.
+  EXPECT_GT(r.kkt_residual_undamped, r.kkt_residual);
+}
+
+TEST_F(SolveTest, IterativeSolverFromTheExactSolutionStopsAtOnce) {
   const int64_t out = 8, n = 32;
   const at::Tensor h = gram_hessian(n, 200);
   const at::Tensor w = at::randn({out, n}, kF64);
   const at::Tensor mask = n_m_mask(w, 2, 4);
-  const RowSolveResult exact = solve_rows_exact(w, mask, h);
-  const RowSolveResult r = solve_rows_cg(w, mask, h, exact.weight, 1e-8, 100);
+  RowSolveOptions options;
+  options.damp = 0;
+  const RowSolveResult exact = solve_rows_exact(w, mask, h, options);
+  const RowSolveResult r = solve_rows_iterative(w, mask, h, exact.weight, 1e-8, 100);
   EXPECT_EQ(r.iterations, 0);
   EXPECT_TRUE(r.converged);
+}
+
+// The undamped residual the exact solver reports is the KKT residual of its answer against H without damping.
+TEST_F(SolveTest, ExactSolverReportsTheUndampedResidual) {
+  const int64_t out = 16, n = 48;
+  const at::Tensor h = spd_with_condition(n, 1e3);
+  const at::Tensor w = at::randn({out, n}, kF64);
+  const at::Tensor mask = variable_mask(out, n);
+  RowSolveOptions options;
+  options.damp = 1e-3;
+  const RowSolveResult r = solve_rows_exact(w, mask, h, options);
+  const at::Tensor kept = mask.logical_not();
+  const at::Tensor rho = at::matmul(r.weight - w, h) * kept;
+  const at::Tensor hw = (at::matmul(w, h) * kept).norm(2, {1});
+  const at::Tensor rel = at::where(hw > 0, rho.norm(2, {1}) / hw.clamp_min(1e-300), rho.norm(2, {1}));
+  EXPECT_NEAR(r.kkt_residual_undamped, rel.max().item<double>(), 1e-6 * rel.max().item<double>());
+  EXPECT_GT(r.kkt_residual_undamped, 1e3 * r.kkt_residual) << "damping 1e-3 moves the optimum visibly";
+  options.damp = 0;
+  const RowSolveResult undamped = solve_rows_exact(w, mask, h, options);
+  EXPECT_EQ(undamped.kkt_residual_undamped, undamped.kkt_residual);
+}
+
+// fp32 work on a Hessian whose condition estimate fp32 cannot hold goes to fp64 directly, with no fp32 attempt
+// wasted; a well-conditioned one stays in fp32.
+TEST_F(SolveTest, Fp64IsPredictedFromTheConditionEstimate) {
+  EXPECT_FALSE(predict_fp64(10.0));
+  EXPECT_TRUE(predict_fp64(1e12));
+  EXPECT_TRUE(predict_fp64(std::numeric_limits<double>::infinity()));
+  const at::Tensor ill = spd_with_condition(64, 1e12);
+  const at::Tensor l = at::linalg_cholesky(ill);
+  const double estimate = cholesky_condition_estimate(l);
+  EXPECT_GT(estimate, 1.0);
+  EXPECT_LE(estimate, 1.01e12) << "a lower bound on cond(H)";
+  EXPECT_DOUBLE_EQ(cholesky_condition_estimate(at::diag(at::tensor({2.0, 0.5}, kF64))), 16.0);
+
+  const int64_t out = 24;
+  const at::Tensor w = at::randn({out, 64}, kF64);
+  const at::Tensor mask = variable_mask(out, 64);
+  RowSolveOptions options;
+  options.damp = 0;
+  options.precision = SolvePrecision::kFloat32Refined;
+  for (double cond : {1e1, 1e12}) {
+    const at::Tensor h = spd_with_condition(64, cond);
+    const bool expect_fp64 = predict_fp64(cholesky_condition_estimate(at::linalg_cholesky(h)));
+    EXPECT_EQ(expect_fp64, cond > 1e6) << cond;
+    const RowSolveResult exact = solve_rows_exact(w, mask, h, options);
+    EXPECT_EQ(exact.fp64_predicted, expect_fp64) << cond;
+    EXPECT_EQ(exact.fp64_fallback_rows, 0) << cond;
+    EXPECT_LE(exact.kkt_residual, 1e-8) << cond;
+    const RowSolveResult iter = solve_rows_iterative(w, mask, h, w.masked_fill(mask, 0), 1e-10, 5000, options);
+    EXPECT_EQ(iter.fp64_predicted, expect_fp64) << cond;
+    EXPECT_LE(iter.kkt_residual, 1e-10) << cond;
+  }
+}
+
+// auto: the exact solver where the per-row systems are small (narrow layers, or few pruned or few kept weights),
+// the iterative one on wide layers at 50%.
+TEST_F(SolveTest, SolverChoiceFollowsThePredictedCost) {
+  const auto mask = [](int64_t rows, int64_t n, double fraction) {
+    return at::rand({rows, n}, kF64).argsort(/*stable=*/false, /*dim=*/1) < static_cast<int64_t>(n * fraction);
+  };
+  const SolverCostPrediction narrow = predict_solver_cost(mask(512, 256, 0.5));
+  EXPECT_EQ(narrow.choice, RowSolverKind::kExact);
+  EXPECT_LT(narrow.exact_units, narrow.iterative_units);
+  const SolverCostPrediction wide = predict_solver_cost(mask(512, 8192, 0.5));
+  EXPECT_EQ(wide.choice, RowSolverKind::kIterative);
+  EXPECT_LT(wide.iterative_units, wide.exact_units);
+  // Exact cost per product grows about like n at a fixed fraction; the iterative cost stays nearly flat.
+  EXPECT_GT(wide.exact_units, 5 * narrow.exact_units);
+  EXPECT_LT(wide.iterative_units, 2 * narrow.iterative_units);
+  EXPECT_EQ(predict_solver_cost(mask(512, 8192, 0.01)).choice, RowSolverKind::kExact) << "81 unknowns per row";
+  EXPECT_EQ(predict_solver_cost(mask(512, 8192, 0.99)).choice, RowSolverKind::kExact) << "82 kept per row";
 }
 
 TEST_F(SolveTest, InputsAreValidated) {
@@ -425,9 +558,9 @@ TEST_F(SolveTest, InputsAreValidated) {
   test::expect_error([&] { solve_rows_exact(w.to(at::kInt), mask, h); }, ErrorKind::kInput, {"weight", "Int"});
   test::expect_error(
       [&] {
-        solve_rows_cg(w, mask, h, at::zeros({3, 6}, kF64), 1e-6, 10);
+        solve_rows_iterative(w, mask, h, at::zeros({3, 6}, kF64), 1e-6, 10);
       },
-      ErrorKind::kInput, {"solve_rows_cg: start", "expected [4, 6]", "found [3, 6]"});
+      ErrorKind::kInput, {"solve_rows_iterative: start", "expected [4, 6]", "found [3, 6]"});
   at::Tensor bad = w.clone();
   bad[1][2] = INFINITY;
   test::expect_error([&] { solve_rows_exact(bad, mask, h); }, ErrorKind::kNumeric, {"weight", "infinite"});

@@ -59,7 +59,7 @@ void check_case(const StressCase& c) {
   check_pattern(selection.weight.masked_fill(selection.pruned, 0), "selector");
 
   const RowSolveResult exact = solve_rows_exact(w, selection.pruned, h);
-  const RowSolveResult cg = solve_rows_cg(w, selection.pruned, h, selection.weight, 1e-11, 4000);
+  const RowSolveResult cg = solve_rows_iterative(w, selection.pruned, h, selection.weight, 1e-11, 4000);
   for (const auto& [name, r] : {std::pair<const char*, const RowSolveResult&>{"exact", exact}, {"cg", cg}}) {
     EXPECT_TRUE(r.weight.isfinite().all().item<bool>()) << name;
     EXPECT_TRUE(std::isfinite(r.kkt_residual)) << name;

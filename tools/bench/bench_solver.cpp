@@ -19,6 +19,8 @@
 #include <string>
 #include <vector>
 
+#include "optima/core/defaults.h"
+#include "optima/select/selector.h"
 #include "optima/solve/row_solver.h"
 #include "solve/solve_common.h"
 
@@ -259,6 +261,121 @@ json layer_benchmarks(const std::string& only_model) {
   return results;
 }
 
+// The exact and the iterative solver side by side as n grows, in GEMM-equivalents: a layer's reconstruction time
+// over the time of one dense fp32 product [rows, n] x [n, n] measured here in the same run, at 50% unstructured and
+// 2:4 with SparseGPT's masks and updated weights (the iterative solver's warm start) on LLM-like Hessians. Wide
+// layers are timed on a subset of rows and extrapolated: the layer-wide part (H's Cholesky and inverse, timed
+// alone) once, the rest in proportion to the rows, against the product's time scaled the same way.
+// OPTIMA_BENCH_DEVICE (cpu or cuda) picks the device; OPTIMA_BENCH_QUICK=1 times the two OPT-125M shapes on a few
+// rows only (scripts/gpu_check.sh --cpu-only).
+json solver_paths() {
+  const char* device_env = std::getenv("OPTIMA_BENCH_DEVICE");
+  const at::Device device(device_env ? device_env : "cpu");
+  const bool quick = std::getenv("OPTIMA_BENCH_QUICK") != nullptr;
+  // Waits for the device, so that the time measured is the work's.
+  const auto done = [](const at::Tensor& t) { (void)t.sum().item<double>(); };
+  struct PathShape {
+    const char* layer;
+    int64_t n, full_rows, iterative_rows, exact_rows;  // exact_rows 0: not timed (the prediction stands in)
+  };
+  const std::vector<PathShape> shapes = {
+      {"OPT-125M self_attn (768x768)", 768, 768, 768, 768},
+      {"OPT-125M fc2 (768x3072)", 3072, 768, 768, 96},
+      {"LLaMA-7B q_proj (4096x4096)", 4096, 4096, 256, 16},
+      {"LLaMA-7B down_proj (4096x11008)", 11008, 4096, 128, 2},
+      {"LLaMA-3-8B down_proj (4096x14336)", 14336, 4096, 64, 0},
+  };
+  json out = json::array();
+  for (size_t i = 0; i < (quick ? 2 : shapes.size()); ++i) {
+    PathShape s = shapes[i];
+    if (quick) {
+      s.iterative_rows = std::min<int64_t>(s.iterative_rows, 128);
+      s.exact_rows = std::min<int64_t>(s.exact_rows, 16);
+    }
+    const at::Tensor h = llm_like_hessian(s.n, 2 * s.n, at::kFloat).to(device);
+    const int64_t rows = s.iterative_rows;
+    const at::Tensor a = at::randn({rows, s.n}).to(device);
+    const at::Tensor b = at::randn({s.n, s.n}).to(device);
+    const double t_gemm = best_seconds([&] { done(at::matmul(a, b)); }, 2);
+    const double t_gemm_layer = t_gemm * static_cast<double>(s.full_rows) / static_cast<double>(rows);
+    at::Tensor hd = h.to(at::kDouble);
+    const double t_layer_wide = best_seconds([&] { done(at::cholesky_inverse(at::linalg_cholesky(hd))); }, 1);
+    const at::Tensor w = (at::randn({rows, s.n}) * 0.02).to(device);
+    for (const bool nm : {false, true}) {
+      const optima::SparsityPattern target =
+          nm ? optima::SparsityPattern::n_m(2, 4) : optima::SparsityPattern::unstructured(0.5);
+      optima::LayerStats stats;
+      stats.hessian = h;
+      const optima::Selection sel = optima::make_selector("sparsegpt")->select(w, stats, target);
+      const at::Tensor full_mask =
+          nm ? two_four_mask(at::randn({s.full_rows, s.n})) : at::rand({s.full_rows, s.n}) < 0.5;
+      const optima::SolverCostPrediction predicted = optima::predict_solver_cost(full_mask);
+      json e = {{"layer", s.layer},
+                {"device", device.str()},
+                {"gemm_fp32_gflops", 2.0 * static_cast<double>(rows) * s.n * s.n / t_gemm / 1e9},
+                {"n", s.n},
+                {"rows", s.full_rows},
+                {"pattern", nm ? "2:4" : "unstructured50"},
+                {"gemm_seconds_full_layer", t_gemm_layer},
+                {"layer_wide_cholesky_inverse_seconds", t_layer_wide},
+                {"auto_picks", predicted.choice == optima::RowSolverKind::kExact ? "exact" : "iterative"},
+                {"predicted_exact_units", predicted.exact_units},
+                {"predicted_iterative_units", predicted.iterative_units}};
+      RowSolveResult r;
+      const double t = seconds_of([&] {
+        r = optima::solve_rows_iterative(w, sel.pruned, h, sel.weight, optima::kDefaultQpTolerance,
+                                         optima::kDefaultQpMaxIterations);
+        done(r.weight);
+      });
+      const double layer =
+          rows == s.full_rows ? t : t_layer_wide + std::max(0.0, t - t_layer_wide) * s.full_rows / rows;
+      e["iterative"] = {{"rows_timed", rows},
+                        {"converged", r.converged},
+                        {"flops", r.flops},
+                        {"fp64_fallback_rows", r.fp64_fallback_rows},
+                        // Load-independent: the solver's flops over one product's, for the rows timed.
+                        {"product_flop_equivalents", r.flops / (2.0 * static_cast<double>(rows) * s.n * s.n)},
+                        {"seconds", t},
+                        {"layer_seconds", layer},
+                        {"gemm_equivalents", layer / t_gemm_layer},
+                        {"iterations", r.iterations},
+                        {"outer_rounds", r.refinement_steps},
+                        {"kkt_residual", r.kkt_residual},
+                        {"kkt_residual_undamped", r.kkt_residual_undamped},
+                        {"damping", r.damping},
+                        {"fp64_predicted", r.fp64_predicted},
+                        {"condition_estimate", r.condition_estimate},
+                        {"extrapolated", rows != s.full_rows}};
+      if (s.exact_rows > 0) {
+        const at::Tensor we = w.narrow(0, 0, s.exact_rows), pe = sel.pruned.narrow(0, 0, s.exact_rows);
+        RowSolveResult x;
+        const double te = seconds_of([&] {
+          x = optima::solve_rows_exact(we, pe, h);
+          done(x.weight);
+        });
+        const double exact_layer =
+            s.exact_rows == s.full_rows
+                ? te
+                : x.inverse_seconds + std::max(0.0, te - x.inverse_seconds) * s.full_rows / s.exact_rows;
+        e["exact"] = {{"rows_timed", s.exact_rows},
+                      {"seconds", te},
+                      {"layer_seconds", exact_layer},
+                      {"gemm_equivalents", exact_layer / t_gemm_layer},
+                      {"kkt_residual", x.kkt_residual},
+                      {"kkt_residual_undamped", x.kkt_residual_undamped},
+                      {"fp64_predicted", x.fp64_predicted},
+                      {"fp64_fallback_rows", x.fp64_fallback_rows},
+                      {"flops", x.flops},
+                      {"product_flop_equivalents", x.flops / (2.0 * static_cast<double>(s.exact_rows) * s.n * s.n)},
+                      {"extrapolated", s.exact_rows != s.full_rows}};
+      }
+      note("paths: " + e.dump());
+      out.push_back(e);
+    }
+  }
+  return out;
+}
+
 // LLaMA-3-8B at 50% on one H100, projected from flop counts and rates (no H100 here): the factorization flops of
 // every layer (each row factors a system of about in/2 unknowns, in³/24 flop) at the solver's effective per-row
 // rate, that is the rows' factorization flops over the rows' solve time (gathers, products and refinement included;
@@ -324,11 +441,19 @@ int main(int argc, char** argv) {
   const auto start = std::chrono::steady_clock::now();
   // A second argument (a model name) times that model's layer shapes alone, for quick comparisons.
   const std::string only_model = argc > 2 ? argv[2] : "";
+  if (only_model == "paths") {
+    // The solver-paths section alone (scripts/bench_solver --paths merges it into the existing document).
+    doc["paths"] = solver_paths();
+    doc["total_seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::ofstream(argc > 1 ? argv[1] : "/dev/stdout") << doc.dump(2) << "\n";
+    return 0;
+  }
   if (only_model.empty()) {
     doc["rates"] = machine_rates();
     doc["damping"] = damping_study();
   }
   doc["layers"] = layer_benchmarks(only_model);
+  if (only_model.empty()) doc["paths"] = solver_paths();
   if (only_model.empty()) doc["projection_llama3_8b_h100"] = llama3_8b_h100_projection(doc["rates"], doc["layers"]);
   doc["total_seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const std::string text = doc.dump(2) + "\n";

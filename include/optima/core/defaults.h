@@ -44,7 +44,9 @@ inline constexpr double kOwlSparsityFloor = 0.01;
 // of gathered row systems, and the conjugate-gradient solver's tolerance and iteration budget.
 inline constexpr double kDefaultRowSolveDamp = 1e-6;
 inline constexpr std::string_view kDefaultQpMemory = "1GiB";
-inline constexpr double kDefaultQpTolerance = 1e-6;
+// The iterative row solver's relative KKT tolerance: below the 1e-8 the exact optimum is held to, with a margin for
+// the final fp64 residual's own rounding.
+inline constexpr double kDefaultQpTolerance = 1e-9;
 inline constexpr int64_t kDefaultQpMaxIterations = 2000;
 
 // Checkpoints: transformers' default shard size, "5GB".

@@ -18,9 +18,9 @@ namespace optima {
 // The reconstruction settings of a run, resolved from its plan.
 struct ReconstructSettings {
   Reconstruct method = Reconstruct::kNone;
-  QpSolver solver = QpSolver::kExact;
-  double tolerance = kDefaultQpTolerance;            // cg only
-  int64_t max_iterations = kDefaultQpMaxIterations;  // cg only
+  QpSolver solver = QpSolver::kAuto;
+  double tolerance = kDefaultQpTolerance;            // iterative solver only
+  int64_t max_iterations = kDefaultQpMaxIterations;  // iterative solver only
   RowSolveOptions options;
 
   static ReconstructSettings from_plan(const PrunePlan& plan);
@@ -46,7 +46,7 @@ class LayerPruner {
 
  private:
   RowSolveResult reconstruct(const at::Tensor& dense, const at::Tensor& pruned, const at::Tensor& start,
-                             const at::Tensor& hessian, const std::string& name) const;
+                             const at::Tensor& hessian, LayerReport& report) const;
 
   const SelectorInfo& info_;
   std::unique_ptr<MaskSelector> selector_;

@@ -24,7 +24,8 @@ enum class Propagation {
 // After selection: nothing, or OPTIMA's exact per-row reconstruction.
 enum class Reconstruct { kNone, kOptima };
 // OPTIMA's solver: batched Cholesky factorizations, or conjugate gradients on all rows at once (huge layers).
-enum class QpSolver { kExact, kCg };
+// auto: per layer, the solver predicted cheaper (predict_solver_cost in solve/row_solver.h).
+enum class QpSolver { kAuto, kExact, kIterative };
 // The dtype H and Wanda's statistic are accumulated in: fp32 as the reference, or fp64.
 enum class StatsDtype { kFloat32, kFloat64 };
 // How the target sparsity is shared among the decoder blocks: the same everywhere, or OWL's outlier-weighted
@@ -58,9 +59,9 @@ struct PrunePlan {
   // cannot hold are solved again in fp64), 30-40% faster on CPU (bench/solver_cpu.json); "fp64": everything in fp64.
   SolvePrecision qp_precision = SolvePrecision::kFloat32Refined;
   std::string qp_memory = std::string(kDefaultQpMemory);  // memory budget of one chunk of gathered systems
-  QpSolver qp_solver = QpSolver::kExact;
-  double qp_tol = kDefaultQpTolerance;            // cg: relative KKT residual at which every row stops
-  int64_t qp_max_iter = kDefaultQpMaxIterations;  // cg: iteration budget per layer
+  QpSolver qp_solver = QpSolver::kAuto;
+  double qp_tol = kDefaultQpTolerance;            // iterative: relative KKT residual at which every row stops
+  int64_t qp_max_iter = kDefaultQpMaxIterations;  // iterative: iteration budget per layer
   StatsDtype hessian_dtype = StatsDtype::kFloat32;
   int64_t batch_size =
       kDefaultBatchSize;  // calibration windows per forward call (0: forward_batch_size(), prune/block_runner.h)
@@ -88,7 +89,10 @@ inline constexpr EnumName<Propagation> kPropagationNames[] = {{Propagation::kRef
                                                               {Propagation::kTrueSequential, "sequential", true}};
 inline constexpr EnumName<Reconstruct> kReconstructNames[] = {{Reconstruct::kNone, "none"},
                                                               {Reconstruct::kOptima, "optima"}};
-inline constexpr EnumName<QpSolver> kQpSolverNames[] = {{QpSolver::kExact, "exact"}, {QpSolver::kCg, "cg"}};
+inline constexpr EnumName<QpSolver> kQpSolverNames[] = {{QpSolver::kAuto, "auto"},
+                                                        {QpSolver::kExact, "exact"},
+                                                        {QpSolver::kIterative, "iterative"},
+                                                        {QpSolver::kIterative, "cg", /*alias=*/true}};
 inline constexpr EnumName<SolvePrecision> kQpPrecisionNames[] = {{SolvePrecision::kFloat64, "fp64"},
                                                                  {SolvePrecision::kFloat32Refined, "fp32"}};
 inline constexpr EnumName<SparsityAllocation> kAllocationNames[] = {{SparsityAllocation::kUniform, "uniform"},

@@ -20,14 +20,22 @@ struct LayerReport {
   bool pattern_ok = false;     // N:M groups all have N zeros / unstructured fraction as requested
   double error_selector = 0;   // ||(W - W_sel) X||² / ||W X||² on the calibration data
   double error_final = 0;      // the same for the written weights (after reconstruction, if any)
-  double kkt_residual = -1;    // reconstruction only: max_r ||(H(ŵ - w))_T|| / ||(H w)_T||
-  double damping = 0;          // damping added to diag(H) by the selector (SparseGPT)
+  // Reconstruction only: max_r ||(H(ŵ - w))_T|| / ||(H w)_T|| with H the matrix solved, damped by
+  // reconstruct_damping (the exact solver always damps by --qp-damp; the iterative one only a singular H) ...
+  double kkt_residual = -1;
+  double kkt_residual_undamped = -1;  // ... and the same with the undamped H: the problem as stated
+  std::string qp_solver;              // "exact" or "iterative": the solver the layer used
+  double damping = 0;                 // damping added to diag(H) by the selector (SparseGPT)
   int64_t damping_retries = 0;
   double reconstruct_damping = 0;
-  int64_t qp_fp64_fallback_rows = 0;  // fp32 solves: rows that had to be solved again in fp64
-  int64_t qp_chunks = 0;              // exact solver: batches of gathered systems
-  int64_t qp_iterations = 0;          // cg only
-  bool qp_converged = true;           // cg only: every row reached --qp-tol
+  int64_t qp_fp64_fallback_rows = 0;        // fp32 solves: rows solved in fp64 after an fp32 attempt failed
+  bool qp_fp64_predicted = false;           // fp32 asked, but H's condition estimate sent the layer to fp64 directly
+  double qp_condition_estimate = 0;         // (max/min diagonal of the Cholesky factor of the damped H)²
+  double qp_predicted_exact_units = 0;      // --qp-solver auto: predicted cost of each solver, in products
+  double qp_predicted_iterative_units = 0;  // [rows, n] x [n, n] (0 when not predicted)
+  int64_t qp_chunks = 0;                    // exact solver: batches of gathered systems
+  int64_t qp_iterations = 0;                // iterative solver only
+  bool qp_converged = true;                 // iterative solver only: every row reached --qp-tol
   double seconds_select = 0;
   double seconds_reconstruct = 0;
 

@@ -53,6 +53,11 @@ enum class SolvePrecision {
   kFloat32Refined,  // fp32 gathers and factorizations; fp64 residuals drive iterative refinement
 };
 
+// The iterative solver's preconditioner. kLowRank (default): Woodbury on a low-rank-plus-diagonal model of H
+// restricted to each row's kept set, a few thin products per iteration; kInverseBlock: G_TT, the kept block of
+// G = H⁻¹, one more full product per iteration (kept for comparison: bench/solver_cpu.json, "paths").
+enum class IterativePreconditioner { kLowRank, kInverseBlock };
+
 struct RowSolveOptions {
   SolvePrecision precision = SolvePrecision::kFloat64;
   // Relative damping: damp · mean(diag H) is added to diag H (after dead inputs are fixed) before solving.
@@ -69,6 +74,7 @@ struct RowSolveOptions {
   double refinement_tolerance = 1e-11;
   // Factorization failures that may each raise the damping tenfold before kNumeric is thrown.
   int max_damping_retries = 8;
+  IterativePreconditioner preconditioner = IterativePreconditioner::kLowRank;  // iterative solver only
 };
 
 struct RowSolveResult {
@@ -79,6 +85,12 @@ struct RowSolveResult {
   // fp64 solution before the cast to the weight's dtype. Rows with an empty T count as 0; rows with (H w)_T = 0
   // report the absolute ||(H (ŵ − w))_T||.
   double kkt_residual = 0;
+  // The same measure against the UNDAMPED problem as stated (H after the dead-input fix, no damping): the exact
+  // solver's answer is the damped optimum, so this is about damping · ||δ_T|| / ||(H w)_T|| there; the iterative
+  // solver solves the undamped problem unless H is singular, and then both residuals are the same.
+  double kkt_residual_undamped = 0;
+  double condition_estimate = 0;   // cholesky_condition_estimate of the matrix factored (damped H), when one was
+  bool fp64_predicted = false;     // kFloat32Refined asked, but predict_fp64 sent the layer to fp64 directly
   double damping = 0;              // absolute damping added to diag H
   double mean_diag = 0;            // mean of diag H after dead inputs were fixed: the unit of relative damping
   int64_t damping_retries = 0;     // fp64 factorizations that failed and were retried with more damping
@@ -90,8 +102,8 @@ struct RowSolveResult {
   int64_t rows_via_inverse = 0;    // rows solved as G_SS z = w_S (|S| <= |T|)
   int64_t rows_via_kept = 0;       // rows solved as H_TT x = H_TS w_S (|S| > |T|)
   int64_t refinement_steps = 0;    // largest number of corrections any chunk needed (exact); outer steps (CG)
-  int64_t fp64_fallback_rows = 0;  // kFloat32Refined: rows solved again in fp64
-  int64_t iterations = 0;          // CG iterations (iterative solver)
+  int64_t fp64_fallback_rows = 0;  // kFloat32Refined: rows solved in fp64 after an fp32 attempt of the layer failed
+  int64_t iterations = 0;          // CG iterations (iterative solver): each is two products over the active rows
   bool converged = true;           // iterative solver: reached `tolerance`
 };
 
@@ -102,15 +114,51 @@ struct RowSolveResult {
 RowSolveResult solve_rows_exact(const at::Tensor& dense_weight, const at::Tensor& pruned, const at::Tensor& hessian,
                                 const RowSolveOptions& options = {});
 
-// Iterative solver for layers too large to factor: Jacobi-preconditioned conjugate gradients on all rows at once,
-// one product with the shared H per iteration (masked to each row's kept set), warm-started from `start` [out, in]
-// (for example the selector's updated weights; its pruned entries are ignored). Stops when every row's relative
-// KKT residual is at most `tolerance` or after `max_iterations` iterations in all (then `converged` is false). In
-// kFloat64 the iterations run in fp64; in kFloat32Refined, fp32 CG solves correction equations whose right-hand
-// sides are fp64 residuals, for at most max_refinement_steps + 1 rounds. Same dead-input and damping rules as the
-// exact solver; no factorization, so no damping retries.
-RowSolveResult solve_rows_cg(const at::Tensor& dense_weight, const at::Tensor& pruned, const at::Tensor& hessian,
-                             const at::Tensor& start, double tolerance, int64_t max_iterations,
-                             const RowSolveOptions& options = {});
+// Iterative solver for wide layers, whose per-row systems cost (n/2)³/3 each to factor: preconditioned conjugate
+// gradients on every row's kept-set system H_TT x = H_TS w_S at once. An iteration costs one matrix product over all
+// rows, [rows, n] x [n, n], with H masked to each row's kept set T, plus the preconditioner (options.preconditioner):
+// by default Woodbury on a low-rank-plus-diagonal (Nyström) model of diag(H)^(-1/2) H diag(H)^(-1/2) restricted to
+// T, through one k x k matrix per row built once (a few thin products per iteration); or G_TT, the kept block of
+// G = H⁻¹ (one more full product per iteration). Each row keeps its own step lengths; rows that reached the
+// tolerance leave the products (the batch is compacted as they do).
+//
+// Warm-started from `start` [out, in] (for example the selector's updated weights; its pruned entries are ignored).
+// The system is the UNDAMPED H (dead inputs fixed as in the exact solver) whenever its Cholesky succeeds with a
+// condition estimate (cholesky_condition_estimate) of at most kSingularCondition; only a singular H is damped by
+// `options.damp` · mean(diag H) (raised tenfold, as the exact solver does, while the factorization fails). Stops
+// when every row's relative KKT residual is at most `tolerance` or after `max_iterations` iterations in all (then
+// `converged` is false). kFloat32Refined: fp32 CG solves correction equations whose right-hand sides are fp64
+// residuals (at most max_refinement_steps + 1 rounds), unless the condition estimate predicts fp32 cannot hold the
+// layer (predict_fp64), when it runs in fp64 directly. kFloat64: fp64 throughout.
+RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Tensor& pruned, const at::Tensor& hessian,
+                                    const at::Tensor& start, double tolerance, int64_t max_iterations,
+                                    const RowSolveOptions& options = {});
+
+// Which solver a layer uses, by predicted cost.
+enum class RowSolverKind { kExact, kIterative };
+
+// Predicted costs of a layer's two solvers in units of one dense product [rows, n] x [n, n] at the machine's
+// matrix-product rate ("GEMM-equivalents"; the benchmark measures the same unit).
+struct SolverCostPrediction {
+  RowSolverKind choice = RowSolverKind::kExact;
+  double exact_units = 0;      // batched Cholesky of every row's smaller system, at the rate measured for it
+  double iterative_units = 0;  // kPredictedIterations iterations of two products, plus the layer's Cholesky of H
+};
+
+// The cheaper solver for this mask (pruned [out, in] bool, any device): the exact one costs Σ_r m_r³/3 with m_r =
+// min(|S_r|, |T_r|) at a fraction of the matrix-product rate, the iterative one a nearly fixed number of products
+// whatever m is, so the exact solver wins at small n or very uneven rows and the iterative one on wide layers.
+SolverCostPrediction predict_solver_cost(const at::Tensor& pruned);
+
+// A cheap lower bound on cond(H) from its Cholesky factor L (lower, [n, n]): (max_i L_ii / min_i L_ii)². Infinite
+// when some L_ii is 0 or not finite.
+double cholesky_condition_estimate(const at::Tensor& l);
+
+// True when a layer whose (damped) Hessian has this condition estimate should be solved in fp64 directly: fp32
+// factors of its systems, or fp32 CG with an fp32 preconditioner, would not converge to the refinement tolerance.
+bool predict_fp64(double condition_estimate);
+
+// Iterative solver: undamped H whose condition estimate exceeds this counts as singular and is damped.
+inline constexpr double kSingularCondition = 1e12;
 
 }  // namespace optima

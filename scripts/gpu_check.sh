@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# One-command check of the CUDA path on a machine with an NVIDIA GPU (H100/H200 class) and no network: builds the
+# release preset with its CUDA sources, runs every CUDA unit test (and fails if any is skipped), runs the solver
+# benchmark's exact-vs-iterative section on the GPU, prunes a random OPT-125M-shaped model with SparseGPT + OPTIMA
+# on CUDA and on the CPU, and writes one JSON document: GPU name, matrix-product rate, solver GEMM-equivalents,
+# times, and the CPU-vs-CUDA agreement of every layer. Exits non-zero on any failure or mismatch.
+#
+# Usage: scripts/gpu_check.sh [--cpu-only] [--out FILE]   (default FILE: gpu_check.json in the repository)
+#   --cpu-only  no GPU needed: builds, runs the same steps on the CPU with small shapes (the prune on the opt-tiny
+#               preset, exact against iterative solver instead of CPU against CUDA), for checking the script itself.
+#
+# Setup: LibTorch comes from the torch virtual environment that scripts/setup.sh keeps in ~/.cache/optima (or
+# $OPTIMA_CACHE). Without network it must already be there; the script then skips the Debian and Python-tool steps
+# (OPTIMA_SKIP_APT=1, OPTIMA_NO_DEV=1). A build folder carried from another machine (build/release) is reused.
+# Budget: under 8 minutes on an H100/H200 with 16 cores (build mostly from ccache or the carried build folder).
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+cpu_only=0
+out="$repo/gpu_check.json"
+while (($#)); do
+  case "$1" in
+    --cpu-only) cpu_only=1 ;;
+    --out) out=$2; shift ;;
+    *) echo "usage: scripts/gpu_check.sh [--cpu-only] [--out FILE]" >&2; exit 2 ;;
+  esac
+  shift
+done
+log() { printf '[gpu_check] %s\n' "$*" >&2; }
+die() { log "FAILED: $*"; exit 1; }
+started=$(date +%s)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+assets=${OPTIMA_ASSETS:-$repo/../shared/assets}
+
+# --- the GPU -------------------------------------------------------------------------------------------------------
+gpu="none (--cpu-only)"
+if ((!cpu_only)); then
+  command -v nvidia-smi >/dev/null || die "nvidia-smi not found: no NVIDIA driver (use --cpu-only to check the script)"
+  gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1)
+  [[ -n "$gpu" ]] || die "nvidia-smi lists no GPU"
+  log "GPU: $gpu"
+fi
+
+# --- build ---------------------------------------------------------------------------------------------------------
+# No network: never try apt or pip for development tools; LibTorch's venv must be in the cache already.
+export OPTIMA_SKIP_APT=${OPTIMA_SKIP_APT:-1} OPTIMA_NO_DEV=${OPTIMA_NO_DEV:-1}
+t0=$(date +%s)
+build=$(scripts/build.sh release optima optima_tests optima_bench_solver | tail -n 1) ||
+  die "build failed (without network, LibTorch must already be in ${OPTIMA_CACHE:-~/.cache/optima}: run scripts/setup.sh where there is network)"
+build_seconds=$(($(date +%s) - t0))
+log "built in ${build_seconds}s: $build"
+
+# --- CUDA unit tests -----------------------------------------------------------------------------------------------
+t0=$(date +%s)
+filter='*Cuda*:*CUDA*'
+((cpu_only)) && filter='SolveTest.*:SolveMaskTest.*'
+"$build/tests/optima_tests" --gtest_filter="$filter" --gtest_brief=1 --gtest_output="json:$work/tests.json" >&2 ||
+  die "unit tests ($filter) failed"
+tests_seconds=$(($(date +%s) - t0))
+
+# --- solver benchmark: exact and iterative paths on this device -----------------------------------------------------
+t0=$(date +%s)
+if ((cpu_only)); then
+  OPTIMA_BENCH_DEVICE=cpu OPTIMA_BENCH_QUICK=1 "$build/optima_bench_solver" "$work/bench.json" paths ||
+    die "solver benchmark failed"
+else
+  OPTIMA_BENCH_DEVICE=cuda "$build/optima_bench_solver" "$work/bench.json" paths || die "solver benchmark failed"
+fi
+bench_seconds=$(($(date +%s) - t0))
+
+# --- end to end: an OPT-125M-shaped model (opt-tiny with --cpu-only), CUDA against CPU ------------------------------
+t0=$(date +%s)
+if ((cpu_only)); then
+  "$build/optima" make-random --preset opt-tiny --out "$work/model" >&2 || die "make-random failed"
+  runs=("cpu-exact:cpu:exact" "cpu-iterative:cpu:iterative")
+  nsamples=2 seqlen=64
+else
+  "$build/optima" make-random --config "$assets/configs/opt-125m/config.json" --out "$work/model" >&2 ||
+    die "make-random failed"
+  runs=("cuda:cuda:auto" "cpu:cpu:auto")
+  nsamples=2 seqlen=512
+fi
+calib="$assets/text/calib/c4.utf8"
+[[ -f "$calib" ]] || die "calibration text missing: $calib (set OPTIMA_ASSETS)"
+declare -A prune_seconds
+for run in "${runs[@]}"; do
+  IFS=: read -r tag device solver <<<"$run"
+  t1=$(date +%s)
+  "$build/optima" prune --model "$work/model" --calib "$calib" --nsamples "$nsamples" --seqlen "$seqlen" \
+    --method sparsegpt --sparsity 0.5 --reconstruct optima --qp-solver "$solver" --device "$device" \
+    --out "$work/pruned-$tag" >&2 || die "prune on $device ($solver) failed"
+  prune_seconds[$tag]=$(($(date +%s) - t1))
+done
+prune_total=$(($(date +%s) - t0))
+
+# --- one JSON; fail on any mismatch ----------------------------------------------------------------------------------
+python3 - "$work" "$out" "$gpu" "$cpu_only" "$build_seconds" "$tests_seconds" "$bench_seconds" "$prune_total" \
+  "$started" "${runs[0]%%:*}" "${runs[1]%%:*}" "${prune_seconds[${runs[0]%%:*}]}" "${prune_seconds[${runs[1]%%:*}]}" <<'EOF'
+import json, sys, time
+work, out, gpu, cpu_only = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
+build_s, tests_s, bench_s, prune_s, started = map(int, sys.argv[5:10])
+a_tag, b_tag, a_s, b_s = sys.argv[10], sys.argv[11], int(sys.argv[12]), int(sys.argv[13])
+tests = json.load(open(f"{work}/tests.json"))
+cases = [c for s in tests["testsuites"] for c in s["testsuite"]]
+skipped = [c["name"] for c in cases if c.get("result") == "SKIPPED"]
+failures = []
+if not cpu_only and skipped:
+    failures.append(f"CUDA tests skipped on a GPU machine: {skipped}")
+bench = json.load(open(f"{work}/bench.json"))
+a = json.load(open(f"{work}/pruned-{a_tag}/prune_report.json"))
+b = json.load(open(f"{work}/pruned-{b_tag}/prune_report.json"))
+agreement = []
+for la, lb in zip(a["layers"], b["layers"]):
+    rel = abs(la["error_final"] - lb["error_final"]) / max(lb["error_final"], 1e-30)
+    entry = {"layer": la["name"], "error_final": [la["error_final"], lb["error_final"]], "relative_difference": rel,
+             "kkt_residual": [la["kkt_residual"], lb["kkt_residual"]], "qp_solver": [la["qp_solver"], lb["qp_solver"]]}
+    agreement.append(entry)
+    # Same masks up to fp32 ties, the same optimum: the layer errors agree closely; each solve reaches its tolerance.
+    if rel > 1e-3:
+        failures.append(f"{la['name']}: error_final {la['error_final']:.6g} ({a_tag}) vs {lb['error_final']:.6g} ({b_tag})")
+    for tag, l in ((a_tag, la), (b_tag, lb)):
+        if not (l["kkt_residual"] <= 1e-8):
+            failures.append(f"{l['name']} ({tag}): KKT residual {l['kkt_residual']:.3g} > 1e-8")
+if len(a["layers"]) != len(b["layers"]) or not a["layers"]:
+    failures.append("the two prune reports list different layers")
+for e in bench["paths"]:
+    for path in ("iterative", "exact"):
+        if path in e and not (e[path]["kkt_residual"] <= 1e-8):
+            failures.append(f"bench {e['layer']} {e['pattern']} {path}: KKT residual {e[path]['kkt_residual']:.3g}")
+doc = {"gpu": gpu, "cpu_only": cpu_only,
+       "seconds": {"build": build_s, "unit_tests": tests_s, "solver_bench": bench_s, "prunes": prune_s,
+                   f"prune_{a_tag}": a_s, f"prune_{b_tag}": b_s, "total": int(time.time()) - started},
+       "unit_tests": {"run": len(cases), "skipped": skipped},
+       "rates": {k: v for k, v in bench.items() if k not in ("paths",)},
+       "solver_paths": bench["paths"],
+       "prune": {a_tag: {"total_seconds": a.get("timings", {}).get("total"), "reconstruct_seconds": sum(
+                     l.get("seconds_reconstruct", 0) for l in a["layers"])},
+                 b_tag: {"total_seconds": b.get("timings", {}).get("total"), "reconstruct_seconds": sum(
+                     l.get("seconds_reconstruct", 0) for l in b["layers"])}},
+       "agreement": agreement, "failures": failures}
+json.dump(doc, open(out, "w"), indent=2)
+print(f"[gpu_check] wrote {out}", file=sys.stderr)
+if failures:
+    print("[gpu_check] FAILED:\n  " + "\n  ".join(failures), file=sys.stderr)
+    sys.exit(1)
+EOF
+log "all checks passed in $(($(date +%s) - started))s"

@@ -1,0 +1,347 @@
+// The iterative OPTIMA row solver: conjugate gradients on every row's kept-set system at once, preconditioned with
+// the kept block of H⁻¹, for layers whose per-row systems cost more to factor than a few dozen products over all
+// rows. The design is described in include/optima/solve/row_solver.h.
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include "optima/core/error.h"
+#include "optima/solve/row_solver.h"
+#include "solve_common.h"
+
+namespace optima {
+
+namespace {
+
+constexpr const char* kWhere = "solve_rows_iterative";
+// Each inner CG run aims this far below the fp64 residual it corrects: fp32 CG stalls not far past 1e-5 of its
+// right-hand side, while fp64 gets there in one round.
+constexpr double kInnerReductionFp32 = 1e-4;
+constexpr double kInnerReductionFp64 = 1e-12;
+// An fp32 round must cut the largest relative residual at least this much, or the rest runs in fp64.
+constexpr double kFp32Progress = 0.1;
+// The batch is compacted to the rows still iterating once they are at most this fraction of it: gathering the
+// state costs a few row-sized copies, the products it saves are n times larger.
+constexpr double kCompactBelow = 0.75;
+// The damping a retry starts from when none was asked for, and the most a retry may reach (as the exact solver).
+constexpr double kFirstRetryDamp = 1e-10;
+constexpr double kMaxRetryDamp = 1e-2;
+// The low-rank preconditioner: rank n / kLowRankDivisor within [kLowRankMin, kLowRankMax]; subspace-iteration steps;
+// the Nyström core's relative shift (keeps its Cholesky defined when Ĥ has fewer than k strong directions); the
+// floor on Δ (unit-diagonal scale), which keeps the model definite where a feature is almost all low-rank; the
+// memory bound of the per-row setup; the seed of its random start.
+constexpr int64_t kLowRankDivisor = 24;
+constexpr int64_t kLowRankMin = 32;
+constexpr int64_t kLowRankMax = 128;
+constexpr int kSubspaceSteps = 2;
+constexpr double kNystromShift = 1e-10;
+constexpr double kDeltaFloor = 1e-3;
+constexpr int64_t kSetupBytes = int64_t{256} << 20;
+constexpr uint64_t kLowRankSeed = 0x5eed;
+
+struct CgState {
+  int64_t iterations = 0;
+  double flops = 0;
+};
+
+// The matrix the rows solve with.
+struct System {
+  at::Tensor h;  // fp64: undamped H unless it is singular
+  at::Tensor l;  // its Cholesky factor (for G = H⁻¹, when the preconditioner needs it)
+  double damping = 0;
+  double condition = 0;
+  int64_t retries = 0;
+};
+
+System prepare_system(const solve_detail::PreparedHessian& prepared, const RowSolveOptions& options) {
+  System s;
+  auto [l, info] = at::linalg_cholesky_ex(prepared.h);
+  s.condition = info.item<int64_t>() == 0 ? cholesky_condition_estimate(l) : std::numeric_limits<double>::infinity();
+  if (s.condition <= kSingularCondition) {
+    s.h = prepared.h;
+    s.l = l;
+    return s;
+  }
+  // Singular (or nearly so): the damped problem, as the exact solver solves it.
+  double damping = options.damp * prepared.mean_diag;
+  for (int attempt = 0;; ++attempt) {
+    at::Tensor h = prepared.h.clone();
+    h.diagonal().add_(damping);
+    auto [ld, infod] = at::linalg_cholesky_ex(h);
+    if (infod.item<int64_t>() == 0) {
+      s.h = h;
+      s.l = ld;
+      s.damping = damping;
+      s.condition = cholesky_condition_estimate(ld);
+      s.retries = attempt;
+      return s;
+    }
+    const double next = std::max(damping * 10, kFirstRetryDamp * prepared.mean_diag);
+    if (attempt >= options.max_damping_retries || next > kMaxRetryDamp * prepared.mean_diag * (1 + 1e-12))
+      fail(ErrorKind::kNumeric, kWhere,
+           fmt::format("Cholesky factorization failed at every damping tried ({} retries, last {:.3g} x mean(diag "
+                       "H)); the Hessian is not positive semi-definite",
+                       attempt, damping / prepared.mean_diag),
+           fmt::format("success at damping <= {:.3g} x mean(diag H)", kMaxRetryDamp), "failure");
+    damping = next;
+  }
+}
+
+// A preconditioner for every row's kept-set system at once: z = M_r⁻¹ r for r [rows, n] supported on each row's
+// kept set. Holds per-row state, which follows the rows when the batch is compacted.
+class Preconditioner {
+ public:
+  // G_TT: the kept block of G = H⁻¹ (g [n, n]); one product per application.
+  Preconditioner() = default;
+  static Preconditioner inverse_block(at::Tensor g) {
+    Preconditioner p;
+    p.g_ = std::move(g);
+    return p;
+  }
+  // Woodbury on the low-rank-plus-diagonal model of H (see low_rank below); a few thin products per application.
+  static Preconditioner low_rank(at::Tensor scale, at::Tensor u, at::Tensor inv_delta, at::Tensor k_inv) {
+    Preconditioner p;
+    p.scale_ = std::move(scale);
+    p.u_ = std::move(u);
+    p.inv_delta_ = std::move(inv_delta);
+    p.k_inv_ = std::move(k_inv);
+    return p;
+  }
+  // Flops of one application to `rows` rows.
+  double flops(int64_t rows, int64_t n) const {
+    const double r = static_cast<double>(rows), fn = static_cast<double>(n);
+    if (g_.defined()) return 2.0 * r * fn * fn;
+    const double k = static_cast<double>(u_.size(1));
+    return 4.0 * r * fn * k + 2.0 * r * k * k;
+  }
+  at::Tensor apply(const at::Tensor& r, const at::Tensor& kept) const {
+    if (g_.defined()) return at::matmul(r, g_) * kept;
+    // M_T = S⁻¹ (Δ_T + U_T U_Tᵀ) S⁻¹ with S = diag(H)^(-1/2); M_T⁻¹ = S (Δ⁻¹ − Δ⁻¹ U_T K⁻¹ U_Tᵀ Δ⁻¹) S with
+    // K = I + U_Tᵀ Δ_T⁻¹ U_T (per row, inverted at setup).
+    const at::Tensor v = r * scale_ * inv_delta_ * kept;
+    const at::Tensor c = at::bmm(k_inv_, at::matmul(v, u_).unsqueeze(2)).squeeze(2);
+    return (v - at::matmul(c, u_.t()) * inv_delta_ * kept) * scale_;
+  }
+  void select(const at::Tensor& keep) {
+    if (k_inv_.defined()) k_inv_ = k_inv_.index_select(0, keep);
+  }
+
+ private:
+  at::Tensor g_;
+  at::Tensor scale_, u_, inv_delta_, k_inv_;
+};
+
+// The rank of the low-rank model: enough to capture the few strongly correlated directions of an LLM layer's
+// inputs (outlier features, shared factors), small enough that its per-row setup, K_r [k, k], costs a fraction of
+// one product over the rows (rows·n·k² against rows·n²).
+int64_t low_rank_size(int64_t n) {
+  return std::clamp<int64_t>(n / kLowRankDivisor, std::min<int64_t>(n, kLowRankMin), kLowRankMax);
+}
+
+// The low-rank-plus-diagonal preconditioner. With S = diag(H)^(-1/2), the unit-diagonal Ĥ = S H S is approximated by
+// Nyström, Ĥ ≈ U Uᵀ from k directions found by two steps of subspace iteration (Ĥ − U Uᵀ is positive
+// semi-definite), and Δ = diag(Ĥ − U Uᵀ) (floored) completes the diagonal. Restricting Δ + U Uᵀ to a row's kept
+// set is Δ_T + U_T U_Tᵀ, whose inverse Woodbury gives through the row's K = I + U_Tᵀ Δ_T⁻¹ U_T alone.
+Preconditioner low_rank_preconditioner(const at::Tensor& h, const at::Tensor& kept, at::ScalarType work,
+                                       double& flops) {
+  const int64_t n = h.size(0), k = low_rank_size(n);
+  const double fn = static_cast<double>(n), fk = static_cast<double>(k), rows = static_cast<double>(kept.size(0));
+  const at::Tensor scale = h.diagonal().rsqrt();
+  const at::Tensor hs = h * scale.unsqueeze(0) * scale.unsqueeze(1);
+  // A fixed seed: the same layer gets the same preconditioner, and the run's own random stream is left alone.
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(kLowRankSeed);
+  at::Tensor omega = at::randn({n, k}, gen, at::TensorOptions().dtype(at::kDouble)).to(h.device());
+  for (int step = 0; step < kSubspaceSteps; ++step) omega = std::get<0>(at::linalg_qr(at::matmul(hs, omega)));
+  const at::Tensor y = at::matmul(hs, omega);
+  at::Tensor core = at::matmul(omega.t(), y);
+  core = (core + core.t()) * 0.5;
+  core.diagonal().add_(kNystromShift * core.diagonal().mean().item<double>());
+  const at::Tensor lc = at::linalg_cholesky(core);
+  // U = Y L⁻ᵀ, so that U Uᵀ = Y C⁻¹ Yᵀ.
+  const at::Tensor u = at::linalg_solve_triangular(lc, y.t(), /*upper=*/false).t().contiguous();
+  const at::Tensor delta = (1.0 - (u * u).sum(1)).clamp_min(kDeltaFloor);
+  const at::Tensor inv_delta = 1.0 / delta;
+  flops += 2.0 * fn * fn * fk * (kSubspaceSteps + 1);
+  // K_r = I + Σ_{i in T_r} u_i u_iᵀ / Δ_i for every row, in row chunks bounded in memory.
+  const at::Tensor v = u * inv_delta.sqrt().unsqueeze(1);
+  const at::Tensor kept64 = kept.to(at::kDouble);
+  const int64_t chunk = std::max<int64_t>(1, kSetupBytes / (8 * n * k));
+  std::vector<at::Tensor> parts;
+  for (int64_t begin = 0; begin < kept.size(0); begin += chunk) {
+    const at::Tensor m = kept64.narrow(0, begin, std::min(chunk, kept.size(0) - begin));
+    parts.push_back(at::matmul((m.unsqueeze(2) * v.unsqueeze(0)).transpose(1, 2), v));
+  }
+  at::Tensor kmat = parts.empty() ? at::zeros({0, k, k}, v.options()) : at::cat(parts, 0);
+  kmat.diagonal(0, 1, 2).add_(1.0);
+  flops += 2.0 * rows * fn * fk * fk + rows * fk * fk * fk;
+  const at::Tensor k_inv = at::linalg_inv(kmat);
+  return Preconditioner::low_rank(scale.to(work), u.to(work), inv_delta.to(work), k_inv.to(work));
+}
+
+// Preconditioned CG for (H e)_T = rhs_T with e_S = 0, every row at once, in h's dtype. Starts from e = 0 and stops
+// when each row's residual norm is at most target[r] or the iteration budget runs out. Converged rows leave the
+// batch; their e is final.
+at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, const at::Tensor& kept,
+               const at::Tensor& target, int64_t budget, CgState& state) {
+  const int64_t n = h.size(0);
+  const double fn = static_cast<double>(n);
+  at::Tensor e = at::zeros_like(rhs);
+  // The rows still iterating (indices into the batch) and their state.
+  at::Tensor rows = at::arange(rhs.size(0), rhs.options().dtype(at::kLong));
+  at::Tensor x = at::zeros_like(rhs), r = rhs.clone(), m = kept, t = target;
+  at::Tensor z = prec.apply(r, m);
+  state.flops += prec.flops(r.size(0), n);
+  at::Tensor p = z.clone();
+  at::Tensor rz = (r * z).sum(1);
+  int64_t live = r.size(0);
+  for (int64_t it = 0; it < budget; ++it) {
+    at::Tensor active = at::linalg_vector_norm(r, 2, {1}) > t;
+    const int64_t count = active.sum().item<int64_t>();
+    if (count == 0) break;
+    if (count <= kCompactBelow * static_cast<double>(live)) {
+      // Write the finished rows' answers and keep only the active ones.
+      e.index_copy_(0, rows, x);
+      const at::Tensor keep = active.nonzero().squeeze(1);
+      rows = rows.index_select(0, keep);
+      x = x.index_select(0, keep);
+      r = r.index_select(0, keep);
+      m = m.index_select(0, keep);
+      t = t.index_select(0, keep);
+      p = p.index_select(0, keep);
+      rz = rz.index_select(0, keep);
+      active = active.index_select(0, keep);
+      prec.select(keep);
+      live = count;
+    }
+    const at::Tensor q = at::matmul(p, h) * m;
+    const at::Tensor pq = (p * q).sum(1);
+    const at::Tensor alpha = at::where(active & (pq > 0), rz / pq, at::zeros_like(pq)).unsqueeze(1);
+    x = x + alpha * p;
+    r = r - alpha * q;
+    z = prec.apply(r, m);
+    state.flops += 2.0 * fn * fn * static_cast<double>(live) + prec.flops(live, n);
+    ++state.iterations;
+    const at::Tensor rz_next = (r * z).sum(1);
+    const at::Tensor beta = at::where(active & (rz > 0), rz_next / rz, at::zeros_like(rz)).unsqueeze(1);
+    p = z + beta * p;
+    rz = rz_next;
+  }
+  e.index_copy_(0, rows, x);
+  return e;
+}
+
+}  // namespace
+
+double cholesky_condition_estimate(const at::Tensor& l) {
+  if (l.numel() == 0) return 1.0;
+  const at::Tensor d = l.diagonal().to(at::kDouble).abs();
+  const double lo = d.min().item<double>(), hi = d.max().item<double>();
+  if (!(lo > 0) || !std::isfinite(hi)) return std::numeric_limits<double>::infinity();
+  return (hi / lo) * (hi / lo);
+}
+
+RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Tensor& pruned, const at::Tensor& hessian,
+                                    const at::Tensor& start, double tolerance, int64_t max_iterations,
+                                    const RowSolveOptions& options) {
+  solve_detail::validate_inputs(kWhere, dense_weight, pruned, hessian, start);
+  if (!start.defined()) fail_input(kWhere, "a start point must be given", "[out, in] weights", "none");
+  if (!(tolerance > 0)) fail_usage(fmt::format("{}: tolerance must be > 0, found {}", kWhere, tolerance));
+  if (max_iterations < 0) fail_usage(fmt::format("{}: max_iterations must be >= 0, found {}", kWhere, max_iterations));
+  if (!(options.damp >= 0)) fail_usage(fmt::format("{}: damping must be >= 0, found {}", kWhere, options.damp));
+  solve_detail::require_finite(kWhere, "weight", dense_weight);
+  solve_detail::require_finite(kWhere, "start", start);
+  const solve_detail::PreparedHessian prepared = solve_detail::prepare_hessian(kWhere, hessian);
+
+  RowSolveResult result;
+  result.dead_inputs = prepared.dead_inputs;
+  result.mean_diag = prepared.mean_diag;
+  const double n = static_cast<double>(dense_weight.size(1));
+  const System system = prepare_system(prepared, options);
+  result.damping = system.damping;
+  result.damping_retries = system.retries;
+  result.condition_estimate = system.condition;
+  result.factor_flops = n * n * n / 3;
+  const at::Tensor& h = system.h;
+  const at::Tensor w = dense_weight.to(at::kDouble);
+  const at::Tensor kept = pruned.logical_not().to(at::kDouble);
+  const double product_flops = 2.0 * n * n * static_cast<double>(w.size(0));
+
+  // Optimality: (H ŵ)_T = (H w)_T with ŵ_S = 0.
+  const at::Tensor hw = at::matmul(w, h);
+  const at::Tensor rhs = hw * kept;
+  const at::Tensor hw_t_norm = at::linalg_vector_norm(rhs, 2, {1});
+  const at::Tensor target = hw_t_norm * tolerance;
+  // Rows with nothing pruned are solved by w itself; the others start from the given point.
+  const at::Tensor whole = pruned.any(1, /*keepdim=*/true).logical_not();
+  at::Tensor x = at::where(whole, w, start.to(at::kDouble)) * kept;
+
+  const bool fp32 = options.precision == SolvePrecision::kFloat32Refined;
+  result.fp64_predicted = fp32 && predict_fp64(system.condition);
+  bool work32 = fp32 && !result.fp64_predicted;
+  CgState state;
+  at::ScalarType work = at::kFloat;
+  at::Tensor hw_, keptw;
+  Preconditioner prec;
+  // The working-precision copies; built again in fp64 when fp32 rounds stop making progress.
+  const auto setup = [&] {
+    work = work32 ? at::kFloat : at::kDouble;
+    hw_ = h.to(work);
+    keptw = kept.to(work);
+    if (options.preconditioner == IterativePreconditioner::kInverseBlock) {
+      prec = Preconditioner::inverse_block(at::cholesky_inverse(system.l).to(work));
+      state.flops += n * n * n;
+    } else {
+      prec = low_rank_preconditioner(h, pruned.logical_not(), work, state.flops);
+    }
+  };
+  setup();
+  double previous = std::numeric_limits<double>::infinity();
+
+  state.flops += result.factor_flops + 2 * product_flops;  // Cholesky, H w, first residual
+  at::Tensor residual = rhs - at::matmul(x, h) * kept;
+  for (int round = 0; round <= options.max_refinement_steps && state.iterations < max_iterations; ++round) {
+    const at::Tensor rnorm = at::linalg_vector_norm(residual, 2, {1});
+    if (!(rnorm > target).any().item<bool>()) break;
+    result.refinement_steps = round + 1;
+    // Correction equation (H e)_T = residual_T in the working precision; x += e; the fp64 residual again.
+    // fp32 rounds that no longer cut the residual tenfold: fp32 cannot hold this layer; fp64 from here on.
+    const double worst = (rnorm / hw_t_norm.clamp_min(1e-300)).max().item<double>();
+    if (work32 && !(worst < previous * kFp32Progress)) {
+      work32 = false;
+      result.fp64_fallback_rows = w.size(0);
+      setup();
+    }
+    previous = worst;
+    const double reduction = work32 ? kInnerReductionFp32 : kInnerReductionFp64;
+    const at::Tensor inner_target = at::maximum(target, rnorm * reduction).to(work);
+    const at::Tensor e =
+        pcg(hw_, prec, residual.to(work), keptw, inner_target, max_iterations - state.iterations, state);
+    x = x + e.to(at::kDouble) * kept;
+    residual = rhs - at::matmul(x, h) * kept;
+    state.flops += product_flops;
+  }
+  result.kkt_residual = solve_detail::relative_residual(residual, hw_t_norm).max().item<double>();
+  if (system.damping == 0) {
+    result.kkt_residual_undamped = result.kkt_residual;
+  } else {
+    // (H₀ δ)_T = (H δ)_T − damping · δ_T with δ = ŵ − w; the residual above is −(H δ)_T.
+    const at::Tensor delta_t = (x - w) * kept;
+    const at::Tensor rho0 = residual + system.damping * delta_t;
+    const at::Tensor hw0_norm = at::linalg_vector_norm(rhs - system.damping * w * kept, 2, {1});
+    result.kkt_residual_undamped = solve_detail::relative_residual(rho0, hw0_norm).max().item<double>();
+  }
+  result.converged = result.kkt_residual <= tolerance;
+  result.iterations = state.iterations;
+  result.flops = state.flops;
+  result.weight = x.masked_fill(pruned, 0.0).to(dense_weight.scalar_type());
+  return result;
+}
+
+}  // namespace optima
