@@ -48,9 +48,12 @@ void add(RunSummary& summary, std::string name, MetricKind kind, double value) {
   summary.metrics.push_back({std::move(name), kind, value});
 }
 
+// Without OPTIMA the solver's settings (qp_*) change nothing, so a new default for them leaves a run comparable.
 nlohmann::json compared_settings(const nlohmann::json& settings) {
   nlohmann::json s = settings;
   for (const char* key : kSettingsNotCompared) s.erase(key);
+  if (s.value("reconstruct", std::string()) == "none")
+    for (auto it = s.begin(); it != s.end();) it = it.key().rfind("qp_", 0) == 0 ? s.erase(it) : std::next(it);
   return s;
 }
 
@@ -279,6 +282,8 @@ RunSummary read_baseline(const fs::path& path) {
   summary.kind = field(j, "kind", path, nlohmann::json::value_t::string).get<std::string>();
   summary.source = j.value("source", path.string());
   summary.identity = field(j, "identity", path, nlohmann::json::value_t::object);
+  if (summary.identity.contains("settings") && summary.identity["settings"].is_object())
+    summary.identity["settings"] = compared_settings(summary.identity["settings"]);
   if (j.contains("tolerances")) {
     for (const auto& [kind, value] : field(j, "tolerances", path, nlohmann::json::value_t::object).items()) {
       if (!value.is_number()) fail_input(path.string(), fmt::format("tolerance \"{}\" is not a number", kind));

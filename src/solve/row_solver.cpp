@@ -294,7 +294,8 @@ RowSolveResult solve_rows_exact(const at::Tensor& dense_weight, const at::Tensor
       (c.through_g ? result.rows_via_inverse : result.rows_via_kept) += static_cast<int64_t>(c.rows.size());
     // Once fp32 failed a chunk of this layer, the rest goes to fp64 directly: the conditioning is the layer's.
     bool fp64_from_now = result.fp64_predicted;
-    if (fp32 && !fp64_from_now && !chunks.empty() && chunks[0].rows.size() > kProbeRows) {
+    // (Not when H⁻¹ failed: the damping rises first, and the probe would have no H⁻¹ to gather from.)
+    if (factored && fp32 && !fp64_from_now && !chunks.empty() && chunks[0].rows.size() > kProbeRows) {
       Chunk probe = chunks[0];
       probe.rows.resize(kProbeRows);
       probe.sizes.resize(kProbeRows);

@@ -123,6 +123,35 @@ TEST(RegressionCheck, IncomparableRunsNameWhatDiffers) {
   EXPECT_NE(check_table(no_eval).find("'perplexity' is in the baseline but not in the run"), std::string::npos);
 }
 
+// The OPTIMA solver's settings matter only to runs that reconstruct: a new --qp-solver default leaves a run without
+// OPTIMA comparable (also against a baseline file written before they were filtered), one with OPTIMA not.
+TEST(RegressionCheck, SolverSettingsCountOnlyWithOptima) {
+  TempDir dir;
+  for (const char* reconstruct : {"none", "optima"}) {
+    nlohmann::json before = make_report(0.5, 0.01), after = make_report(0.5, 0.01);
+    before["settings"]["reconstruct"] = after["settings"]["reconstruct"] = reconstruct;
+    before["settings"]["qp_solver"] = "exact";
+    before["settings"]["qp_tol"] = 1e-6;
+    after["settings"]["qp_solver"] = "auto";
+    after["settings"]["qp_tol"] = 1e-9;
+    const RunSummary base = summarize_run(write_run(dir, std::string("base-") + reconstruct, before, 40.0));
+    nlohmann::json old_file = baseline_json(base);
+    old_file["identity"]["settings"] = before["settings"];  // as an older optima wrote it: unfiltered
+    write_text_file(dir / "old.json", old_file.dump());
+    const RunSummary run = summarize_run(write_run(dir, std::string("run-") + reconstruct, after, 40.0));
+    for (const RunSummary& baseline : {base, read_baseline(dir / "old.json")}) {
+      const CheckResult r = compare_runs(baseline, run, default_tolerances());
+      if (std::string(reconstruct) == "none") {
+        EXPECT_EQ(r.verdict, CheckVerdict::kOk) << check_table(r);
+      } else {
+        EXPECT_EQ(r.verdict, CheckVerdict::kIncomparable);
+        EXPECT_NE(check_table(r).find("setting qp_solver: baseline exact, run auto"), std::string::npos)
+            << check_table(r);
+      }
+    }
+  }
+}
+
 TEST(RegressionCheck, TolerancesAndTimeChecks) {
   TempDir dir;
   RunSummary base = summarize_run(write_run(dir, "base", make_report(0.5, 0.01), 40.0));

@@ -325,17 +325,22 @@ TEST_F(SolveTest, FailedFactorizationRaisesTheDampingAndIsReported) {
   const int64_t out = 16, n = 48;
   const at::Tensor h = gram_hessian(n, 12);  // rank 12: H and most H_TT are singular
   const at::Tensor w = at::randn({out, n}, kF64);
-  const at::Tensor mask = variable_mask(out, n);
-  RowSolveOptions options;
-  options.damp = 0;
-  const RowSolveResult r = solve_rows_exact(w, mask, h, options);
-  EXPECT_GT(r.damping_retries, 0);
-  EXPECT_GT(r.damping, 0);
-  // The answer is the exact one for the damping reported.
-  const at::Tensor hd = h.clone();
-  hd.diagonal().add_(r.damping);
-  EXPECT_LE(rel_diff(r.weight, reference(w, mask, hd)), 1e-6);
-  EXPECT_LE(r.kkt_residual, 1e-8);
+  // In fp32 too, where a 2:4 mask puts all rows in one chunk solved through H⁻¹: the failed H⁻¹ must raise the
+  // damping before the fp32 probe of the chunk's first rows is tried.
+  for (const SolvePrecision precision : {SolvePrecision::kFloat64, SolvePrecision::kFloat32Refined}) {
+    const at::Tensor mask = precision == SolvePrecision::kFloat64 ? variable_mask(out, n) : n_m_mask(w, 2, 4);
+    RowSolveOptions options;
+    options.damp = 0;
+    options.precision = precision;
+    const RowSolveResult r = solve_rows_exact(w, mask, h, options);
+    EXPECT_GT(r.damping_retries, 0);
+    EXPECT_GT(r.damping, 0);
+    // The answer is the exact one for the damping reported.
+    const at::Tensor hd = h.clone();
+    hd.diagonal().add_(r.damping);
+    EXPECT_LE(rel_diff(r.weight, reference(w, mask, hd)), 1e-6);
+    EXPECT_LE(r.kkt_residual, 1e-8);
+  }
 }
 
 TEST_F(SolveTest, IndefiniteHessianIsANumericError) {
