@@ -20,7 +20,7 @@ namespace {
 
 using Vec8 = float __attribute__((vector_size(32)));
 using Vec8i = int32_t __attribute__((vector_size(32)));
-constexpr int kLanes = 8;
+constexpr int64_t kLanes = 8;
 constexpr int64_t kMaxHeadDim = 32;
 constexpr float kMasked = -1e30f;
 
@@ -63,7 +63,7 @@ __attribute__((target("avx2,fma"))) void attend_one_head(const float* q, const f
   const int64_t padded = (seq + kLanes - 1) / kLanes * kLanes;
   for (int64_t j = 0; j < seq; ++j)
     for (int c = 0; c < kDim; ++c) keys_t[c * padded + j] = k[j * kDim + c];
-  constexpr int kChunks = kDim / kLanes;
+  constexpr int64_t kChunks = kDim / kLanes;
   for (int64_t i = 0; i < seq; ++i) {
     const int64_t keys = i + 1, blocks = (keys + kLanes - 1) / kLanes;
     float query[kDim];
@@ -86,12 +86,12 @@ __attribute__((target("avx2,fma"))) void attend_one_head(const float* q, const f
       const int64_t lanes = std::min<int64_t>(kLanes, keys - b * kLanes);
       for (int64_t lane = 0; lane < lanes; ++lane) {
         const float* value = v + (b * kLanes + lane) * kDim;
-        for (int ch = 0; ch < kChunks; ++ch) acc[ch] += e[lane] * load8(value + ch * kLanes);
+        for (int64_t ch = 0; ch < kChunks; ++ch) acc[ch] += e[lane] * load8(value + ch * kLanes);
       }
     }
     float sum = 0;
     for (int lane = 0; lane < kLanes; ++lane) sum += total[lane];
-    for (int ch = 0; ch < kChunks; ++ch) store8(out + i * kDim + ch * kLanes, acc[ch] / sum);
+    for (int64_t ch = 0; ch < kChunks; ++ch) store8(out + i * kDim + ch * kLanes, acc[ch] / sum);
   }
 }
 
