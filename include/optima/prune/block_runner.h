@@ -48,7 +48,6 @@ class BlockRunner {
   const DecoderModel& model_;
   int64_t batch_size_;
   std::unique_ptr<ActivationStore> store_;
-  bool slice_windows_ = false;  // slices of a batch run on separate threads (small models on the CPU)
 };
 
 }  // namespace optima
