@@ -27,10 +27,6 @@ constexpr const char* kWhere = "solve_rows_exact";
 // always grow by a few unknowns, which costs less than another chunk.
 constexpr int64_t kPadDivisor = 32;
 constexpr int64_t kMinPad = 4;
-// The damping a retry starts from when none was asked for, and the most a retry may reach (SparseGPT's default:
-// past it the answer is no longer the one asked for), both relative to mean(diag H).
-constexpr double kFirstRetryDamp = 1e-10;
-constexpr double kMaxRetryDamp = 1e-2;
 // fp32 layers are probed on this many rows of their first chunk before the rest is attempted in fp32: H's condition
 // estimate does not tell every layer fp32 cannot hold (the LayerNorm outputs feeding OPT-125M's attention and fc1
 // have a near-null direction spread over all inputs, invisible in the Cholesky diagonal, and fail fp32 on every
@@ -337,14 +333,8 @@ RowSolveResult solve_rows_exact(const at::Tensor& dense_weight, const at::Tensor
       result.fp64_fallback_rows = fallback_rows;
       return result;
     }
-    const double next = std::max(damping * 10, kFirstRetryDamp * prepared.mean_diag);
-    if (attempt >= options.max_damping_retries || next > kMaxRetryDamp * prepared.mean_diag * (1 + 1e-12))
-      fail(ErrorKind::kNumeric, kWhere,
-           fmt::format("Cholesky factorization failed at every damping tried ({} retries, last {:.3g} = {:.3g} x "
-                       "mean(diag H)); the Hessian is not positive semi-definite",
-                       attempt, damping, damping / prepared.mean_diag),
-           fmt::format("success at damping <= {:.3g} x mean(diag H)", kMaxRetryDamp), "failure");
-    damping = next;
+    damping =
+        solve_detail::next_retry_damping(kWhere, damping, attempt, options.max_damping_retries, prepared.mean_diag);
     ++result.damping_retries;
   }
 }

@@ -30,9 +30,6 @@ constexpr double kFp32Progress = 0.1;
 // The batch is compacted to the rows still iterating once they are at most this fraction of it: gathering the
 // state costs a few row-sized copies, the products it saves are n times larger.
 constexpr double kCompactBelow = 0.75;
-// The damping a retry starts from when none was asked for, and the most a retry may reach (as the exact solver).
-constexpr double kFirstRetryDamp = 1e-10;
-constexpr double kMaxRetryDamp = 1e-2;
 // The low-rank preconditioner: rank n / kLowRankDivisor within [kLowRankMin, kLowRankMax]; subspace-iteration steps;
 // the Nyström core's relative shift (keeps its Cholesky defined when Ĥ has fewer than k strong directions); the
 // floor on Δ (unit-diagonal scale), which keeps the model definite where a feature is almost all low-rank; the
@@ -83,14 +80,8 @@ System prepare_system(const solve_detail::PreparedHessian& prepared, const RowSo
       s.retries = attempt;
       return s;
     }
-    const double next = std::max(damping * 10, kFirstRetryDamp * prepared.mean_diag);
-    if (attempt >= options.max_damping_retries || next > kMaxRetryDamp * prepared.mean_diag * (1 + 1e-12))
-      fail(ErrorKind::kNumeric, kWhere,
-           fmt::format("Cholesky factorization failed at every damping tried ({} retries, last {:.3g} x mean(diag "
-                       "H)); the Hessian is not positive semi-definite",
-                       attempt, damping / prepared.mean_diag),
-           fmt::format("success at damping <= {:.3g} x mean(diag H)", kMaxRetryDamp), "failure");
-    damping = next;
+    damping =
+        solve_detail::next_retry_damping(kWhere, damping, attempt, options.max_damping_retries, prepared.mean_diag);
   }
 }
 

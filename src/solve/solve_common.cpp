@@ -107,6 +107,18 @@ PreparedHessian prepare_hessian(std::string_view where, const at::Tensor& hessia
   return p;
 }
 
+double next_retry_damping(std::string_view where, double damping, int attempt, int max_retries, double mean_diag) {
+  constexpr double kFirstRetryDamp = 1e-10, kMaxRetryDamp = 1e-2;  // relative to mean(diag H)
+  const double next = std::max(damping * 10, kFirstRetryDamp * mean_diag);
+  if (attempt >= max_retries || next > kMaxRetryDamp * mean_diag * (1 + 1e-12))
+    fail(ErrorKind::kNumeric, where,
+         fmt::format("Cholesky factorization failed at every damping tried ({} retries, last {:.3g} = {:.3g} x "
+                     "mean(diag H)); the Hessian is not positive semi-definite",
+                     attempt, damping, damping / mean_diag),
+         fmt::format("success at damping <= {:.3g} x mean(diag H)", kMaxRetryDamp), "failure");
+  return next;
+}
+
 at::Tensor relative_residual(const at::Tensor& rho_t, const at::Tensor& hw_t_norm) {
   const at::Tensor num = at::linalg_vector_norm(rho_t, 2, {1});
   return at::where(hw_t_norm > 0, num / hw_t_norm.clamp_min(1e-300), num);

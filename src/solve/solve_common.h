@@ -29,6 +29,11 @@ struct PreparedHessian {
 };
 PreparedHessian prepare_hessian(std::string_view where, const at::Tensor& hessian);
 
+// The damping to retry with after a factorization failed at `damping` on try `attempt` (0 first): ten times more,
+// from 1e-10 · mean_diag when it was zero. Past `max_retries` tries, or past SparseGPT's 1e-2 · mean_diag (beyond it
+// the answer is no longer the one asked for), a kNumeric error naming `where`.
+double next_retry_damping(std::string_view where, double damping, int attempt, int max_retries, double mean_diag);
+
 // Per-row relative KKT residual ||rho_T|| / ||(H w)_T|| from rho = (H δ) already masked to T and the row norms
 // ||(H w)_T||; rows whose denominator is 0 report ||rho_T|| itself.
 at::Tensor relative_residual(const at::Tensor& rho_t, const at::Tensor& hw_t_norm);
