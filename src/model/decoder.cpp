@@ -7,6 +7,7 @@
 
 #include "families/ops.h"
 #include "optima/core/error.h"
+#include "optima/core/finite.h"
 #include "optima/io/tensor.h"
 
 namespace optima {
@@ -35,9 +36,9 @@ DecoderModel::DecoderModel(const Checkpoint& checkpoint, RunOptions options)
 at::Tensor DecoderModel::load(const std::string& name) const {
   const at::Tensor stored = checkpoint_.load(name);
   at::Tensor value = stored.to(options_.device, dtype_);
-  if (!options_.allow_non_finite && !at::isfinite(value).all().item<bool>()) {
+  if (!options_.allow_non_finite && !all_finite(value)) {
     const CheckpointTensor* t = checkpoint_.find(name);
-    const bool cast_overflowed = stored.scalar_type() != dtype_ && at::isfinite(stored).all().item<bool>();
+    const bool cast_overflowed = stored.scalar_type() != dtype_ && all_finite(stored);
     throw Error(
         ErrorKind::kNumeric,
         describe(fmt::format("{}: tensor '{}'", checkpoint_.weight_files()[t->file_index].string(), name),

@@ -13,6 +13,7 @@
 #include <set>
 
 #include "optima/core/error.h"
+#include "optima/core/finite.h"
 #include "optima/core/interrupt.h"
 #include "optima/core/resources.h"
 #include "optima/io/checkpoint.h"
@@ -456,7 +457,7 @@ class PruneRun {
   // --skip, or (with --allow-non-finite) a layer that cannot be pruned meaningfully because its weight, or the
   // statistics its selector or OPTIMA needs, hold NaN or Inf: left as it is, so that the run still completes.
   bool leave_dense(const LinearLayer& layer, const at::Tensor& dense, const std::string& name) const {
-    const bool finite_weight = at::isfinite(dense).all().item<bool>();
+    const bool finite_weight = all_finite(dense);
     if (!plan_.allow_non_finite && !finite_weight)
       throw Error(ErrorKind::kNumeric,
                   fmt::format("{}: weight '{}.weight' holds NaN or Inf values", checkpoint_->dir().string(), name));

@@ -11,6 +11,7 @@
 #include <tuple>
 
 #include "optima/core/error.h"
+#include "optima/core/finite.h"
 #include "optima/select/mask_ops.h"
 
 namespace optima {
@@ -68,8 +69,7 @@ void check_weight(const at::Tensor& weight, std::string_view who) {
 }
 
 void check_finite(const at::Tensor& tensor, std::string_view who, std::string_view what) {
-  if (!tensor.isfinite().all().item<bool>())
-    fail(ErrorKind::kNumeric, who, fmt::format("{} has NaN or infinite entries", what));
+  if (!all_finite(tensor)) fail(ErrorKind::kNumeric, who, fmt::format("{} has NaN or infinite entries", what));
 }
 
 // Each selector's factory lives in its own file; its line in the table below is all that registers it.

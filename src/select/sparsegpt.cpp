@@ -15,6 +15,7 @@
 #include <tuple>
 
 #include "optima/core/error.h"
+#include "optima/core/finite.h"
 #include "optima/select/mask_ops.h"
 #include "optima/select/selector.h"
 
@@ -34,7 +35,7 @@ at::Tensor upper_cholesky_of_inverse(const at::Tensor& hessian) {
   const at::Tensor inverse = at::cholesky_inverse(lower, /*upper=*/false);
   const auto [upper, info_inverse] = at::linalg_cholesky_ex(inverse, /*upper=*/true, /*check_errors=*/false);
   // A factor with an infinity or NaN (an overflowing inverse of a barely positive H) is as useless as a failure.
-  if (info_inverse.item<int>() != 0 || !upper.isfinite().all().item<bool>()) return {};
+  if (info_inverse.item<int>() != 0 || !all_finite(upper)) return {};
   return upper;
 }
 

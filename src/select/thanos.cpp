@@ -26,6 +26,7 @@
 #include <tuple>
 
 #include "optima/core/error.h"
+#include "optima/core/finite.h"
 #include "optima/select/lowest_ops.h"
 #include "optima/select/mask_ops.h"
 #include "optima/select/selector.h"
@@ -45,7 +46,7 @@ at::Tensor reversed_inverse_factor(const at::Tensor& hessian) {
   if (info.item<int>() != 0) return {};
   const at::Tensor eye = at::eye(hessian.size(0), hessian.options());
   const at::Tensor lower_inverse = at::linalg_solve_triangular(lower, eye, /*upper=*/false);
-  if (!lower_inverse.isfinite().all().item<bool>()) return {};
+  if (!all_finite(lower_inverse)) return {};
   return lower_inverse.flip({0, 1});
 }
 

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "optima/core/error.h"
+#include "optima/core/finite.h"
 #include "optima/solve/row_solver.h"
 
 // LAPACK's Cholesky factorization and solve (LP64), as LibTorch's CPU library exports them from the BLAS/LAPACK it
@@ -79,7 +80,7 @@ void validate_inputs(std::string_view where, const at::Tensor& dense_weight, con
 
 void require_finite(std::string_view where, std::string_view what, const at::Tensor& t) {
   if (t.numel() == 0) return;
-  if (!at::isfinite(t).all().item<bool>())
+  if (!all_finite(t))
     fail(ErrorKind::kNumeric, where, std::string(what) + " holds NaN or infinite values", "finite values",
          std::to_string(at::logical_not(at::isfinite(t)).sum().item<int64_t>()) + " non-finite");
 }

@@ -331,8 +331,7 @@ json solver_paths() {
                                          optima::kDefaultQpMaxIterations);
         done(r.weight);
       });
-      const double layer =
-          rows == s.full_rows ? t : t_cholesky + std::max(0.0, t - t_cholesky) * s.full_rows / rows;
+      const double layer = rows == s.full_rows ? t : t_cholesky + std::max(0.0, t - t_cholesky) * s.full_rows / rows;
       e["iterative"] = {{"rows_timed", rows},
                         {"converged", r.converged},
                         {"flops", r.flops},
