@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 
+#include <fmt/format.h>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -20,6 +21,9 @@
 #include <vector>
 
 #include "optima/core/defaults.h"
+#include "optima/io/checkpoint.h"
+#include "optima/io/safetensors.h"
+#include "optima/io/tensor.h"
 #include "optima/select/selector.h"
 #include "optima/solve/row_solver.h"
 #include "solve/solve_common.h"
@@ -379,6 +383,123 @@ json solver_paths() {
   return out;
 }
 
+// "real": the solvers on the Hessians of real activations, saved by `optima prune --save-hessians` (scripts/
+// bench_solver --real makes them: opt-small and a random OPT-125M-shaped model on C4-style text, stories260k on
+// TinyStories), with the model's own weights and SparseGPT's masks and updated weights (the start point the prune
+// gives the iterative solver). Each layer: the exact solver, the iterative one by default and in the pruned-space
+// formulation in fp32 (refined) and fp64, in GEMM-equivalents measured in the same run, with iterations and KKT
+// residuals, and the choice --qp-solver auto makes. OPTIMA_BENCH_LAYER=TEXT times the layers whose name has TEXT.
+// Arguments: groups of three, HESSIAN_DIR MODEL_DIR BLOCK; the exact solver is timed on at most `exact_rows` rows of a
+// wide layer and extrapolated.
+json solver_real(const std::vector<std::string>& args) {
+  const auto done = [](const at::Tensor& t) { (void)t.sum().item<double>(); };
+  // Hessian site -> the layers that read it, by the suffix of their weight's name (OPT and LLaMA names).
+  const std::vector<std::pair<std::string, std::vector<std::string>>> sites = {
+      {"attn_in", {"self_attn.q_proj.weight"}},
+      {"attn_out", {"self_attn.out_proj.weight", "self_attn.o_proj.weight"}},
+      {"mlp_in", {"fc1.weight", "mlp.gate_proj.weight"}},
+      {"mlp_hidden", {"fc2.weight", "mlp.down_proj.weight"}}};
+  const int64_t exact_rows_wide = 96;
+  json out = json::array();
+  for (size_t g = 0; g + 2 < args.size(); g += 3) {
+    const std::string hessian_dir = args[g], model_dir = args[g + 1], block = args[g + 2];
+    const optima::Checkpoint model = optima::Checkpoint::open(model_dir);
+    const std::string file = fmt::format("{}/hessians-block-{:04d}.safetensors", hessian_dir, std::stoi(block));
+    const std::shared_ptr<optima::SafetensorsFile> hessians = optima::SafetensorsFile::open(file);
+    for (const auto& [site, suffixes] : sites) {
+      const optima::TensorInfo* info = nullptr;
+      for (const optima::TensorInfo& t : hessians->tensors())
+        if (t.name.size() > site.size() && t.name.compare(t.name.size() - site.size(), site.size(), site) == 0)
+          info = &t;
+      if (info == nullptr) continue;
+      const std::string prefix = info->name.substr(0, info->name.size() - site.size());
+      const optima::CheckpointTensor* weight_info = nullptr;
+      for (const std::string& suffix : suffixes)
+        if (!weight_info) weight_info = model.find(prefix + suffix);
+      if (weight_info == nullptr) continue;
+      const char* only_layer = std::getenv("OPTIMA_BENCH_LAYER");
+      if (only_layer && weight_info->name.find(only_layer) == std::string::npos) continue;
+      const at::Tensor h =
+          optima::tensor_from_bytes(*info, hessians->data(*info), hessians->mapping()).to(at::kFloat).clone();
+      const at::Tensor w = model.load(weight_info->name).to(at::kFloat);
+      const int64_t rows = w.size(0), n = w.size(1);
+      const at::Tensor a = at::randn({rows, n}), b = at::randn({n, n});
+      const double t_gemm = best_seconds([&] { done(at::matmul(a, b)); }, 2);
+      for (const bool nm : {false, true}) {
+        const optima::SparsityPattern target =
+            nm ? optima::SparsityPattern::n_m(2, 4) : optima::SparsityPattern::unstructured(0.5);
+        optima::LayerStats stats;
+        stats.hessian = h;
+        const optima::Selection sel = optima::make_selector("sparsegpt")->select(w, stats, target);
+        const optima::SolverCostPrediction predicted = optima::predict_solver_cost(sel.pruned);
+        json e = {{"model", model_dir},
+                  {"layer", weight_info->name},
+                  {"shape", {rows, n}},
+                  {"pattern", nm ? "2:4" : "unstructured50"},
+                  {"gemm_fp32_gflops", 2.0 * static_cast<double>(rows) * n * n / t_gemm / 1e9},
+                  {"gemm_seconds", t_gemm},
+                  {"auto_picks", predicted.choice == optima::RowSolverKind::kExact ? "exact" : "iterative"},
+                  {"predicted_exact_units", predicted.exact_units},
+                  {"predicted_iterative_units", predicted.iterative_units}};
+        const auto record = [&](const RowSolveResult& r, double seconds, double layer_seconds, int64_t timed) {
+          return json{{"rows_timed", timed},
+                      {"seconds", seconds},
+                      {"gemm_equivalents", layer_seconds / t_gemm},
+                      {"iterations", r.iterations},
+                      {"outer_rounds", r.refinement_steps},
+                      {"converged", r.converged},
+                      {"kkt_residual", r.kkt_residual},
+                      {"kkt_residual_undamped", r.kkt_residual_undamped},
+                      {"damping_relative", r.mean_diag > 0 ? r.damping / r.mean_diag : 0.0},
+                      {"condition_estimate", r.condition_estimate},
+                      {"fp64_predicted", r.fp64_predicted},
+                      {"fp64_fallback_rows", r.fp64_fallback_rows},
+                      {"extrapolated", timed != rows}};
+        };
+        struct Variant {
+          const char* name;
+          optima::IterativePreconditioner kind;
+          optima::SolvePrecision precision;
+        };
+        // The default (kAuto: kept-space low rank in fp32, pruned space once in fp64), and the pruned space in both
+        // precisions.
+        const std::vector<Variant> variants = {
+            {"iterative", optima::IterativePreconditioner::kAuto, optima::SolvePrecision::kFloat32Refined},
+            {"iterative_pruned_space", optima::IterativePreconditioner::kPrunedSpace,
+             optima::SolvePrecision::kFloat32Refined},
+            {"iterative_pruned_space_fp64", optima::IterativePreconditioner::kPrunedSpace,
+             optima::SolvePrecision::kFloat64}};
+        for (const Variant& v : variants) {
+          optima::RowSolveOptions options;
+          options.precision = v.precision;
+          options.preconditioner = v.kind;
+          RowSolveResult r;
+          const double t = seconds_of([&] {
+            r = optima::solve_rows_iterative(w, sel.pruned, h, sel.weight, optima::kDefaultQpTolerance,
+                                             optima::kDefaultQpMaxIterations, options);
+            done(r.weight);
+          });
+          e[v.name] = record(r, t, t, rows);
+        }
+        const int64_t timed = n >= 2048 ? std::min(rows, exact_rows_wide) : rows;
+        optima::RowSolveOptions options;
+        options.precision = optima::SolvePrecision::kFloat32Refined;
+        RowSolveResult x;
+        const double te = seconds_of([&] {
+          x = optima::solve_rows_exact(w.narrow(0, 0, timed), sel.pruned.narrow(0, 0, timed), h, options);
+          done(x.weight);
+        });
+        const double layer =
+            timed == rows ? te : x.inverse_seconds + std::max(0.0, te - x.inverse_seconds) * rows / timed;
+        e["exact"] = record(x, te, layer, timed);
+        note("real: " + e.dump());
+        out.push_back(e);
+      }
+    }
+  }
+  return out;
+}
+
 // LLaMA-3-8B at 50% on one H100, projected from flop counts and rates (no H100 here): the factorization flops of
 // every layer (each row factors a system of about in/2 unknowns, in³/24 flop) at the solver's effective per-row
 // rate, that is the rows' factorization flops over the rows' solve time (gathers, products and refinement included;
@@ -444,6 +565,13 @@ int main(int argc, char** argv) {
   const auto start = std::chrono::steady_clock::now();
   // A second argument (a model name) times that model's layer shapes alone, for quick comparisons.
   const std::string only_model = argc > 2 ? argv[2] : "";
+  if (only_model == "real") {
+    // The real-Hessian section alone (scripts/bench_solver --real merges it into the existing document).
+    doc["real"] = solver_real(std::vector<std::string>(argv + 3, argv + argc));
+    doc["total_seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::ofstream(argv[1]) << doc.dump(2) << "\n";
+    return 0;
+  }
   if (only_model == "paths") {
     // The solver-paths section alone (scripts/bench_solver --paths merges it into the existing document).
     doc["paths"] = solver_paths();
