@@ -31,6 +31,8 @@ constexpr double kFp32Progress = 0.1;
 // cond(H) · 1e-16, and the correction y − (G μ)_T cancels terms up to cond(H) times larger than itself. Real
 // Hessians measured reach 1.1e7 (random OPT-125M fc2).
 constexpr double kPrunedSpaceConditionLimit = 1e9;
+// A pruned-space round stops after 2 n + this many iterations (see CorrectionSolver::correct).
+constexpr int64_t kPrunedSpaceExtraIterations = 50;
 // How often the pruned-space CG measures the kept-set residual its iterate leaves (an extra product each time).
 constexpr int64_t kMapCheckEvery = 4;
 // The batch is compacted to the rows still iterating once they are at most this fraction of it: gathering the
@@ -307,7 +309,10 @@ class CorrectionSolver {
     const double product = 2.0 * static_cast<double>(op_.size(0) * op_.size(0) * rho.size(0));
     const at::Tensor y = at::matmul(rho, op_);
     const at::Tensor c = y * active_;
-    const at::Tensor mu = pcg(op_, prec_, c, active_, (rnorm * asked).to(work_), budget, state, {h_, kept_});
+    // CG on |S| unknowns needs at most |S| iterations in exact arithmetic; a round still short of its target well
+    // past that is not converging (G too inexact), and the caller undoes it.
+    const int64_t cap = std::min(budget, 2 * op_.size(0) + kPrunedSpaceExtraIterations);
+    const at::Tensor mu = pcg(op_, prec_, c, active_, (rnorm * asked).to(work_), cap, state, {h_, kept_});
     state.flops += 2 * product;
     return (y - at::matmul(mu, op_)) * kept_ * (rnorm > target).unsqueeze(1).to(work_);
   }
@@ -378,32 +383,56 @@ RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Te
   CorrectionSolver corrector(system, pruned, options.preconditioner, work32 ? at::kFloat : at::kDouble, state);
   double previous = std::numeric_limits<double>::infinity();
   at::Tensor residual = rhs - at::matmul(x, h) * kept;
+  at::Tensor x_before, residual_before;  // before the last pruned-space round, which may have to be undone
   for (int round = 0; round <= options.max_refinement_steps && state.iterations < max_iterations; ++round) {
-    const at::Tensor rnorm = at::linalg_vector_norm(residual, 2, {1});
+    at::Tensor rnorm = at::linalg_vector_norm(residual, 2, {1});
+    double worst = (rnorm / hw_t_norm.clamp_min(1e-300)).max().item<double>();
+    if (corrector.pruned_space() && !(worst < previous * kFp32Progress)) {
+      // The pruned-space corrections stopped paying (G = H⁻¹ too inexact for this H, whose condition estimate, a
+      // lower bound, looked fine, or fp32 work): the kept space from here on, after undoing a round that made
+      // things worse.
+      if (!(worst < previous)) {
+        x = x_before;
+        residual = residual_before;
+        --result.pruned_space_rounds;
+        rnorm = at::linalg_vector_norm(residual, 2, {1});
+        worst = previous;
+      }
+      previous = std::numeric_limits<double>::infinity();
+      corrector =
+          CorrectionSolver(system, pruned, IterativePreconditioner::kLowRank, work32 ? at::kFloat : at::kDouble, state);
+    }
     if (!(rnorm > target).any().item<bool>()) break;
     result.refinement_steps = round + 1;
     // Correction equation (H e)_T = residual_T in the working precision; x += e; the fp64 residual again.
     // fp32 rounds that no longer cut the residual tenfold, or too slowly to reach the tolerance in the rounds left:
     // fp32 cannot hold this layer; fp64 from here on.
-    const double worst = (rnorm / hw_t_norm.clamp_min(1e-300)).max().item<double>();
     const double contraction = worst / previous;
     const double rounds_left = options.max_refinement_steps - round;
     if (work32 && (!(contraction < kFp32Progress) || worst * std::pow(contraction, rounds_left) > tolerance)) {
       work32 = false;
       result.fp64_fallback_rows = w.size(0);
       corrector = CorrectionSolver(system, pruned, options.preconditioner, at::kDouble, state);
-    } else if (corrector.pruned_space() && !(contraction < kFp32Progress)) {
-      // The pruned-space corrections stopped paying (G = H⁻¹ too inexact for this H): the kept space from here on.
-      corrector =
-          CorrectionSolver(system, pruned, IterativePreconditioner::kLowRank, work32 ? at::kFloat : at::kDouble, state);
     }
     previous = worst;
+    if (corrector.pruned_space()) {
+      x_before = x;
+      residual_before = residual;
+      ++result.pruned_space_rounds;
+    }
     const double reduction = work32 ? kInnerReductionFp32 : kInnerReductionFp64;
     const at::Tensor e =
         corrector.correct(residual, rnorm, target, reduction, max_iterations - state.iterations, state);
     x = x + e.to(at::kDouble) * kept;
     residual = rhs - at::matmul(x, h) * kept;
     state.flops += product_flops;
+  }
+  // A last pruned-space round that made things worse (the loop ended before it could be undone) is undone here.
+  if (corrector.pruned_space() && x_before.defined() &&
+      !(solve_detail::relative_residual(residual, hw_t_norm).max().item<double>() <= previous)) {
+    x = x_before;
+    residual = residual_before;
+    --result.pruned_space_rounds;
   }
   result.kkt_residual = solve_detail::relative_residual(residual, hw_t_norm).max().item<double>();
   if (system.damping == 0) {

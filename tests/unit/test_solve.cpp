@@ -335,10 +335,14 @@ TEST_F(SolveTest, FailedFactorizationRaisesTheDampingAndIsReported) {
     const RowSolveResult r = solve_rows_exact(w, mask, h, options);
     EXPECT_GT(r.damping_retries, 0);
     EXPECT_GT(r.damping, 0);
-    // The answer is the exact one for the damping reported.
+    // The answer is the exact one for the damping reported, to what fp64 holds at that conditioning: both it and
+    // the reference carry an error of about cond(H + damping) · 1e-16 relative, and the smallest damping that makes
+    // this rank-12 H factorizable leaves cond near 1e10 (measured: 1.3e-6 apart at damping 2e-10).
     const at::Tensor hd = h.clone();
     hd.diagonal().add_(r.damping);
-    EXPECT_LE(rel_diff(r.weight, reference(w, mask, hd)), 1e-6);
+    const double cond = at::linalg_eigvalsh(hd).max().item<double>() / r.damping;
+    EXPECT_LE(rel_diff(r.weight, reference(w, mask, hd)), std::max(1e-6, 1e-14 * cond))
+        << "precision " << static_cast<int>(precision) << " damping " << r.damping;
     EXPECT_LE(r.kkt_residual, 1e-8);
   }
 }
@@ -458,6 +462,67 @@ TEST_F(SolveTest, IterativeSolverOnSingularHessians) {
   EXPECT_LE(rel_diff(r.weight, reference(w, mask, damped(low, 1e-4))), 1e-6);
   // Against the undamped (singular) problem the damped optimum leaves a residual, reported as such.
   EXPECT_GT(r.kkt_residual_undamped, r.kkt_residual);
+}
+
+// Every formulation of the iterative solver (pruned space, kept space with either preconditioner) reaches the
+// closed form in both precisions, on an LLM-like Hessian at 50% unstructured and 2:4.
+TEST_F(SolveTest, IterativeFormulationsReachTheClosedForm) {
+  const int64_t out = 32, n = 96;
+  const at::Tensor h = gram_hessian(n, 3 * n);
+  const at::Tensor w = at::randn({out, n}, kF64);
+  for (int kind = 0; kind < 2; ++kind) {
+    const at::Tensor mask = kind == 0 ? matrix_threshold_mask(w, 0.5) : n_m_mask(w, 2, 4);
+    const at::Tensor exact = reference(w, mask, h);
+    for (IterativePreconditioner formulation :
+         {IterativePreconditioner::kAuto, IterativePreconditioner::kPrunedSpace, IterativePreconditioner::kLowRank,
+          IterativePreconditioner::kInverseBlock}) {
+      for (SolvePrecision precision : {SolvePrecision::kFloat32Refined, SolvePrecision::kFloat64}) {
+        RowSolveOptions options;
+        options.precision = precision;
+        options.preconditioner = formulation;
+        SCOPED_TRACE(::testing::Message() << "mask " << kind << " formulation " << static_cast<int>(formulation)
+                                          << " precision " << static_cast<int>(precision));
+        const RowSolveResult r = solve_rows_iterative(w, mask, h, w.masked_fill(mask, 0), 1e-10, 5000, options);
+        EXPECT_TRUE(r.converged);
+        EXPECT_GT(r.iterations, 0);
+        // The pruned space where asked (kAuto: in fp64), where it does all the work in fp64; in fp32 it may hand
+        // over to the kept space once its corrections stop cutting the residual tenfold.
+        const bool pruned_space =
+            formulation == IterativePreconditioner::kPrunedSpace ||
+            (formulation == IterativePreconditioner::kAuto && precision == SolvePrecision::kFloat64);
+        if (pruned_space && precision == SolvePrecision::kFloat64) {
+          EXPECT_EQ(r.pruned_space_rounds, r.refinement_steps);
+        } else if (pruned_space) {
+          EXPECT_GE(r.pruned_space_rounds, 1);
+        } else {
+          EXPECT_EQ(r.pruned_space_rounds, 0);
+        }
+        const at::Tensor kept = mask.logical_not();
+        const at::Tensor rho = at::matmul(r.weight - w, h) * kept;
+        const at::Tensor rel = rho.norm(2, {1}) / (at::matmul(w, h) * kept).norm(2, {1});
+        EXPECT_LE(rel.max().item<double>(), 1e-9);
+        EXPECT_LE(rel_diff(r.weight - w, exact - w), 1e-6);
+        EXPECT_TRUE(r.weight.masked_select(mask).eq(0).all().item<bool>());
+      }
+    }
+  }
+}
+
+// Forced onto a Hessian whose G = H⁻¹ fp64 cannot hold (cond 1e13), the pruned space makes no progress; its rounds
+// are undone and the kept space finishes the job, to the same tolerance as the exact solver reaches.
+TEST_F(SolveTest, PrunedSpaceOnAHopelessHessianFallsBackToTheKeptSpace) {
+  const int64_t out = 16, n = 64;
+  const at::Tensor h = spd_with_condition(n, 1e13);
+  const at::Tensor w = at::randn({out, n}, kF64);
+  const at::Tensor mask = n_m_mask(w, 2, 4);
+  RowSolveOptions options;
+  options.damp = 0;
+  options.precision = SolvePrecision::kFloat64;
+  options.preconditioner = IterativePreconditioner::kPrunedSpace;
+  const RowSolveResult r = solve_rows_iterative(w, mask, h, w.masked_fill(mask, 0), 1e-10, 5000, options);
+  EXPECT_TRUE(r.converged) << r.kkt_residual;
+  EXPECT_LE(r.kkt_residual, 1e-10);
+  EXPECT_LT(r.pruned_space_rounds, r.refinement_steps) << "the kept space finished";
 }
 
 TEST_F(SolveTest, IterativeSolverFromTheExactSolutionStopsAtOnce) {

@@ -95,22 +95,23 @@ struct RowSolveResult {
   // solver's answer is the damped optimum, so this is about damping · ||δ_T|| / ||(H w)_T|| there; the iterative
   // solver solves the undamped problem unless H is singular, and then both residuals are the same.
   double kkt_residual_undamped = 0;
-  double condition_estimate = 0;   // cholesky_condition_estimate of the matrix factored (damped H), when one was
-  bool fp64_predicted = false;     // kFloat32Refined asked, but predict_fp64 sent the layer to fp64 directly
-  double damping = 0;              // absolute damping added to diag H
-  double mean_diag = 0;            // mean of diag H after dead inputs were fixed: the unit of relative damping
-  int64_t damping_retries = 0;     // fp64 factorizations that failed and were retried with more damping
-  int64_t dead_inputs = 0;         // inputs with H_jj == 0
-  double flops = 0;                // estimated flops: factorizations, triangular solves, matrix products
-  double factor_flops = 0;         // the factorizations' share of `flops` (m³/3 per system, n³ for H⁻¹)
-  double inverse_seconds = 0;      // wall time of the layer-wide Cholesky and H⁻¹ (exact solver, last attempt)
-  int64_t chunks = 0;              // batches of gathered systems (exact solver)
-  int64_t rows_via_inverse = 0;    // rows solved as G_SS z = w_S (|S| <= |T|)
-  int64_t rows_via_kept = 0;       // rows solved as H_TT x = H_TS w_S (|S| > |T|)
-  int64_t refinement_steps = 0;    // largest number of corrections any chunk needed (exact); outer steps (CG)
-  int64_t fp64_fallback_rows = 0;  // kFloat32Refined: rows solved in fp64 after an fp32 attempt of the layer failed
-  int64_t iterations = 0;          // CG iterations (iterative solver): each is two products over the active rows
-  bool converged = true;           // iterative solver: reached `tolerance`
+  double condition_estimate = 0;    // cholesky_condition_estimate of the matrix factored (damped H), when one was
+  bool fp64_predicted = false;      // kFloat32Refined asked, but predict_fp64 sent the layer to fp64 directly
+  double damping = 0;               // absolute damping added to diag H
+  double mean_diag = 0;             // mean of diag H after dead inputs were fixed: the unit of relative damping
+  int64_t damping_retries = 0;      // fp64 factorizations that failed and were retried with more damping
+  int64_t dead_inputs = 0;          // inputs with H_jj == 0
+  double flops = 0;                 // estimated flops: factorizations, triangular solves, matrix products
+  double factor_flops = 0;          // the factorizations' share of `flops` (m³/3 per system, n³ for H⁻¹)
+  double inverse_seconds = 0;       // wall time of the layer-wide Cholesky and H⁻¹ (exact solver, last attempt)
+  int64_t chunks = 0;               // batches of gathered systems (exact solver)
+  int64_t rows_via_inverse = 0;     // rows solved as G_SS z = w_S (|S| <= |T|)
+  int64_t rows_via_kept = 0;        // rows solved as H_TT x = H_TS w_S (|S| > |T|)
+  int64_t refinement_steps = 0;     // largest number of corrections any chunk needed (exact); outer steps (CG)
+  int64_t fp64_fallback_rows = 0;   // kFloat32Refined: rows solved in fp64 after an fp32 attempt of the layer failed
+  int64_t iterations = 0;           // CG iterations (iterative solver): each is two products over the active rows
+  int64_t pruned_space_rounds = 0;  // iterative solver: correction rounds kept from the pruned-space formulation
+  bool converged = true;            // iterative solver: reached `tolerance`
 };
 
 // The exact solver. dense_weight [out, in] (floating point), pruned bool [out, in] (true where ŵ must be 0),
