@@ -78,6 +78,7 @@ LayerResult LayerPruner::prune(const at::Tensor& dense, const LayerStats& stats,
     const RowSolveResult r =
         reconstruct(dense.to(at::kFloat), selection.pruned, selection.weight.to(at::kFloat), stats.hessian, report);
     report.qp_iterations = r.iterations;
+    report.qp_pruned_space_rounds = r.pruned_space_rounds;
     report.qp_fp64_fallback_rows = r.fp64_fallback_rows;
     report.qp_chunks = r.chunks;
     report.qp_converged = r.converged;

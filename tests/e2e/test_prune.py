@@ -416,6 +416,7 @@ class Prune(unittest.TestCase):
         for exact, cg, fp64 in zip(runs["exact"]["layers"], runs["cg"]["layers"], runs["fp64"]["layers"]):
             self.assertTrue(cg["qp_converged"], cg["name"])
             self.assertGreater(cg["qp_iterations"], 0, cg["name"])
+            self.assertGreaterEqual(cg["qp_pruned_space_rounds"], 0, cg["name"])
             self.assertLessEqual(cg["kkt_residual"], 1e-9, cg["name"])
             self.assertEqual(cg["qp_solver"], "iterative", cg["name"])
             # auto on these narrow layers predicts the exact solver cheaper, and records both predictions.

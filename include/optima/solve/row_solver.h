@@ -57,8 +57,9 @@ enum class SolvePrecision {
 // G_SS μ = (G ρ)_S with G = H⁻¹, preconditioned by diag(G); one product with G per iteration. kLowRank and
 // kInverseBlock run CG on the kept-set system H_TT e = ρ_T: with Woodbury on a low-rank-plus-diagonal model of H
 // restricted to T (a few thin products per iteration), or with G_TT (one more full product per iteration).
-// kAuto (default): kLowRank while the work is fp32, kPrunedSpace in fp64. Measured on real Hessians
-// (bench/solver_cpu.json, "real"): in fp64 the pruned space needs 1.7-3.3x fewer iterations (random OPT-125M fc2:
+// kAuto (default): kLowRank while the work is fp32, kPrunedSpace in fp64 (where H's condition estimate is at most
+// 1e9; rounds that stop paying hand over to kLowRank, undone when they made things worse). Measured on real Hessians
+// (bench/solver_cpu.json, "real"): in fp64 the pruned space needs 1.6-6x fewer iterations (random OPT-125M fc2:
 // 76-84 against 132; opt-small fc2: 80-88 against 255-265), but in fp32 its correction y − (G μ)_T cancels terms
 // up to cond(H) times larger than the result, so fp32 rounds contract slowly and it needs more iterations than
 // kLowRank there (OPT-125M fc2: 188 against 163).
@@ -126,8 +127,10 @@ RowSolveResult solve_rows_exact(const at::Tensor& dense_weight, const at::Tensor
 // rows, [rows, n] x [n, n], with H masked to each row's kept set T, plus the preconditioner (options.preconditioner):
 // by default Woodbury on a low-rank-plus-diagonal (Nyström) model of diag(H)^(-1/2) H diag(H)^(-1/2) restricted to
 // T, through one k x k matrix per row built once (a few thin products per iteration); or G_TT, the kept block of
-// G = H⁻¹ (one more full product per iteration). Each row keeps its own step lengths; rows that reached the
-// tolerance leave the products (the batch is compacted as they do).
+// G = H⁻¹ (one more full product per iteration); or, in the pruned-space formulation (IterativePreconditioner, the
+// default for fp64 rounds), CG on G_SS per row with one product with G per iteration. Each row keeps its own step
+// lengths; rows that reached the tolerance leave the products (the batch is compacted as they do). fp32 rounds too
+// slow to reach the tolerance in the rounds left switch the layer to fp64.
 //
 // Warm-started from `start` [out, in] (for example the selector's updated weights; its pruned entries are ignored).
 // The system is the UNDAMPED H (dead inputs fixed as in the exact solver) whenever its Cholesky succeeds with a
