@@ -402,7 +402,9 @@ json solver_real(const std::vector<std::string>& args) {
   const int64_t exact_rows_wide = 96;
   json out = json::array();
   for (size_t g = 0; g + 2 < args.size(); g += 3) {
-    const std::string hessian_dir = args[g], model_dir = args[g + 1], block = args[g + 2];
+    const std::string& hessian_dir = args[g];
+    const std::string& model_dir = args[g + 1];
+    const std::string& block = args[g + 2];
     const optima::Checkpoint model = optima::Checkpoint::open(model_dir);
     const std::string file = fmt::format("{}/hessians-block-{:04d}.safetensors", hessian_dir, std::stoi(block));
     const std::shared_ptr<optima::SafetensorsFile> hessians = optima::SafetensorsFile::open(file);
