@@ -122,10 +122,13 @@ void add_reconstruction(CLI::App* app, PruneOptions& o) {
   app->add_option("--qp-precision", o.qp_precision, "OPTIMA solve precision: fp64 or fp32 (refined)")
       ->capture_default_str();
   app->add_option("--qp-memory", p.qp_memory, "OPTIMA memory budget per chunk of rows")->capture_default_str();
-  app->add_option("--qp-solver", o.qp_solver, "OPTIMA solver: exact (batched Cholesky) or cg (for layers too large)")
+  app->add_option("--qp-solver", o.qp_solver,
+                  "OPTIMA solver: auto (per layer, the cheaper by predicted cost), exact (batched Cholesky per row) or "
+                  "iterative (conjugate gradients over all rows, for wide layers)")
       ->capture_default_str();
-  app->add_option("--qp-tol", p.qp_tol, "cg: relative KKT residual to reach on every row")->capture_default_str();
-  app->add_option("--qp-max-iter", p.qp_max_iter, "cg: iteration budget per layer")->capture_default_str();
+  app->add_option("--qp-tol", p.qp_tol, "iterative: relative KKT residual to reach on every row")
+      ->capture_default_str();
+  app->add_option("--qp-max-iter", p.qp_max_iter, "iterative: iteration budget per layer")->capture_default_str();
   app->add_option("--hessian-dtype", o.hessian_dtype, "Accumulate H in fp32 (the reference) or fp64")
       ->capture_default_str();
 }
