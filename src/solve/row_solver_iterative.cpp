@@ -297,6 +297,8 @@ class CorrectionSolver {
     }
   }
 
+  bool pruned_space() const { return pruned_space_; }
+
   // e [rows, n] (kept entries only) for the fp64 residual ρ_T; rows at most `target` get e = 0, the others aim at
   // max(target, reduction · |ρ|), within `budget` CG iterations.
   at::Tensor correct(const at::Tensor& residual, const at::Tensor& rnorm, const at::Tensor& target, double reduction,
@@ -320,11 +322,6 @@ class CorrectionSolver {
  private:
   at::ScalarType work_;
   bool pruned_space_;
-
- public:
-  bool pruned_space() const { return pruned_space_; }
-
- private:
   at::Tensor op_, active_, kept_;
   at::Tensor h_;  // pruned space: H in the working precision, for the stopping rule
   Preconditioner prec_;
@@ -384,6 +381,11 @@ RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Te
   double previous = std::numeric_limits<double>::infinity();
   at::Tensor residual = rhs - at::matmul(x, h) * kept;
   at::Tensor x_before, residual_before;  // before the last pruned-space round, which may have to be undone
+  const auto undo_pruned_space_round = [&] {
+    x = x_before;
+    residual = residual_before;
+    --result.pruned_space_rounds;
+  };
   for (int round = 0; round <= options.max_refinement_steps && state.iterations < max_iterations; ++round) {
     at::Tensor rnorm = at::linalg_vector_norm(residual, 2, {1});
     double worst = (rnorm / hw_t_norm.clamp_min(1e-300)).max().item<double>();
@@ -392,9 +394,7 @@ RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Te
       // lower bound, looked fine, or fp32 work): the kept space from here on, after undoing a round that made
       // things worse.
       if (!(worst < previous)) {
-        x = x_before;
-        residual = residual_before;
-        --result.pruned_space_rounds;
+        undo_pruned_space_round();
         rnorm = at::linalg_vector_norm(residual, 2, {1});
         worst = previous;
       }
@@ -427,14 +427,12 @@ RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Te
     residual = rhs - at::matmul(x, h) * kept;
     state.flops += product_flops;
   }
-  // A last pruned-space round that made things worse (the loop ended before it could be undone) is undone here.
-  if (corrector.pruned_space() && x_before.defined() &&
-      !(solve_detail::relative_residual(residual, hw_t_norm).max().item<double>() <= previous)) {
-    x = x_before;
-    residual = residual_before;
-    --result.pruned_space_rounds;
-  }
   result.kkt_residual = solve_detail::relative_residual(residual, hw_t_norm).max().item<double>();
+  // A last pruned-space round that made things worse (the loop ended before it could be undone) is undone here.
+  if (corrector.pruned_space() && x_before.defined() && !(result.kkt_residual <= previous)) {
+    undo_pruned_space_round();
+    result.kkt_residual = solve_detail::relative_residual(residual, hw_t_norm).max().item<double>();
+  }
   if (system.damping == 0) {
     result.kkt_residual_undamped = result.kkt_residual;
   } else {

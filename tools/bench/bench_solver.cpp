@@ -273,6 +273,23 @@ json layer_benchmarks(const std::string& only_model) {
 // product's time scaled the same way.
 // OPTIMA_BENCH_DEVICE (cpu or cuda) picks the device; OPTIMA_BENCH_QUICK=1 times the two OPT-125M shapes on a few
 // rows only (scripts/gpu_check.sh --cpu-only).
+// SparseGPT's mask and updated weights for w at 50% unstructured, or 2:4 (nm), from H: the masks and start points
+// the solvers are timed on.
+optima::Selection sparsegpt_selection(const at::Tensor& w, const at::Tensor& h, bool nm) {
+  const optima::SparsityPattern target =
+      nm ? optima::SparsityPattern::n_m(2, 4) : optima::SparsityPattern::unstructured(0.5);
+  optima::LayerStats stats;
+  stats.hessian = h;
+  return optima::make_selector("sparsegpt")->select(w, stats, target);
+}
+
+// A layer's exact-solve time from `te` seconds on `timed` of its `rows` rows: the layer-wide H⁻¹ once, the rest per
+// row.
+double exact_layer_seconds(const RowSolveResult& x, double te, int64_t rows, int64_t timed) {
+  if (timed == rows) return te;
+  return x.inverse_seconds + std::max(0.0, te - x.inverse_seconds) * static_cast<double>(rows) / timed;
+}
+
 json solver_paths() {
   const char* device_env = std::getenv("OPTIMA_BENCH_DEVICE");
   const at::Device device(device_env ? device_env : "cpu");
@@ -310,11 +327,7 @@ json solver_paths() {
     const double t_cholesky = best_seconds([&] { done(at::linalg_cholesky(hd)); }, 1);
     const at::Tensor w = (at::randn({rows, s.n}) * 0.02).to(device);
     for (const bool nm : {false, true}) {
-      const optima::SparsityPattern target =
-          nm ? optima::SparsityPattern::n_m(2, 4) : optima::SparsityPattern::unstructured(0.5);
-      optima::LayerStats stats;
-      stats.hessian = h;
-      const optima::Selection sel = optima::make_selector("sparsegpt")->select(w, stats, target);
+      const optima::Selection sel = sparsegpt_selection(w, h, nm);
       const at::Tensor full_mask =
           nm ? two_four_mask(at::randn({s.full_rows, s.n})) : at::rand({s.full_rows, s.n}) < 0.5;
       const optima::SolverCostPrediction predicted = optima::predict_solver_cost(full_mask);
@@ -360,10 +373,7 @@ json solver_paths() {
           x = optima::solve_rows_exact(we, pe, h);
           done(x.weight);
         });
-        const double exact_layer =
-            s.exact_rows == s.full_rows
-                ? te
-                : x.inverse_seconds + std::max(0.0, te - x.inverse_seconds) * s.full_rows / s.exact_rows;
+        const double exact_layer = exact_layer_seconds(x, te, s.full_rows, s.exact_rows);
         e["exact"] = {{"rows_timed", s.exact_rows},
                       {"seconds", te},
                       {"layer_seconds", exact_layer},
@@ -428,11 +438,7 @@ json solver_real(const std::vector<std::string>& args) {
       const at::Tensor a = at::randn({rows, n}), b = at::randn({n, n});
       const double t_gemm = best_seconds([&] { done(at::matmul(a, b)); }, 2);
       for (const bool nm : {false, true}) {
-        const optima::SparsityPattern target =
-            nm ? optima::SparsityPattern::n_m(2, 4) : optima::SparsityPattern::unstructured(0.5);
-        optima::LayerStats stats;
-        stats.hessian = h;
-        const optima::Selection sel = optima::make_selector("sparsegpt")->select(w, stats, target);
+        const optima::Selection sel = sparsegpt_selection(w, h, nm);
         const optima::SolverCostPrediction predicted = optima::predict_solver_cost(sel.pruned);
         json e = {{"model", model_dir},
                   {"layer", weight_info->name},
@@ -491,9 +497,7 @@ json solver_real(const std::vector<std::string>& args) {
           x = optima::solve_rows_exact(w.narrow(0, 0, timed), sel.pruned.narrow(0, 0, timed), h, options);
           done(x.weight);
         });
-        const double layer =
-            timed == rows ? te : x.inverse_seconds + std::max(0.0, te - x.inverse_seconds) * rows / timed;
-        e["exact"] = record(x, te, layer, timed);
+        e["exact"] = record(x, te, exact_layer_seconds(x, te, rows, timed), timed);
         note("real: " + e.dump());
         out.push_back(e);
       }
