@@ -34,12 +34,19 @@ void tune_allocator() {
 #endif
 }
 
+namespace {
+// Set for models of small blocks: their freed heap stays for the next block's tensors (see the header).
+bool keep_free_memory = false;
+}  // namespace
+
 void fit_allocator_to_block(int64_t block_weight_bytes) {
 #if defined(__GLIBC__)
+  keep_free_memory = block_weight_bytes <= kSmallBlockBytes;
   if (block_weight_bytes > kSmallBlockBytes || std::getenv("MALLOC_MMAP_THRESHOLD_") != nullptr) return;
-  constexpr int kLargestMmapThreshold = 32 << 20;  // glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit machines
+  constexpr int kLargestMmapThreshold = 32 << 20;    // glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit machines
+  constexpr int kSmallModelTrimThreshold = 1 << 30;  // far above what such a model's batches ever free at once
   mallopt(M_MMAP_THRESHOLD, kLargestMmapThreshold);
-  mallopt(M_TRIM_THRESHOLD, 2 * kLargestMmapThreshold);
+  mallopt(M_TRIM_THRESHOLD, kSmallModelTrimThreshold);
 #else
   (void)block_weight_bytes;
 #endif
@@ -47,7 +54,7 @@ void fit_allocator_to_block(int64_t block_weight_bytes) {
 
 void release_free_memory() {
 #if defined(__GLIBC__)
-  malloc_trim(0);
+  if (!keep_free_memory) malloc_trim(0);
 #endif
 }
 

@@ -2,10 +2,10 @@
 #include "gather_systems.h"
 
 #include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 
 #include "optima/core/error.h"
+#include "optima/core/parallel.h"
 
 namespace optima::solve_detail {
 
@@ -16,7 +16,7 @@ void gather_rows(const T* source, int64_t n, const int64_t* idx, const int64_t* 
                  bool lower_only, T* out) {
   // One task per (system, matrix row): each reads one row of `source` (n contiguous values, cache resident) at the
   // system's column indices and writes one contiguous row of the output.
-  at::parallel_for(0, b * m, 64, [&](int64_t begin, int64_t end) {
+  parallel_ranges(b * m, 64, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t r = task / m, i = task % m;
       const int64_t size = sizes ? sizes[r] : m;

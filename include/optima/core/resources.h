@@ -16,6 +16,7 @@ struct ResidentBytes {
 ResidentBytes resident_bytes();
 // Returns freed heap memory to the kernel (malloc_trim). glibc keeps freed allocations below its mmap threshold
 // (which grows to 32 MiB as large tensors come and go) for reuse; between blocks that is memory no one will use.
+// Does nothing after fit_allocator_to_block() chose the small-model settings.
 void release_free_memory();
 // Fixes glibc's mmap threshold at 256 KiB (unless MALLOC_MMAP_THRESHOLD_ is set): every tensor larger than that
 // gets its own mapping, returned to the kernel when freed. With the default, the threshold follows the largest
@@ -24,10 +25,12 @@ void release_free_memory();
 // hidden-1024 LLaMA, against 488 MiB and flat with the fixed threshold, in the same time). Call it once, first.
 void tune_allocator();
 // Undoes tune_allocator() for a model whose decoder block holds at most kSmallBlockBytes of weights: glibc's
-// largest mmap threshold (32 MiB) and a trim threshold of twice that keep the short-lived tensors of its many small
-// operations in the heap. With every tensor over 256 KiB mapped and unmapped, zeroing fresh pages took a third of
-// stories260k's prune (sys 2.8 s of 7.7 s on one thread; 0.6 s after). Such a model's transient tensors are too
-// small for the heap fragments above to matter. Leaves a MALLOC_MMAP_THRESHOLD_ the user set alone.
+// largest mmap threshold (32 MiB), a trim threshold of 1 GiB and no release_free_memory() between blocks keep the
+// short-lived tensors of its many small operations in the heap, pages already faulted in. With every tensor over
+// 256 KiB mapped and unmapped, zeroing fresh pages took a third of stories260k's prune (sys 2.8 s of 7.7 s on one
+// thread; 0.6 s after); with the heap trimmed whenever 64 MiB were free at its top and between blocks, 0.6 s of
+// 3.7 s still went to 104,000 page faults (33,000 after, 0.3 s). Such a model's transient tensors are too small for
+// the heap fragments above to matter. Leaves a MALLOC_MMAP_THRESHOLD_ the user set alone.
 inline constexpr int64_t kSmallBlockBytes = 16ll << 20;
 void fit_allocator_to_block(int64_t block_weight_bytes);
 
