@@ -296,19 +296,24 @@ TEST(Decoder, HalfPrecisionCheckpointsComputeInFloat32OnTheCpuOnly) {
 }
 
 // The small-head attention kernel against the eager formula in float64, on fresh random inputs with large scores
-// (scaled by 4) and sequence lengths on both sides of the kernel's 8-lane blocks.
+// (scaled by 4), sequence lengths on both sides of the kernel's 8-lane blocks, strided inputs and grouped heads.
 TEST(Attention, SmallHeadKernelMatchesFloat64) {
   const at::Tensor probe = at::randn({1, 1, 4, 8});
   if (!ops::small_head_attention_applies(probe, probe, probe)) GTEST_SKIP() << "no AVX2 + FMA on this CPU";
   for (const int64_t dim : {8, 16, 24, 32}) {
     for (const int64_t seq : {1, 7, 8, 9, 63, 200}) {
-      const at::Tensor q = at::randn({2, 3, seq, dim}) * 4, k = at::randn({2, 3, seq, dim}),
-                       v = at::randn({2, 3, seq, dim});
-      // A strided input (heads transposed out of [batch, seq, heads, dim]), as the families pass it.
+      // Grouped-query attention (6 query heads on 2 key/value heads) and one key/value head per query head.
+      const int64_t kv_heads = seq % 2 == 0 ? 2 : 6;
+      const at::Tensor q = at::randn({2, 6, seq, dim}) * 4, k = at::randn({2, kv_heads, seq, dim}),
+                       v = at::randn({2, kv_heads, seq, dim});
+      // Strided inputs (heads transposed out of [batch, seq, heads, dim], k out of a wider projection), as the
+      // families pass them.
       const at::Tensor q_strided = q.transpose(1, 2).contiguous().transpose(1, 2);
-      ASSERT_TRUE(ops::small_head_attention_applies(q_strided, k, v));
-      const at::Tensor got = ops::small_head_causal_attention(q_strided, k, v);
-      const at::Tensor q64 = q.to(at::kDouble), k64 = k.to(at::kDouble), v64 = v.to(at::kDouble);
+      const at::Tensor k_strided = at::cat({k, k}, 3).transpose(1, 2).contiguous().transpose(1, 2).narrow(3, dim, dim);
+      ASSERT_TRUE(ops::small_head_attention_applies(q_strided, k_strided, v));
+      const at::Tensor got = ops::small_head_causal_attention(q_strided, k_strided, v);
+      const at::Tensor q64 = q.to(at::kDouble), k64 = k.to(at::kDouble).repeat_interleave(6 / kv_heads, 1),
+                       v64 = v.to(at::kDouble).repeat_interleave(6 / kv_heads, 1);
       const at::Tensor mask = at::ones({seq, seq}, at::kBool).triu(1);
       const at::Tensor scores =
           at::matmul(q64, k64.transpose(2, 3)).div(std::sqrt(static_cast<double>(dim))).masked_fill(mask, -INFINITY);
@@ -322,6 +327,10 @@ TEST(Attention, SmallHeadKernelMatchesFloat64) {
   EXPECT_FALSE(ops::small_head_attention_applies(odd, odd, odd));
   EXPECT_FALSE(ops::small_head_attention_applies(wide, wide, wide));
   EXPECT_FALSE(ops::small_head_attention_applies(probe, at::randn({1, 1, 5, 8}), at::randn({1, 1, 5, 8})));
+  const at::Tensor three_heads = at::randn({1, 3, 4, 8}), two_heads = at::randn({1, 2, 4, 8});
+  EXPECT_FALSE(ops::small_head_attention_applies(three_heads, two_heads, two_heads));  // 2 does not divide 3
+  const at::Tensor column_major = at::randn({1, 1, 8, 4}).transpose(2, 3);  // [1, 1, 4, 8], rows not contiguous
+  EXPECT_FALSE(ops::small_head_attention_applies(probe, probe, column_major));
 }
 
 TEST(Tokenizer, MustFitTheModelVocabulary) {

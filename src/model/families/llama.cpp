@@ -139,8 +139,7 @@ class LlamaForward : public FamilyForward {
     const ops::RotaryTables rotary = ops::rotary_tables(inv_freq_, x.size(1), q.scalar_type());
     q = ops::apply_rotary(q, rotary);
     k = ops::apply_rotary(k, rotary);
-    const at::Tensor out =
-        ops::causal_attention(q, ops::repeat_kv_heads(k, shape_.num_heads), ops::repeat_kv_heads(v, shape_.num_heads));
+    const at::Tensor out = ops::causal_attention(q, k, v);
     if (hook) hook(InputSite::kAttentionOutput, out);
     return ops::linear(out, b.get("self_attn.o_proj.weight"), b.find("self_attn.o_proj.bias"));
   }

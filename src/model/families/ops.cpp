@@ -57,8 +57,9 @@ at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::
     return small_head_causal_attention(q, k, v).transpose(1, 2).reshape({batch, seq, heads * head_dim});
   const auto in_type = q.scalar_type();
   const bool promote = in_type == at::kHalf || in_type == at::kBFloat16;
+  const at::Tensor kk = repeat_kv_heads(k, heads), vv = repeat_kv_heads(v, heads);
   const at::Tensor out = at::scaled_dot_product_attention(
-      promote ? q.to(at::kFloat) : q, promote ? k.to(at::kFloat) : k, promote ? v.to(at::kFloat) : v,
+      promote ? q.to(at::kFloat) : q, promote ? kk.to(at::kFloat) : kk, promote ? vv.to(at::kFloat) : vv,
       /*attn_mask=*/{}, /*dropout_p=*/0.0, /*is_causal=*/true);
   return out.to(in_type).transpose(1, 2).reshape({batch, seq, heads * head_dim});
 }

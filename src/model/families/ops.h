@@ -30,8 +30,9 @@ at::Tensor apply_rotary(const at::Tensor& x, const RotaryTables& tables);
 // Grouped-query attention: kv heads [batch, kv_heads, seq, head_dim] repeated so that query head h reads kv head
 // h / (heads / kv_heads).
 at::Tensor repeat_kv_heads(const at::Tensor& x, int64_t heads);
-// Causal softmax(q k^T / sqrt(head_dim)) v over [batch, heads, seq, head_dim] -> [batch, seq, heads * head_dim].
-// Half and bfloat16 inputs are promoted so that the softmax runs in fp32, as transformers' eager attention does.
+// Causal softmax(q k^T / sqrt(head_dim)) v over q [batch, heads, seq, head_dim] -> [batch, seq, heads * head_dim];
+// k and v may have fewer heads (grouped-query attention, repeated as by repeat_kv_heads). Half and bfloat16 inputs are
+// promoted so that the softmax runs in fp32, as transformers' eager attention does.
 at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
 
 }  // namespace optima::ops

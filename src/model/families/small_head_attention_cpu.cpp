@@ -69,26 +69,33 @@ __attribute__((target("avx2,fma"))) inline Vec8 lane_sums(const Vec8 (&a)[kLanes
   return _mm256_permute2f128_ps(u0, u1, 0x20) + _mm256_permute2f128_ps(u0, u1, 0x31);
 }
 
-// One head: q, k, v, out [seq, dim] row-major; keys_t and values_t [dim, padded seq] (zero past seq) and scores
-// [padded seq] are scratch. Every loop keeps several independent vector sums in flight: a single running sum (one
-// fused multiply-add after the other on the same register) waits on each one's latency, which made this kernel's
-// first form 3x slower at head_dim 8.
+// One key/value head transposed for attend_one_head: k and v [seq, dim] with rows k_stride and v_stride apart into
+// keys_t and values_t [dim, padded seq] (zero past seq).
 template <int kDim>
-__attribute__((target("avx2,fma"))) void attend_one_head(const float* q, const float* k, const float* v, float* out,
-                                                         int64_t seq, float scale, float* keys_t, float* values_t,
-                                                         float* scores) {
-  const int64_t padded = (seq + kLanes - 1) / kLanes * kLanes;
+void transpose_keys_values(const float* k, int64_t k_stride, const float* v, int64_t v_stride, int64_t seq,
+                           int64_t padded, float* keys_t, float* values_t) {
   for (int64_t j = 0; j < seq; ++j)
     for (int c = 0; c < kDim; ++c) {
-      keys_t[c * padded + j] = k[j * kDim + c];
-      values_t[c * padded + j] = v[j * kDim + c];
+      keys_t[c * padded + j] = k[j * k_stride + c];
+      values_t[c * padded + j] = v[j * v_stride + c];
     }
+}
+
+// One query head against its key/value head: q and out [seq, dim] with rows q_stride and out_stride apart;
+// keys_t and values_t from transpose_keys_values, scores [padded seq] scratch. Every loop keeps several independent
+// vector sums in flight: a single running sum (one fused multiply-add after the other on the same register) waits on
+// each one's latency, which made this kernel's first form 3x slower at head_dim 8.
+template <int kDim>
+__attribute__((target("avx2,fma"))) void attend_one_head(const float* q, int64_t q_stride, float* out,
+                                                         int64_t out_stride, int64_t seq, float scale,
+                                                         const float* keys_t, const float* values_t, float* scores) {
+  const int64_t padded = (seq + kLanes - 1) / kLanes * kLanes;
   constexpr int64_t kGroups = kDim / kLanes;
   constexpr int64_t kUnroll = 4;
   for (int64_t i = 0; i < seq; ++i) {
     const int64_t keys = i + 1, blocks = (keys + kLanes - 1) / kLanes;
     float query[kDim];
-    for (int c = 0; c < kDim; ++c) query[c] = q[i * kDim + c] * scale;
+    for (int c = 0; c < kDim; ++c) query[c] = q[i * q_stride + c] * scale;
     // Scores, kUnroll blocks of 8 keys at a time.
     int64_t b = 0;
     for (; b + kUnroll <= blocks; b += kUnroll) {
@@ -134,19 +141,36 @@ __attribute__((target("avx2,fma"))) void attend_one_head(const float* q, const f
         const Vec8 e = load8(scores + b * kLanes);
         for (int64_t c = 0; c < kLanes; ++c) acc[c] += e * load8(values + c * padded + b * kLanes);
       }
-      store8(out + i * kDim + g * kLanes, lane_sums(acc) * inverse);
+      store8(out + i * out_stride + g * kLanes, lane_sums(acc) * inverse);
     }
   }
 }
 
-using HeadKernel = void (*)(const float*, const float*, const float*, float*, int64_t, float, float*, float*, float*);
+// Every head of one key/value head (a group of query heads under grouped-query attention) for one window.
+struct GroupTask {
+  const float *q, *k, *v;
+  float* out;
+  int64_t q_head_stride, q_row_stride, k_row_stride, v_row_stride, out_row_stride, heads, seq;
+  float scale;
+};
 
-HeadKernel kernel_for(int64_t dim) {
+template <int kDim>
+void attend_group(const GroupTask& t, float* keys_t, float* values_t, float* scores) {
+  const int64_t padded = (t.seq + kLanes - 1) / kLanes * kLanes;
+  transpose_keys_values<kDim>(t.k, t.k_row_stride, t.v, t.v_row_stride, t.seq, padded, keys_t, values_t);
+  for (int64_t h = 0; h < t.heads; ++h)
+    attend_one_head<kDim>(t.q + h * t.q_head_stride, t.q_row_stride, t.out + h * kDim, t.out_row_stride, t.seq, t.scale,
+                          keys_t, values_t, scores);
+}
+
+using GroupKernel = void (*)(const GroupTask&, float*, float*, float*);
+
+GroupKernel kernel_for(int64_t dim) {
   switch (dim) {
-    case 8: return attend_one_head<8>;
-    case 16: return attend_one_head<16>;
-    case 24: return attend_one_head<24>;
-    default: return attend_one_head<32>;
+    case 8: return attend_group<8>;
+    case 16: return attend_group<16>;
+    case 24: return attend_group<24>;
+    default: return attend_group<32>;
   }
 }
 
@@ -158,31 +182,46 @@ bool cpu_has_avx2_fma() {
 }  // namespace
 
 bool small_head_attention_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-  const int64_t dim = q.size(-1);
-  return q.dim() == 4 && q.device().is_cpu() && q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat &&
-         v.scalar_type() == at::kFloat && k.sizes() == q.sizes() && v.sizes() == q.sizes() && dim % kLanes == 0 &&
-         dim <= kMaxHeadDim && cpu_has_avx2_fma();
+  if (q.dim() != 4 || k.dim() != 4 || v.sizes() != k.sizes() || !q.device().is_cpu()) return false;
+  const int64_t dim = q.size(3);
+  const bool fp32 = q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat;
+  const bool grouped = k.size(1) > 0 && q.size(1) % k.size(1) == 0;
+  const bool rows_contiguous = q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1;
+  return fp32 && grouped && rows_contiguous && k.size(0) == q.size(0) && k.size(2) == q.size(2) && k.size(3) == dim &&
+         dim % kLanes == 0 && dim <= kMaxHeadDim && cpu_has_avx2_fma();
 }
 
 at::Tensor small_head_causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-  const at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
-  const int64_t batch_heads = q.size(0) * q.size(1), seq = q.size(2), dim = q.size(3);
-  at::Tensor out = at::empty_like(qc);
+  const int64_t batch = q.size(0), heads = q.size(1), kv_heads = k.size(1), seq = q.size(2), dim = q.size(3);
+  const int64_t group = heads / kv_heads;
+  // Written as [batch, seq, heads, dim], the layout the output projection reads: the view returned is free to merge.
+  at::Tensor out = at::empty({batch, seq, heads, dim}, q.options());
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dim)));
-  const HeadKernel kernel = kernel_for(dim);
-  const float *qp = qc.const_data_ptr<float>(), *kp = kc.const_data_ptr<float>(), *vp = vc.const_data_ptr<float>();
+  const GroupKernel kernel = kernel_for(dim);
+  const float *qp = q.const_data_ptr<float>(), *kp = k.const_data_ptr<float>(), *vp = v.const_data_ptr<float>();
   float* op = out.mutable_data_ptr<float>();
   const int64_t padded = (seq + kLanes - 1) / kLanes * kLanes;
-  parallel_ranges(batch_heads, 1, [&](int64_t begin, int64_t end) {
+  parallel_ranges(batch * kv_heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> keys_t(static_cast<size_t>(dim * padded)), values_t(keys_t.size()),
         scores(static_cast<size_t>(padded));
-    for (int64_t h = begin; h < end; ++h) {
-      const int64_t offset = h * seq * dim;
-      kernel(qp + offset, kp + offset, vp + offset, op + offset, seq, scale, keys_t.data(), values_t.data(),
-             scores.data());
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / kv_heads, kv = task % kv_heads;
+      const GroupTask t{qp + b * q.stride(0) + kv * group * q.stride(1),
+                        kp + b * k.stride(0) + kv * k.stride(1),
+                        vp + b * v.stride(0) + kv * v.stride(1),
+                        op + (b * seq * heads + kv * group) * dim,
+                        q.stride(1),
+                        q.stride(2),
+                        k.stride(2),
+                        v.stride(2),
+                        heads * dim,
+                        group,
+                        seq,
+                        scale};
+      kernel(t, keys_t.data(), values_t.data(), scores.data());
     }
   });
-  return out;
+  return out.transpose(1, 2);
 }
 
 #else  // other architectures: LibTorch's attention

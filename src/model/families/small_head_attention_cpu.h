@@ -8,12 +8,16 @@
 
 namespace optima::ops {
 
-// Whether small_head_causal_attention() can run q [batch, heads, seq, head_dim] with k and v of the same shape: fp32
-// CPU tensors, head_dim a multiple of 8 up to 32, on a CPU with AVX2 and FMA.
+// Whether small_head_causal_attention() can run q [batch, heads, seq, head_dim] with k and v [batch, kv_heads, seq,
+// head_dim], kv_heads dividing heads (grouped-query attention: query head h reads key/value head h / (heads /
+// kv_heads)): fp32 CPU tensors of any strides with contiguous rows, head_dim a multiple of 8 up to 32, on a CPU with
+// AVX2 and FMA.
 bool small_head_attention_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
-// softmax(q k^T / sqrt(head_dim) + causal mask) v -> [batch, heads, seq, head_dim], contiguous. Each query's scores
-// are formed in fp32, their maximum subtracted, exponentiated with a polynomial accurate to about 1 ulp, and the
-// weighted sum of values divided by their total: the eager formula, summed in another order.
+// softmax(q k^T / sqrt(head_dim) + causal mask) v -> [batch, heads, seq, head_dim], a view of a contiguous [batch,
+// seq, heads, head_dim] tensor (merging the heads back is then free). Each query's scores are formed in fp32, their
+// maximum subtracted, exponentiated with a polynomial accurate to about 1 ulp, and the weighted sum of values divided
+// by their total: the eager formula, summed in another order. Reads the inputs in place: no copies, no repeated
+// key/value heads.
 at::Tensor small_head_causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
 
 }  // namespace optima::ops
