@@ -2,12 +2,20 @@
 // scripts/make_model_goldens.py), the perplexity protocol against transformers' per-window losses, and the real
 // stories260k model against its published sanity figure.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
+#include <atomic>
+#include <chrono>
 #include <fstream>
 #include <functional>
+#include <mutex>
 #include <nlohmann/json.hpp>
+#include <set>
+#include <stdexcept>
+#include <thread>
 
 #include "model/families/small_head_attention_cpu.h"
+#include "optima/core/parallel.h"
 #include "optima/eval/perplexity.h"
 #include "optima/io/json_file.h"
 #include "optima/io/safetensors.h"
@@ -331,6 +339,41 @@ TEST(Attention, SmallHeadKernelMatchesFloat64) {
   EXPECT_FALSE(ops::small_head_attention_applies(three_heads, two_heads, two_heads));  // 2 does not divide 3
   const at::Tensor column_major = at::randn({1, 1, 8, 4}).transpose(2, 3);  // [1, 1, 4, 8], rows not contiguous
   EXPECT_FALSE(ops::small_head_attention_applies(probe, probe, column_major));
+}
+
+// parallel_ranges (the attention kernel's and the solver gathers' loop) with three threads: every item exactly once,
+// whatever the count and grain, from more than one thread when there is enough work; a failing item's exception
+// reaches the caller.
+TEST(ParallelRanges, EveryItemOnceAndErrorsPropagate) {
+  const int previous = at::get_num_threads();
+  at::set_num_threads(3);
+  for (const int64_t count : {int64_t{1}, int64_t{2}, int64_t{7}, int64_t{64}, int64_t{1000}}) {
+    for (const int64_t grain : {int64_t{1}, int64_t{5}, int64_t{64}}) {
+      std::vector<std::atomic<int>> seen(static_cast<size_t>(count));
+      std::mutex mutex;
+      std::set<std::thread::id> workers;
+      parallel_ranges(count, grain, [&](int64_t begin, int64_t end) {
+        ASSERT_LT(begin, end);
+        for (int64_t i = begin; i < end; ++i) seen[static_cast<size_t>(i)].fetch_add(1);
+        const std::lock_guard<std::mutex> lock(mutex);
+        workers.insert(std::this_thread::get_id());
+        std::this_thread::sleep_for(std::chrono::microseconds(200));  // so that one thread cannot take every piece
+      });
+      for (int64_t i = 0; i < count; ++i) EXPECT_EQ(seen[static_cast<size_t>(i)].load(), 1) << count << " " << i;
+      if (count / grain >= 3 && count >= 64) {
+        EXPECT_GT(workers.size(), 1u) << count << " items, grain " << grain;
+      }
+      if (count / grain < 2) {
+        EXPECT_EQ(workers.size(), 1u) << count << " items, grain " << grain;
+      }
+    }
+  }
+  EXPECT_THROW(parallel_ranges(100, 1,
+                               [](int64_t begin, int64_t end) {
+                                 if (begin <= 50 && 50 < end) throw std::runtime_error("item 50");
+                               }),
+               std::runtime_error);
+  at::set_num_threads(previous);
 }
 
 TEST(Tokenizer, MustFitTheModelVocabulary) {
