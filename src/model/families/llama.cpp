@@ -112,9 +112,10 @@ class LlamaForward : public FamilyForward {
     residual = h;
     const at::Tensor x = ops::rms_norm(h, b.get("post_attention_layernorm.weight"), settings_.norm_eps);
     if (hook) hook(InputSite::kMlpInput, x);
-    const at::Tensor gate = ops::linear(x, b.get("mlp.gate_proj.weight"), b.find("mlp.gate_proj.bias"));
-    const at::Tensor up = ops::linear(x, b.get("mlp.up_proj.weight"), b.find("mlp.up_proj.bias"));
-    const at::Tensor mid = at::silu(gate) * up;
+    const std::vector<at::Tensor> gate_up =
+        ops::linears(x, {b.get("mlp.gate_proj.weight"), b.get("mlp.up_proj.weight")},
+                     {b.find("mlp.gate_proj.bias"), b.find("mlp.up_proj.bias")});
+    const at::Tensor mid = at::silu(gate_up[0]) * gate_up[1];
     if (hook) hook(InputSite::kMlpHidden, mid);
     return residual + ops::linear(mid, b.get("mlp.down_proj.weight"), b.find("mlp.down_proj.bias"));
   }
@@ -128,14 +129,12 @@ class LlamaForward : public FamilyForward {
  private:
   at::Tensor attention(const BlockWeights& b, const at::Tensor& x, const SiteHook& hook) const {
     if (hook) hook(InputSite::kAttentionInput, x);
-    auto project = [&](const std::string& name, int64_t heads) {
-      const at::Tensor y =
-          ops::linear(x, b.get("self_attn." + name + ".weight"), b.find("self_attn." + name + ".bias"));
-      return ops::split_heads(y, heads, shape_.head_dim);
-    };
-    at::Tensor q = project("q_proj", shape_.num_heads);
-    at::Tensor k = project("k_proj", shape_.num_kv_heads);
-    const at::Tensor v = project("v_proj", shape_.num_kv_heads);
+    const std::vector<at::Tensor> qkv = ops::linears(
+        x, {b.get("self_attn.q_proj.weight"), b.get("self_attn.k_proj.weight"), b.get("self_attn.v_proj.weight")},
+        {b.find("self_attn.q_proj.bias"), b.find("self_attn.k_proj.bias"), b.find("self_attn.v_proj.bias")});
+    at::Tensor q = ops::split_heads(qkv[0], shape_.num_heads, shape_.head_dim);
+    at::Tensor k = ops::split_heads(qkv[1], shape_.num_kv_heads, shape_.head_dim);
+    const at::Tensor v = ops::split_heads(qkv[2], shape_.num_kv_heads, shape_.head_dim);
     const ops::RotaryTables rotary = ops::rotary_tables(inv_freq_, x.size(1), q.scalar_type());
     q = ops::apply_rotary(q, rotary);
     k = ops::apply_rotary(k, rotary);

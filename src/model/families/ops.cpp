@@ -19,6 +19,30 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   return bias.defined() ? at::linear(x, weight, bias) : at::linear(x, weight);
 }
 
+std::vector<at::Tensor> linears(const at::Tensor& x, const std::vector<at::Tensor>& weights,
+                                const std::vector<at::Tensor>& biases) {
+  // Stacking copies the weights at every call: worth it while they are a few MiB, nothing next to the product.
+  constexpr int64_t kStackedWeightLimit = int64_t{1} << 20;  // elements
+  int64_t total = 0, with_bias = 0;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    total += weights[i].numel();
+    with_bias += biases[i].defined() ? 1 : 0;
+  }
+  std::vector<at::Tensor> out;
+  const bool same_bias = with_bias == 0 || with_bias == static_cast<int64_t>(weights.size());
+  if (weights.size() < 2 || total > kStackedWeightLimit || !same_bias) {
+    for (size_t i = 0; i < weights.size(); ++i) out.push_back(linear(x, weights[i], biases[i]));
+    return out;
+  }
+  const at::Tensor y = linear(x, at::cat(weights, 0), with_bias > 0 ? at::cat(biases, 0) : at::Tensor());
+  int64_t offset = 0;
+  for (const at::Tensor& w : weights) {
+    out.push_back(y.narrow(-1, offset, w.size(0)));
+    offset += w.size(0);
+  }
+  return out;
+}
+
 at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
   const at::Tensor y = at::layer_norm(x.to(at::kFloat), {x.size(-1)}, weight.to(at::kFloat), bias.to(at::kFloat), 1e-5);
   return y.to(x.scalar_type());

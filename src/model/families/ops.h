@@ -6,11 +6,18 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace optima::ops {
 
 // One linear layer (weight [out, in], optional bias: an undefined tensor when absent) on x [..., in].
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
+// Several linear layers on the same x (q/k/v, gate/up), outputs in the order given. Small layers run as one product
+// with their weights stacked (its outputs are views into it): a product with 64-172 outputs runs at a fraction of
+// the rate of one with all of them (stories260k's gate/up: 19 ms as two products of 16384 tokens, 11 ms as one).
+// Large ones run one by one, so that no stacked copy of their weights is made.
+std::vector<at::Tensor> linears(const at::Tensor& x, const std::vector<at::Tensor>& weights,
+                                const std::vector<at::Tensor>& biases);
 
 // LayerNorm over the last dimension with eps 1e-5 (OPT), statistics in fp32; returns x's dtype.
 at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
