@@ -29,7 +29,9 @@ constexpr double kInnerReductionFp64 = 1e-12;
 constexpr double kFp32Progress = 0.1;
 // kAuto uses the pruned space only where fp64 G = H⁻¹ holds the corrections well: its relative error is about
 // cond(H) · 1e-16, and the correction y − (G μ)_T cancels terms up to cond(H) times larger than itself. Real
-// Hessians measured reach 1.1e7 (random OPT-125M fc2).
+// Hessians measured reach 1.1e7 (random OPT-125M fc2). Below kPrunedSpaceConditionMin the kept space's low-rank
+// preconditioner needs fewer iterations (see IterativePreconditioner).
+constexpr double kPrunedSpaceConditionMin = 1e5;
 constexpr double kPrunedSpaceConditionLimit = 1e9;
 // A pruned-space round stops after 2 n + this many iterations (see CorrectionSolver::correct).
 constexpr int64_t kPrunedSpaceExtraIterations = 50;
@@ -275,7 +277,7 @@ class CorrectionSolver {
       : work_(work),
         pruned_space_(kind == IterativePreconditioner::kPrunedSpace ||
                       (kind == IterativePreconditioner::kAuto && work == at::kDouble &&
-                       system.condition <= kPrunedSpaceConditionLimit)) {
+                       auto_uses_pruned_space(system.condition))) {
     const double n = static_cast<double>(system.h.size(0));
     kept_ = pruned.logical_not().to(work);
     if (pruned_space_) {
@@ -328,6 +330,10 @@ class CorrectionSolver {
 };
 
 }  // namespace
+
+bool auto_uses_pruned_space(double condition_estimate) {
+  return condition_estimate >= kPrunedSpaceConditionMin && condition_estimate <= kPrunedSpaceConditionLimit;
+}
 
 double cholesky_condition_estimate(const at::Tensor& l) {
   if (l.numel() == 0) return 1.0;

@@ -471,13 +471,18 @@ TEST_F(SolveTest, IterativeSolverOnSingularHessians) {
 }
 
 // Every formulation of the iterative solver (pruned space, kept space with either preconditioner) reaches the
-// closed form in both precisions, on an LLM-like Hessian at 50% unstructured and 2:4.
+// closed form in both precisions, at 50% unstructured and 2:4, on an LLM-like Hessian and on the same with its
+// inputs' scales spread over three decades (condition estimate past 1e5: kAuto's fp64 rounds take the pruned space
+// there, the kept space on the first).
 TEST_F(SolveTest, IterativeFormulationsReachTheClosedForm) {
   const int64_t out = 32, n = 96;
-  const at::Tensor h = gram_hessian(n, 3 * n);
+  const at::Tensor gram = gram_hessian(n, 3 * n);
+  const at::Tensor spread = at::pow(10.0, at::linspace(-1.5, 1.5, n, kF64));
   const at::Tensor w = at::randn({out, n}, kF64);
-  for (int kind = 0; kind < 2; ++kind) {
-    const at::Tensor mask = kind == 0 ? matrix_threshold_mask(w, 0.5) : n_m_mask(w, 2, 4);
+  int auto_pruned = 0, auto_kept = 0;
+  for (int kind = 0; kind < 4; ++kind) {
+    const at::Tensor h = kind < 2 ? gram : gram * spread.unsqueeze(0) * spread.unsqueeze(1);
+    const at::Tensor mask = kind % 2 == 0 ? matrix_threshold_mask(w, 0.5) : n_m_mask(w, 2, 4);
     const at::Tensor exact = reference(w, mask, h);
     for (IterativePreconditioner formulation :
          {IterativePreconditioner::kAuto, IterativePreconditioner::kPrunedSpace, IterativePreconditioner::kLowRank,
@@ -493,9 +498,12 @@ TEST_F(SolveTest, IterativeFormulationsReachTheClosedForm) {
         EXPECT_GT(r.iterations, 0);
         // The pruned space where asked (kAuto: in fp64), where it does all the work in fp64; in fp32 it may hand
         // over to the kept space once its corrections stop cutting the residual tenfold.
-        const bool pruned_space =
-            formulation == IterativePreconditioner::kPrunedSpace ||
-            (formulation == IterativePreconditioner::kAuto && precision == SolvePrecision::kFloat64);
+        const bool auto_pruned_space = formulation == IterativePreconditioner::kAuto &&
+                                       precision == SolvePrecision::kFloat64 &&
+                                       auto_uses_pruned_space(r.condition_estimate);
+        if (formulation == IterativePreconditioner::kAuto && precision == SolvePrecision::kFloat64)
+          ++(auto_pruned_space ? auto_pruned : auto_kept);
+        const bool pruned_space = formulation == IterativePreconditioner::kPrunedSpace || auto_pruned_space;
         if (pruned_space && precision == SolvePrecision::kFloat64) {
           EXPECT_EQ(r.pruned_space_rounds, r.refinement_steps);
         } else if (pruned_space) {
@@ -507,6 +515,9 @@ TEST_F(SolveTest, IterativeFormulationsReachTheClosedForm) {
       }
     }
   }
+  // Both of kAuto's fp64 branches ran.
+  EXPECT_GT(auto_pruned, 0);
+  EXPECT_GT(auto_kept, 0);
 }
 
 // Forced onto a Hessian whose G = H⁻¹ fp64 cannot hold (cond 1e13), the pruned space makes no progress; its rounds

@@ -57,12 +57,16 @@ enum class SolvePrecision {
 // G_SS μ = (G ρ)_S with G = H⁻¹, preconditioned by diag(G); one product with G per iteration. kLowRank and
 // kInverseBlock run CG on the kept-set system H_TT e = ρ_T: with Woodbury on a low-rank-plus-diagonal model of H
 // restricted to T (a few thin products per iteration), or with G_TT (one more full product per iteration).
-// kAuto (default): kLowRank while the work is fp32, kPrunedSpace in fp64 (where H's condition estimate is at most
-// 1e9; rounds that stop paying hand over to kLowRank, undone when they made things worse). Measured on real Hessians
-// (bench/solver_cpu.json, "real"): in fp64 the pruned space needs 1.6-6x fewer iterations (random OPT-125M fc2:
-// 76-84 against 132; opt-small fc2: 80-88 against 255-265), but in fp32 its correction y − (G μ)_T cancels terms
-// up to cond(H) times larger than the result, so fp32 rounds contract slowly and it needs more iterations than
-// kLowRank there (OPT-125M fc2: 188 against 163).
+// kAuto (default): kLowRank while the work is fp32; in fp64, kPrunedSpace where H's condition estimate lies between
+// 1e5 and 1e9 (auto_uses_pruned_space; rounds that stop paying hand over to kLowRank, undone when they made things
+// worse), kLowRank elsewhere. Measured in fp64 on real Hessians (bench/solver_cpu.json, "real", iterations): the
+// pruned space needs fewer where H is ill-conditioned (random OPT-125M: fc2, estimate 1e7, 76-84 against 132;
+// out_proj, 2e5, 296-332 against 520-550; opt-small fc2, 4e6, 80-88 against 255-265) and more where it is not
+// (random OPT-125M q_proj, 2e3, 100-136 against 58-59; fc1, 2e4, 132-140 against 58; stories260k, below 30; the
+// benchmark's synthetic low-rank-plus-diagonal Hessians, whose low-rank part kLowRank captures exactly, 44-52 against
+// 20-21 whatever their estimate). In fp32 the pruned space's correction y − (G μ)_T cancels terms up to cond(H) times
+// larger than the result, so fp32 rounds contract slowly and it needs more iterations than kLowRank there (OPT-125M
+// fc2: 188 against 163).
 enum class IterativePreconditioner { kAuto, kPrunedSpace, kLowRank, kInverseBlock };
 
 struct RowSolveOptions {
@@ -167,6 +171,9 @@ double cholesky_condition_estimate(const at::Tensor& l);
 // True when a layer whose (damped) Hessian has this condition estimate should be solved in fp64 directly: fp32
 // factors of its systems, or fp32 CG with an fp32 preconditioner, would not converge to the refinement tolerance.
 bool predict_fp64(double condition_estimate);
+// Whether kAuto runs an fp64 round in the pruned space, from H's Cholesky condition estimate (see
+// IterativePreconditioner).
+bool auto_uses_pruned_space(double condition_estimate);
 
 // Iterative solver: undamped H whose condition estimate exceeds this counts as singular and is damped.
 inline constexpr double kSingularCondition = 1e12;
