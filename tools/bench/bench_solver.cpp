@@ -290,6 +290,9 @@ double exact_layer_seconds(const RowSolveResult& x, double te, int64_t rows, int
   return x.inverse_seconds + std::max(0.0, te - x.inverse_seconds) * static_cast<double>(rows) / timed;
 }
 
+// "paths": the exact and the iterative solver side by side on synthetic LLM-like Hessians as n grows, both run as
+// optima prune runs them by default (fp32 work refined against fp64 residuals), with the choice --qp-solver auto
+// makes.
 json solver_paths() {
   const char* device_env = std::getenv("OPTIMA_BENCH_DEVICE");
   const at::Device device(device_env ? device_env : "cpu");
@@ -342,10 +345,13 @@ json solver_paths() {
                 {"auto_picks", predicted.choice == optima::RowSolverKind::kExact ? "exact" : "iterative"},
                 {"predicted_exact_units", predicted.exact_units},
                 {"predicted_iterative_units", predicted.iterative_units}};
+      // Both solvers as optima prune runs them by default (fp32 work refined against fp64 residuals, as in "real").
+      optima::RowSolveOptions options;
+      options.precision = optima::SolvePrecision::kFloat32Refined;
       RowSolveResult r;
       const double t = seconds_of([&] {
         r = optima::solve_rows_iterative(w, sel.pruned, h, sel.weight, optima::kDefaultQpTolerance,
-                                         optima::kDefaultQpMaxIterations);
+                                         optima::kDefaultQpMaxIterations, options);
         done(r.weight);
       });
       const double layer = rows == s.full_rows ? t : t_cholesky + std::max(0.0, t - t_cholesky) * s.full_rows / rows;
@@ -360,6 +366,7 @@ json solver_paths() {
                         {"gemm_equivalents", layer / t_gemm_layer},
                         {"iterations", r.iterations},
                         {"outer_rounds", r.refinement_steps},
+                        {"pruned_space_rounds", r.pruned_space_rounds},
                         {"kkt_residual", r.kkt_residual},
                         {"kkt_residual_undamped", r.kkt_residual_undamped},
                         {"damping", r.damping},
@@ -370,7 +377,7 @@ json solver_paths() {
         const at::Tensor we = w.narrow(0, 0, s.exact_rows), pe = sel.pruned.narrow(0, 0, s.exact_rows);
         RowSolveResult x;
         const double te = seconds_of([&] {
-          x = optima::solve_rows_exact(we, pe, h);
+          x = optima::solve_rows_exact(we, pe, h, options);
           done(x.weight);
         });
         const double exact_layer = exact_layer_seconds(x, te, s.full_rows, s.exact_rows);
