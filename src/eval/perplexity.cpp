@@ -12,7 +12,6 @@
 #include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
 
-#include "optima/core/defaults.h"
 #include "optima/core/error.h"
 #include "optima/core/interrupt.h"
 #include "optima/io/checkpoint.h"

@@ -61,9 +61,8 @@ LayerPruner::LayerPruner(const PrunePlan& plan, const Distributed& dist)
 
 LayerResult LayerPruner::prune(const at::Tensor& dense, const LayerStats& stats, const SparsityPattern& target,
                                LayerReport& report) const {
-  // Below about rows x cols^2 = 2^25 multiply-adds a layer's work is too small to share between threads (SerialScope).
-  constexpr int64_t kSerialLayerWork = int64_t{1} << 25;
-  const SerialScope serial(dense.size(0) * dense.size(1) * dense.size(1) <= kSerialLayerWork);
+  // Below about rows x cols² multiply-adds a layer's work is too small to share between threads (SerialScope).
+  const SerialScope serial(dense.size(0) * dense.size(1) * dense.size(1) <= kSerialWorkLimit);
   auto t0 = SteadyClock::now();
   const Selection selection = in_layer(report.name, [&] { return selector_->select(dense, stats, target); });
   report.seconds_select = seconds_since(t0);

@@ -10,12 +10,6 @@
 
 namespace optima {
 
-namespace {
-// Per-sample work (tokens x features², the Hessian update's multiply-adds) up to which a batch's updates run on one
-// thread: the layer step's threshold for the same reason (prune/layer_step.cpp).
-constexpr int64_t kSerialSampleWork = int64_t{1} << 25;
-}  // namespace
-
 InputStatistics::InputStatistics(int64_t features, c10::Device device, bool hessian, bool column_norms,
                                  c10::ScalarType dtype)
     : dtype_(dtype) {
@@ -30,9 +24,10 @@ void InputStatistics::add(const at::Tensor& x) {
   // lands above glibc's mmap threshold and costs fresh zeroed pages on every call.
   if (!all_finite(batch3)) non_finite_ = true;
   const c10::Device device = hessian_.defined() ? hessian_.device() : column_norms_.device();
-  // A sample's update is a few short operations; below kSerialSampleWork multiply-adds, waking the other threads for
-  // each costs more than they share (stories260k, 2 threads: 0.15 s of statistics per block against 0.07 s on one).
-  const SerialScope serial(batch3.size(1) * batch3.size(2) * batch3.size(2) <= kSerialSampleWork);
+  // A sample's update is a few short operations; below kSerialWorkLimit multiply-adds (tokens x features²), waking
+  // the other threads for each costs more than they share (stories260k, 2 threads: 0.15 s of statistics per block
+  // against 0.07 s on one).
+  const SerialScope serial(batch3.size(1) * batch3.size(2) * batch3.size(2) <= kSerialWorkLimit);
   for (int64_t s = 0; s < batch3.size(0); ++s) add_sample(batch3[s].to(device, dtype_));
   if (!non_finite_ &&
       ((hessian_.defined() && !all_finite(hessian_)) || (column_norms_.defined() && !all_finite(column_norms_))))

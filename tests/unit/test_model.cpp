@@ -14,6 +14,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "model/families/sliding_window.h"
 #include "model/families/small_head_attention_cpu.h"
 #include "optima/core/parallel.h"
 #include "optima/eval/perplexity.h"
@@ -339,6 +340,23 @@ TEST(Attention, SmallHeadKernelMatchesFloat64) {
   EXPECT_FALSE(ops::small_head_attention_applies(three_heads, two_heads, two_heads));  // 2 does not divide 3
   const at::Tensor column_major = at::randn({1, 1, 8, 4}).transpose(2, 3);  // [1, 1, 4, 8], rows not contiguous
   EXPECT_FALSE(ops::small_head_attention_applies(probe, probe, column_major));
+}
+
+// Sliding-window attention past its window with grouped key/value heads (LibTorch's path, heads repeated inside)
+// against the eager formula in float64 on fresh random inputs.
+TEST(Attention, SlidingWindowWithGroupedHeadsMatchesFloat64) {
+  const int64_t seq = 20, window = 6, dim = 16;
+  const at::Tensor q = at::randn({2, 4, seq, dim}) * 2, k = at::randn({2, 2, seq, dim}),
+                   v = at::randn({2, 2, seq, dim});
+  const at::Tensor got = ops::sliding_window_attention(q, k, v, window);
+  const at::Tensor i = at::arange(seq).unsqueeze(1), j = at::arange(seq).unsqueeze(0);
+  const at::Tensor hidden = (j > i).logical_or(j <= i - window);
+  const at::Tensor k64 = k.to(at::kDouble).repeat_interleave(2, 1), v64 = v.to(at::kDouble).repeat_interleave(2, 1);
+  const at::Tensor scores = at::matmul(q.to(at::kDouble), k64.transpose(2, 3))
+                                .div(std::sqrt(static_cast<double>(dim)))
+                                .masked_fill(hidden, -INFINITY);
+  const at::Tensor want = at::matmul(at::softmax(scores, -1), v64).transpose(1, 2).reshape({2, seq, 4 * dim});
+  EXPECT_LT((got.to(at::kDouble) - want).abs().max().item<double>(), 1e-5);
 }
 
 // parallel_ranges (the attention kernel's and the solver gathers' loop) with three threads: every item exactly once,

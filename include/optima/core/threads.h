@@ -4,6 +4,7 @@
 // read_thread_sources() reads the real ones.
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -66,6 +67,9 @@ void apply_threads(const ThreadChoice& choice);
 // threads for each costs more than the work shared (stories260k's 35 layers: 0.14 s on one thread, 0.6 s on two).
 // Results do not depend on it beyond round-off, and the rule is a fixed function of the layer's shape, so a run
 // stays reproducible. Defined in the LibTorch part of the library.
+// The work, in multiply-adds, up to which a step runs under SerialScope: a layer's selection and solve (rows x
+// cols²) and a calibration window's statistics update (tokens x features²).
+inline constexpr int64_t kSerialWorkLimit = int64_t{1} << 25;
 class SerialScope {
  public:
   explicit SerialScope(bool serial);

@@ -3,6 +3,8 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
+
 #include "small_head_attention_cpu.h"
 
 namespace optima::ops {
@@ -79,12 +81,19 @@ at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::
   // OPT's query scaling by head_dim^-0.5 is the same factor as the default scale here.
   if (small_head_attention_applies(q, k, v))
     return small_head_causal_attention(q, k, v).transpose(1, 2).reshape({batch, seq, heads * head_dim});
+  return libtorch_attention(q, k, v, /*allowed=*/at::Tensor());
+}
+
+at::Tensor libtorch_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              const at::Tensor& allowed) {
+  const int64_t batch = q.size(0), heads = q.size(1), seq = q.size(2), head_dim = q.size(3);
   const auto in_type = q.scalar_type();
   const bool promote = in_type == at::kHalf || in_type == at::kBFloat16;
   const at::Tensor kk = repeat_kv_heads(k, heads), vv = repeat_kv_heads(v, heads);
   const at::Tensor out = at::scaled_dot_product_attention(
       promote ? q.to(at::kFloat) : q, promote ? kk.to(at::kFloat) : kk, promote ? vv.to(at::kFloat) : vv,
-      /*attn_mask=*/{}, /*dropout_p=*/0.0, /*is_causal=*/true);
+      allowed.defined() ? std::optional<at::Tensor>(allowed) : std::nullopt, /*dropout_p=*/0.0,
+      /*is_causal=*/!allowed.defined());
   return out.to(in_type).transpose(1, 2).reshape({batch, seq, heads * head_dim});
 }
 

@@ -41,5 +41,9 @@ at::Tensor repeat_kv_heads(const at::Tensor& x, int64_t heads);
 // k and v may have fewer heads (grouped-query attention, repeated as by repeat_kv_heads). Half and bfloat16 inputs are
 // promoted so that the softmax runs in fp32, as transformers' eager attention does.
 at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
+// LibTorch's attention as causal_attention computes it where optima's small-head kernel does not apply (key/value
+// heads repeated, fp32 softmax for half and bfloat16): causal when `allowed` is undefined, else over the keys that
+// the boolean mask `allowed` [seq, seq] marks true.
+at::Tensor libtorch_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& allowed);
 
 }  // namespace optima::ops

@@ -136,13 +136,12 @@ class Phi3Forward : public FamilyForward {
     const at::Tensor qkv = at::linear(x, b.get("self_attn.qkv_proj.weight"));
     at::Tensor q = ops::split_heads(qkv.slice(-1, 0, q_width), shape_.num_heads, shape_.head_dim);
     at::Tensor k = ops::split_heads(qkv.slice(-1, q_width, q_width + kv_width), shape_.num_kv_heads, shape_.head_dim);
-    at::Tensor v = ops::split_heads(qkv.slice(-1, q_width + kv_width), shape_.num_kv_heads, shape_.head_dim);
+    const at::Tensor v = ops::split_heads(qkv.slice(-1, q_width + kv_width), shape_.num_kv_heads, shape_.head_dim);
     const int64_t seq = x.size(1);
     const ops::RotaryTables rotary =
         rope::scaled_tables(inv_freq(seq), seq, settings_.attention_factor, q.scalar_type());
     q = rope::apply_partial_rotary(q, rotary);
-    k = ops::repeat_kv_heads(rope::apply_partial_rotary(k, rotary), shape_.num_heads);
-    v = ops::repeat_kv_heads(v, shape_.num_heads);
+    k = rope::apply_partial_rotary(k, rotary);
     const at::Tensor out = settings_.sliding_window > 0
                                ? ops::sliding_window_attention(q, k, v, settings_.sliding_window)
                                : ops::causal_attention(q, k, v);

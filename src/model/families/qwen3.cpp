@@ -163,11 +163,9 @@ class Qwen3Forward : public FamilyForward {
     const ops::RotaryTables rotary = ops::rotary_tables(inv_freq_, x.size(1), q.scalar_type());
     q = ops::apply_rotary(q, rotary);
     k = ops::apply_rotary(k, rotary);
-    k = ops::repeat_kv_heads(k, shape_.num_heads);
-    const at::Tensor vv = ops::repeat_kv_heads(v, shape_.num_heads);
     const bool slides = settings_.sliding_layers[static_cast<size_t>(b.index)];
     const at::Tensor out =
-        slides ? ops::sliding_window_attention(q, k, vv, settings_.sliding_window) : ops::causal_attention(q, k, vv);
+        slides ? ops::sliding_window_attention(q, k, v, settings_.sliding_window) : ops::causal_attention(q, k, v);
     if (hook) hook(InputSite::kAttentionOutput, out);
     return ops::linear(out, b.get("self_attn.o_proj.weight"), b.find("self_attn.o_proj.bias"));
   }

@@ -8,8 +8,9 @@
 
 namespace optima::ops {
 
-// Like causal_attention (ops.h) over [batch, heads, seq, head_dim] -> [batch, seq, heads * head_dim], each query
-// seeing at most the `window` latest keys, itself included; plain causal attention when seq <= window.
+// Like causal_attention (ops.h) over [batch, heads, seq, head_dim] -> [batch, seq, heads * head_dim] (k and v may
+// have fewer heads), each query seeing at most the `window` latest keys, itself included; plain causal attention
+// when seq <= window.
 at::Tensor sliding_window_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t window);
 
 }  // namespace optima::ops

@@ -61,6 +61,11 @@ __attribute__((target("avx2,fma"))) inline Vec8 exp_nonpositive(Vec8 x) {
   return underflow ? zero : p * scale;
 }
 
+// A sequence length rounded up to whole 8-lane blocks: the scratch rows' length.
+constexpr int64_t padded_length(int64_t seq) {
+  return (seq + kLanes - 1) / kLanes * kLanes;
+}
+
 // The sums of eight vectors, lane c of the result being the sum of a[c]'s lanes.
 __attribute__((target("avx2,fma"))) inline Vec8 lane_sums(const Vec8 (&a)[kLanes]) {
   const __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
@@ -89,7 +94,7 @@ template <int kDim>
 __attribute__((target("avx2,fma"))) void attend_one_head(const float* q, int64_t q_stride, float* out,
                                                          int64_t out_stride, int64_t seq, float scale,
                                                          const float* keys_t, const float* values_t, float* scores) {
-  const int64_t padded = (seq + kLanes - 1) / kLanes * kLanes;
+  const int64_t padded = padded_length(seq);
   constexpr int64_t kGroups = kDim / kLanes;
   constexpr int64_t kUnroll = 4;
   for (int64_t i = 0; i < seq; ++i) {
@@ -156,7 +161,7 @@ struct GroupTask {
 
 template <int kDim>
 void attend_group(const GroupTask& t, float* keys_t, float* values_t, float* scores) {
-  const int64_t padded = (t.seq + kLanes - 1) / kLanes * kLanes;
+  const int64_t padded = padded_length(t.seq);
   transpose_keys_values<kDim>(t.k, t.k_row_stride, t.v, t.v_row_stride, t.seq, padded, keys_t, values_t);
   for (int64_t h = 0; h < t.heads; ++h)
     attend_one_head<kDim>(t.q + h * t.q_head_stride, t.q_row_stride, t.out + h * kDim, t.out_row_stride, t.seq, t.scale,
@@ -200,7 +205,7 @@ at::Tensor small_head_causal_attention(const at::Tensor& q, const at::Tensor& k,
   const GroupKernel kernel = kernel_for(dim);
   const float *qp = q.const_data_ptr<float>(), *kp = k.const_data_ptr<float>(), *vp = v.const_data_ptr<float>();
   float* op = out.mutable_data_ptr<float>();
-  const int64_t padded = (seq + kLanes - 1) / kLanes * kLanes;
+  const int64_t padded = padded_length(seq);
   parallel_ranges(batch * kv_heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> keys_t(static_cast<size_t>(dim * padded)), values_t(keys_t.size()),
         scores(static_cast<size_t>(padded));
