@@ -78,7 +78,8 @@ void read_pre_tokenizer(const json& pt, const fs::path& file, ByteLevelBpe& t) {
     if (prefix) {
       // Inside a Sequence, ByteLevel would prefix every piece an earlier Split made; only the plain case is
       // implemented.
-      if (!first) unsupported(file, key + ".add_prefix_space", "false after a Split", p["add_prefix_space"]);
+      // The key may be absent (true is the default), and a const json has no entry to show for it then.
+      if (!first) unsupported(file, key + ".add_prefix_space", "false after a Split", json(true));
       t.add_prefix_space_ = true;
     }
     if (use_regex) t.splits_.push_back(std::make_unique<Regex>(kGpt2Pattern, false, key_where(file, key)));

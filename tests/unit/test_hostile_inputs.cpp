@@ -86,6 +86,20 @@ TEST(HostileInputs, SplitOnALiteralStringLoadsAndSplits) {
   EXPECT_EQ(tok->encode("a b", false), (std::vector<int64_t>{0, 2, 1}));
 }
 
+// ByteLevel's add_prefix_space defaults to true; after a Split the error quoted the absent key of a const object,
+// which read freed memory (found by fuzz_bpe_tokenizer_json).
+TEST(HostileInputs, ByteLevelAfterSplitWithDefaultPrefixSpaceIsRefused) {
+  TempDir dir;
+  nlohmann::json j = tiny_tokenizer_json();
+  j["pre_tokenizer"] = {{"type", "Sequence"},
+                        {"pretokenizers",
+                         {{{"type", "Split"}, {"pattern", {{"String", "b"}}}, {"behavior", "Isolated"}},
+                          {{"type", "ByteLevel"}, {"use_regex", false}}}}};
+  write_text(dir / "tokenizer.json", j.dump());
+  expect_error([&] { load_tokenizer(dir.path()); }, ErrorKind::kInput,
+               {"tokenizer.json: pre_tokenizer.pretokenizers[1].add_prefix_space", "false after a Split", "true"});
+}
+
 // A TemplateProcessing id that is neither in the vocabulary nor an added token was emitted by encode(), beyond
 // vocab_size() and undecodable.
 TEST(HostileInputs, TemplateTokenIdMustBeDefined) {
