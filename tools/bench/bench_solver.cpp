@@ -17,6 +17,7 @@
 #include <functional>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -405,9 +406,21 @@ json solver_paths() {
 // TinyStories), with the model's own weights and SparseGPT's masks and updated weights (the start point the prune
 // gives the iterative solver). Each layer: the exact solver, the iterative one by default and in the pruned-space
 // formulation in fp32 (refined) and fp64, in GEMM-equivalents measured in the same run, with iterations and KKT
-// residuals, and the choice --qp-solver auto makes. OPTIMA_BENCH_LAYER=TEXT times the layers whose name has TEXT.
+// residuals, and the choice --qp-solver auto makes. OPTIMA_BENCH_LAYER=TEXT times the layers whose name has TEXT;
+// OPTIMA_BENCH_PATTERN=unstructured50|2:4 one pattern; OPTIMA_BENCH_VARIANTS=a,b only the solvers named (iterative,
+// iterative_low_rank_fp64, iterative_pruned_space, iterative_pruned_space_fp64, exact).
 // Arguments: groups of three, HESSIAN_DIR MODEL_DIR BLOCK; the exact solver is timed on at most `exact_rows` rows of a
 // wide layer and extrapolated.
+// Whether `name` passes the comma-separated filter in environment variable `variable` (unset: everything does).
+bool wanted(const char* variable, const std::string& name) {
+  const char* filter = std::getenv(variable);
+  if (filter == nullptr) return true;
+  std::stringstream list(filter);
+  for (std::string item; std::getline(list, item, ',');)
+    if (item == name) return true;
+  return false;
+}
+
 json solver_real(const std::vector<std::string>& args) {
   const auto done = [](const at::Tensor& t) { (void)t.sum().item<double>(); };
   // Hessian site -> the layers that read it, by the suffix of their weight's name (OPT and LLaMA names).
@@ -445,6 +458,7 @@ json solver_real(const std::vector<std::string>& args) {
       const at::Tensor a = at::randn({rows, n}), b = at::randn({n, n});
       const double t_gemm = best_seconds([&] { done(at::matmul(a, b)); }, 2);
       for (const bool nm : {false, true}) {
+        if (!wanted("OPTIMA_BENCH_PATTERN", nm ? "2:4" : "unstructured50")) continue;
         const optima::Selection sel = sparsegpt_selection(w, h, nm);
         const optima::SolverCostPrediction predicted = optima::predict_solver_cost(sel.pruned);
         json e = {{"model", model_dir},
@@ -486,6 +500,7 @@ json solver_real(const std::vector<std::string>& args) {
             {"iterative_pruned_space_fp64", optima::IterativePreconditioner::kPrunedSpace,
              optima::SolvePrecision::kFloat64}};
         for (const Variant& v : variants) {
+          if (!wanted("OPTIMA_BENCH_VARIANTS", v.name)) continue;
           optima::RowSolveOptions options;
           options.precision = v.precision;
           options.preconditioner = v.kind;
@@ -496,6 +511,11 @@ json solver_real(const std::vector<std::string>& args) {
             done(r.weight);
           });
           e[v.name] = record(r, t, t, rows);
+        }
+        if (!wanted("OPTIMA_BENCH_VARIANTS", "exact")) {
+          note("real: " + e.dump());
+          out.push_back(e);
+          continue;
         }
         const int64_t timed = n >= 2048 ? std::min(rows, exact_rows_wide) : rows;
         optima::RowSolveOptions options;
