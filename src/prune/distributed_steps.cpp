@@ -40,12 +40,12 @@ RowSolveResult solve_rows_shared(const Distributed& dist, const RowSolver& solve
     r.refinement_steps = std::max(r.refinement_steps, before.refinement_steps);
   }
 
-  const std::vector<double> most =
-      dist.all_reduce({r.kkt_residual, static_cast<double>(r.iterations), static_cast<double>(r.refinement_steps),
-                       static_cast<double>(own_retries), static_cast<double>(r.dead_inputs), r.inverse_seconds,
-                       r.damping, r.converged ? 0.0 : 1.0, r.mean_diag, r.kkt_residual_undamped,
-                       r.fp64_predicted ? 1.0 : 0.0, r.condition_estimate, static_cast<double>(r.pruned_space_rounds)},
-                      ReduceOp::kMax, fmt::format("{}: solver figures", what));
+  const std::vector<double> most = dist.all_reduce(
+      {r.kkt_residual, static_cast<double>(r.iterations), static_cast<double>(r.refinement_steps),
+       static_cast<double>(own_retries), static_cast<double>(r.dead_inputs), r.inverse_seconds, r.damping,
+       r.converged ? 0.0 : 1.0, r.mean_diag, r.kkt_residual_undamped, r.fp64_predicted ? 1.0 : 0.0,
+       r.condition_estimate, static_cast<double>(r.pruned_space_rounds), static_cast<double>(r.abandoned_iterations)},
+      ReduceOp::kMax, fmt::format("{}: solver figures", what));
   const std::vector<double> sums = dist.all_reduce(
       {static_cast<double>(r.fp64_fallback_rows), static_cast<double>(r.chunks),
        static_cast<double>(r.rows_via_inverse), static_cast<double>(r.rows_via_kept), r.flops, r.factor_flops},
@@ -65,6 +65,7 @@ RowSolveResult solve_rows_shared(const Distributed& dist, const RowSolver& solve
   all.fp64_predicted = most[10] != 0.0;
   all.condition_estimate = most[11];
   all.pruned_space_rounds = static_cast<int64_t>(most[12]);
+  all.abandoned_iterations = static_cast<int64_t>(most[13]);  // a process that gave its CG up: its rows went exact
   all.fp64_fallback_rows = static_cast<int64_t>(sums[0]);
   all.chunks = static_cast<int64_t>(sums[1]);
   all.rows_via_inverse = static_cast<int64_t>(sums[2]);

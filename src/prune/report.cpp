@@ -32,6 +32,7 @@ nlohmann::json LayerReport::to_json() const {
     j["qp_predicted_iterative_units"] = qp_predicted_iterative_units;
     j["reconstruct_damping"] = reconstruct_damping;
     j["qp_iterations"] = qp_iterations;
+    j["qp_abandoned_iterations"] = qp_abandoned_iterations;
     j["qp_pruned_space_rounds"] = qp_pruned_space_rounds;
     j["qp_fp64_fallback_rows"] = qp_fp64_fallback_rows;
     j["qp_chunks"] = qp_chunks;
@@ -66,6 +67,7 @@ LayerReport LayerReport::from_json(const nlohmann::json& j) {
     l.qp_predicted_iterative_units = j.value("qp_predicted_iterative_units", 0.0);
     l.reconstruct_damping = j.at("reconstruct_damping");
     l.qp_iterations = j.at("qp_iterations");
+    l.qp_abandoned_iterations = j.value("qp_abandoned_iterations", int64_t{0});
     l.qp_pruned_space_rounds = j.value("qp_pruned_space_rounds", int64_t{0});
     l.qp_fp64_fallback_rows = j.at("qp_fp64_fallback_rows");
     l.qp_chunks = j.at("qp_chunks");

@@ -40,6 +40,8 @@ constexpr int64_t kPrunedSpaceExtraIterations = 50;
 constexpr double kReliableUpdateReduction = 1e-3;
 // ... and a row whose true residual differs from its recurrence by more than this fraction restarts (see pcg).
 constexpr double kDriftRestart = 0.1;
+// The first iteration at which a CG run projects whether it will converge within options.abandon_iterations.
+constexpr int64_t kAbandonFirstCheck = 16;
 // How often the pruned-space CG measures the kept-set residual its iterate leaves (an extra product each time).
 constexpr int64_t kMapCheckEvery = 4;
 // The batch is compacted to the rows still iterating once they are at most this fraction of it: gathering the
@@ -61,7 +63,25 @@ constexpr uint64_t kLowRankSeed = 0x5eed;
 struct CgState {
   int64_t iterations = 0;
   double flops = 0;
+  int64_t abandon_at = 0;  // options.abandon_iterations (0: never)
+  bool abandoned = false;
 };
+
+// Whether CG should be given up: past its iteration limit, or projected past it by the live rows' fall since the
+// start (log-linear in the iterations, the slowest row counting), checked at 16, 32, 64, ... iterations of a run.
+bool should_abandon(const CgState& state, int64_t it, const at::Tensor& rnorm, const at::Tensor& rnorm_start,
+                    const at::Tensor& target, const at::Tensor& active) {
+  if (state.abandon_at <= 0) return false;
+  if (state.iterations >= state.abandon_at) return true;
+  if (it < kAbandonFirstCheck || (it & (it - 1)) != 0) return false;
+  const at::Tensor fallen = at::log(rnorm.to(at::kDouble) / rnorm_start.to(at::kDouble));
+  const at::Tensor needed = at::log(target.to(at::kDouble) / rnorm_start.to(at::kDouble));
+  // Rows that have not fallen at all project to forever.
+  const at::Tensor projected = at::where(fallen < 0, needed / fallen * static_cast<double>(it),
+                                         at::full_like(fallen, std::numeric_limits<double>::infinity()));
+  const double worst = at::where(active, projected, at::zeros_like(projected)).max().item<double>();
+  return static_cast<double>(state.iterations - it) + worst > static_cast<double>(state.abandon_at);
+}
 
 // The matrix the rows solve with.
 struct System {
@@ -257,6 +277,7 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
   at::Tensor map_mask = map.mask;
   at::Tensor active;
   at::Tensor rnorm_replaced = fp64 != nullptr ? at::linalg_vector_norm(r, 2, {1}) : at::Tensor();
+  at::Tensor rnorm_start = state.abandon_at > 0 ? at::linalg_vector_norm(r, 2, {1}) : at::Tensor();
   // The fp64 residual of the live rows becomes r: x moves into e64, p stays.
   const auto replace_residual = [&] {
     e64.index_add_(0, rows, x.to(at::kDouble));
@@ -293,6 +314,10 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
     }
     const int64_t count = active.sum().item<int64_t>();
     if (count == 0) break;
+    if (rnorm_start.defined() && should_abandon(state, it, at::linalg_vector_norm(r, 2, {1}), rnorm_start, t, active)) {
+      state.abandoned = true;
+      break;
+    }
     if (count <= kCompactBelow * static_cast<double>(live)) {
       // Write the finished rows' answers and keep only the active ones.
       e.index_copy_(0, rows, x);
@@ -304,6 +329,7 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
       t = t.index_select(0, keep);
       if (map_mask.defined()) map_mask = map_mask.index_select(0, keep);
       if (rnorm_replaced.defined()) rnorm_replaced = rnorm_replaced.index_select(0, keep);
+      if (rnorm_start.defined()) rnorm_start = rnorm_start.index_select(0, keep);
       p = p.index_select(0, keep);
       rz = rz.index_select(0, keep);
       active = active.index_select(0, keep);
@@ -457,6 +483,7 @@ RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Te
   result.fp64_predicted = fp32 && predict_fp64(system.condition);
   bool work32 = fp32 && !result.fp64_predicted;
   CgState state;
+  state.abandon_at = options.abandon_iterations;
   state.flops += result.factor_flops + 2 * product_flops;  // Cholesky, H w, first residual
   CorrectionSolver corrector(system, pruned, options.preconditioner, work32 ? at::kFloat : at::kDouble, state);
   double previous = std::numeric_limits<double>::infinity();
@@ -504,6 +531,13 @@ RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Te
     const double reduction = work32 ? kInnerReductionFp32 : kInnerReductionFp64;
     const at::Tensor e =
         corrector.correct(residual, rnorm, target, reduction, max_iterations - state.iterations, state);
+    if (state.abandoned) {
+      result.abandoned = true;
+      result.converged = false;
+      result.iterations = state.iterations;
+      result.flops = state.flops;
+      return result;
+    }
     x = x + e.to(at::kDouble) * kept;
     residual = rhs - at::matmul(x, h) * kept;
     state.flops += product_flops;

@@ -12,18 +12,23 @@ namespace optima {
 namespace {
 
 // The exact solver's batched Cholesky (gathers and refinement included) runs at this fraction of the fp32
-// matrix-product rate, growing with the system size m: 0.21 at m = 384 (OPT-125M attention, 768 inputs), 0.45 at
-// m = 1536-2048 (OPT-125M fc2, LLaMA-7B attention), bench/solver_cpu.json.
+// matrix-product rate, growing with the system size m: about 0.1 at m = 384 (OPT-125M attention and fc1, 768
+// inputs: 143-185 products measured against 78-83 predicted at 0.21), 0.27 at m = 1536 (OPT-125M fc2: 243 against
+// 148 at 0.45), bench/solver_cpu.json "real".
 double exact_efficiency(double m) {
-  return std::min(0.45, 0.21 * std::pow(std::max(m, 1.0) / 384.0, 0.55));
+  return std::min(0.35, 0.105 * std::pow(std::max(m, 1.0) / 384.0, 0.68));
 }
 // The exact solver's fixed work besides the factorizations, in products: right-hand sides, residuals and a
 // refinement step in fp64 (each about two fp32 products).
 constexpr double kExactFixedUnits = 6;
-// Iterations the preconditioned CG needs to reach the KKT tolerance: 65 on the benchmark's synthetic 768-wide
-// Hessian from SparseGPT's weights, 102 on the real fc2 Hessian of a random OPT-125M-shaped model on C4 (3072 wide,
-// cold start); each is one product with H plus the low-rank preconditioner's thin products.
-constexpr double kPredictedIterations = 100;
+// Iterations the preconditioned CG needs to reach the KKT tolerance from SparseGPT's weights, in fp32 with reliable
+// updates: 62 on the real q_proj and fc1 Hessians of a random OPT-125M-shaped model on C4, 144-149 on its fc2,
+// 20-95 on the benchmark's synthetic ones; over 1000 on its out_proj, which is why a CG that will not pay is given
+// up for the exact solver (break_even_iterations). Each is one product with H plus the low-rank preconditioner's
+// thin products and about kPassUnitsTimesN / n products' worth of element-wise passes over [rows, n] (0.4 at
+// n = 768, 0.1 at 3072: measured 1.5-1.6 and 1.0-1.1 products per iteration there).
+constexpr double kPredictedIterations = 70;
+constexpr double kPassUnitsTimesN = 300;
 // Its fixed work in products: H w, the fp64 residuals of about three correction rounds (two fp32 products each).
 constexpr double kIterativeFixedUnits = 8;
 // The low-rank preconditioner's rank, as row_solver_iterative.cpp chooses it.
@@ -64,9 +69,25 @@ SolverCostPrediction predict_solver_cost(const at::Tensor& pruned) {
   // n x n x k products), every row's k x k matrix (2·rows·n·k² flops) and H's Cholesky (n³/3), all in fp64.
   const double k = low_rank_size(fn), fr = static_cast<double>(rows);
   const double setup_units = 2.0 * (6.0 * fn * fn * k + 2.0 * fr * fn * k * k + fn * fn * fn / 3) / unit;
-  p.iterative_units = kPredictedIterations * (1.0 + 2.0 * k / fn) + kIterativeFixedUnits + setup_units;
+  const double iteration_units = 1.0 + 2.0 * k / fn + kPassUnitsTimesN / fn;
+  p.iterative_units = kPredictedIterations * iteration_units + kIterativeFixedUnits + setup_units;
   p.choice = p.iterative_units < p.exact_units ? RowSolverKind::kIterative : RowSolverKind::kExact;
+  p.break_even_iterations = static_cast<int64_t>(
+      std::max(0.0, std::floor((p.exact_units - kIterativeFixedUnits - setup_units) / iteration_units)));
   return p;
+}
+
+RowSolveResult solve_rows_auto(const at::Tensor& dense_weight, const at::Tensor& pruned, const at::Tensor& hessian,
+                               const at::Tensor& start, double tolerance, int64_t max_iterations,
+                               const RowSolveOptions& options, const SolverCostPrediction& predicted) {
+  if (predicted.choice == RowSolverKind::kExact) return solve_rows_exact(dense_weight, pruned, hessian, options);
+  RowSolveOptions bounded = options;
+  bounded.abandon_iterations = std::max<int64_t>(1, predicted.break_even_iterations);
+  RowSolveResult r = solve_rows_iterative(dense_weight, pruned, hessian, start, tolerance, max_iterations, bounded);
+  if (!r.abandoned) return r;
+  RowSolveResult exact = solve_rows_exact(dense_weight, pruned, hessian, options);
+  exact.abandoned_iterations = r.iterations;
+  return exact;
 }
 
 }  // namespace optima

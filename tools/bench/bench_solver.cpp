@@ -408,7 +408,7 @@ json solver_paths() {
 // formulation in fp32 (refined) and fp64, in GEMM-equivalents measured in the same run, with iterations and KKT
 // residuals, and the choice --qp-solver auto makes. OPTIMA_BENCH_LAYER=TEXT times the layers whose name has TEXT;
 // OPTIMA_BENCH_PATTERN=unstructured50|2:4 one pattern; OPTIMA_BENCH_VARIANTS=a,b only the solvers named (iterative,
-// iterative_low_rank_fp64, iterative_pruned_space, iterative_pruned_space_fp64, exact).
+// iterative_low_rank_fp64, iterative_pruned_space, iterative_pruned_space_fp64, auto, exact).
 // Arguments: groups of three, HESSIAN_DIR MODEL_DIR BLOCK; the exact solver is timed on at most `exact_rows` rows of a
 // wide layer and extrapolated.
 // Whether `name` passes the comma-separated filter in environment variable `variable` (unset: everything does).
@@ -511,6 +511,20 @@ json solver_real(const std::vector<std::string>& args) {
             done(r.weight);
           });
           e[v.name] = record(r, t, t, rows);
+        }
+        if (wanted("OPTIMA_BENCH_VARIANTS", "auto")) {
+          // --qp-solver auto as the prune runs it: the predicted solver, a CG given up past its break-even.
+          optima::RowSolveOptions options;
+          options.precision = optima::SolvePrecision::kFloat32Refined;
+          RowSolveResult r;
+          const double t = seconds_of([&] {
+            r = optima::solve_rows_auto(w, sel.pruned, h, sel.weight, optima::kDefaultQpTolerance,
+                                        optima::kDefaultQpMaxIterations, options, predicted);
+            done(r.weight);
+          });
+          e["auto"] = record(r, t, t, rows);
+          e["auto"]["abandoned_iterations"] = r.abandoned_iterations;
+          e["auto"]["break_even_iterations"] = predicted.break_even_iterations;
         }
         if (!wanted("OPTIMA_BENCH_VARIANTS", "exact")) {
           note("real: " + e.dump());

@@ -35,6 +35,7 @@ struct LayerReport {
   double qp_predicted_iterative_units = 0;  // [rows, n] x [n, n] (0 when not predicted)
   int64_t qp_chunks = 0;                    // exact solver: batches of gathered systems
   int64_t qp_iterations = 0;                // iterative solver only
+  int64_t qp_abandoned_iterations = 0;      // auto: iterations of a CG given up for the exact solver (0: none)
   int64_t qp_pruned_space_rounds = 0;       // iterative solver: its correction rounds in the pruned space
   bool qp_converged = true;                 // iterative solver only: every row reached --qp-tol
   double seconds_select = 0;

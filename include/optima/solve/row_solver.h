@@ -86,6 +86,10 @@ struct RowSolveOptions {
   // Factorization failures that may each raise the damping tenfold before kNumeric is thrown.
   int max_damping_retries = 8;
   IterativePreconditioner preconditioner = IterativePreconditioner::kAuto;  // iterative solver only
+  // Iterative solver, when positive: give up (RowSolveResult::abandoned) once this many iterations are spent, or
+  // as soon as the residuals' fall so far projects that more would be needed. --qp-solver auto sets it to the
+  // iterations that would cost as much as the exact solver, and runs the exact solver on a layer given up.
+  int64_t abandon_iterations = 0;
 };
 
 struct RowSolveResult {
@@ -100,23 +104,25 @@ struct RowSolveResult {
   // solver's answer is the damped optimum, so this is about damping · ||δ_T|| / ||(H w)_T|| there; the iterative
   // solver solves the undamped problem unless H is singular, and then both residuals are the same.
   double kkt_residual_undamped = 0;
-  double condition_estimate = 0;    // cholesky_condition_estimate of the matrix factored (damped H), when one was
-  bool fp64_predicted = false;      // kFloat32Refined asked, but predict_fp64 sent the layer to fp64 directly
-  double damping = 0;               // absolute damping added to diag H
-  double mean_diag = 0;             // mean of diag H after dead inputs were fixed: the unit of relative damping
-  int64_t damping_retries = 0;      // fp64 factorizations that failed and were retried with more damping
-  int64_t dead_inputs = 0;          // inputs with H_jj == 0
-  double flops = 0;                 // estimated flops: factorizations, triangular solves, matrix products
-  double factor_flops = 0;          // the factorizations' share of `flops` (m³/3 per system, n³ for H⁻¹)
-  double inverse_seconds = 0;       // wall time of the layer-wide Cholesky and H⁻¹ (exact solver, last attempt)
-  int64_t chunks = 0;               // batches of gathered systems (exact solver)
-  int64_t rows_via_inverse = 0;     // rows solved as G_SS z = w_S (|S| <= |T|)
-  int64_t rows_via_kept = 0;        // rows solved as H_TT x = H_TS w_S (|S| > |T|)
-  int64_t refinement_steps = 0;     // largest number of corrections any chunk needed (exact); outer steps (CG)
-  int64_t fp64_fallback_rows = 0;   // kFloat32Refined: rows solved in fp64 after an fp32 attempt of the layer failed
-  int64_t iterations = 0;           // CG iterations (iterative solver): each is two products over the active rows
-  int64_t pruned_space_rounds = 0;  // iterative solver: correction rounds kept from the pruned-space formulation
-  bool converged = true;            // iterative solver: reached `tolerance`
+  double condition_estimate = 0;     // cholesky_condition_estimate of the matrix factored (damped H), when one was
+  bool fp64_predicted = false;       // kFloat32Refined asked, but predict_fp64 sent the layer to fp64 directly
+  double damping = 0;                // absolute damping added to diag H
+  double mean_diag = 0;              // mean of diag H after dead inputs were fixed: the unit of relative damping
+  int64_t damping_retries = 0;       // fp64 factorizations that failed and were retried with more damping
+  int64_t dead_inputs = 0;           // inputs with H_jj == 0
+  double flops = 0;                  // estimated flops: factorizations, triangular solves, matrix products
+  double factor_flops = 0;           // the factorizations' share of `flops` (m³/3 per system, n³ for H⁻¹)
+  double inverse_seconds = 0;        // wall time of the layer-wide Cholesky and H⁻¹ (exact solver, last attempt)
+  int64_t chunks = 0;                // batches of gathered systems (exact solver)
+  int64_t rows_via_inverse = 0;      // rows solved as G_SS z = w_S (|S| <= |T|)
+  int64_t rows_via_kept = 0;         // rows solved as H_TT x = H_TS w_S (|S| > |T|)
+  int64_t refinement_steps = 0;      // largest number of corrections any chunk needed (exact); outer steps (CG)
+  int64_t fp64_fallback_rows = 0;    // kFloat32Refined: rows solved in fp64 after an fp32 attempt of the layer failed
+  int64_t iterations = 0;            // CG iterations (iterative solver): each is two products over the active rows
+  int64_t pruned_space_rounds = 0;   // iterative solver: correction rounds kept from the pruned-space formulation
+  bool converged = true;             // iterative solver: reached `tolerance`
+  bool abandoned = false;            // iterative solver: gave up at options.abandon_iterations; `weight` undefined
+  int64_t abandoned_iterations = 0;  // solve_rows_auto: iterations of a CG given up for the exact solver
 };
 
 // The exact solver. dense_weight [out, in] (floating point), pruned bool [out, in] (true where ŵ must be 0),
@@ -157,12 +163,22 @@ struct SolverCostPrediction {
   RowSolverKind choice = RowSolverKind::kExact;
   double exact_units = 0;      // batched Cholesky of every row's smaller system, at the rate measured for it
   double iterative_units = 0;  // kPredictedIterations iterations of two products, plus the layer's Cholesky of H
+  // The iterations at which the iterative solver would have cost exact_units: past them it is given up.
+  int64_t break_even_iterations = 0;
 };
 
 // The cheaper solver for this mask (pruned [out, in] bool, any device): the exact one costs Σ_r m_r³/3 with m_r =
 // min(|S_r|, |T_r|) at a fraction of the matrix-product rate, the iterative one a nearly fixed number of products
 // whatever m is, so the exact solver wins at small n or very uneven rows and the iterative one on wide layers.
 SolverCostPrediction predict_solver_cost(const at::Tensor& pruned);
+
+// --qp-solver auto on the rows given, with the prediction made for the whole layer: the exact solver where it is
+// predicted cheaper; else the iterative one, given up for the exact solver once it has spent, or projects to need,
+// predicted.break_even_iterations (then `abandoned_iterations` says how many it ran, `iterations` is 0 and the
+// result is the exact solver's).
+RowSolveResult solve_rows_auto(const at::Tensor& dense_weight, const at::Tensor& pruned, const at::Tensor& hessian,
+                               const at::Tensor& start, double tolerance, int64_t max_iterations,
+                               const RowSolveOptions& options, const SolverCostPrediction& predicted);
 
 // A cheap lower bound on cond(H) from its Cholesky factor L (lower, [n, n]): (max_i L_ii / min_i L_ii)². Infinite
 // when some L_ii is 0 or not finite.
