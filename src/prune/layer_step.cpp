@@ -102,35 +102,34 @@ LayerResult LayerPruner::prune(const at::Tensor& dense, const LayerStats& stats,
 RowSolveResult LayerPruner::reconstruct(const at::Tensor& dense, const at::Tensor& pruned, const at::Tensor& start,
                                         const at::Tensor& hessian, LayerReport& report) const {
   const ReconstructSettings& s = reconstruct_;
-  // auto: one choice for the whole layer (every process of a job sees the whole mask, so they agree).
-  bool iterative = s.solver == QpSolver::kIterative;
-  RowSolveOptions options = s.options;
+  // auto: one prediction for the whole layer (every process of a job sees the whole mask, so they agree); a CG
+  // that would cost more than the exact solver is given up for it (the number of iterations is the uncertain part:
+  // 62 on OPT-125M's q_proj and fc1, over 1000 on its out_proj), and so are the later layers of its input site.
+  SolverCostPrediction predicted;
+  predicted.choice = s.solver == QpSolver::kIterative ? RowSolverKind::kIterative : RowSolverKind::kExact;
   if (s.solver == QpSolver::kAuto) {
-    const SolverCostPrediction predicted = predict_solver_cost(pruned);
-    iterative = predicted.choice == RowSolverKind::kIterative;
+    predicted = predict_solver_cost(pruned);
     report.qp_predicted_exact_units = predicted.exact_units;
     report.qp_predicted_iterative_units = predicted.iterative_units;
-    // A layer whose CG would cost more than the exact solver is handed to it (the prediction of iterations is the
-    // uncertain half: 62 on OPT-125M's q_proj and fc1, over 1000 on its out_proj).
-    options.abandon_iterations = std::max<int64_t>(1, predicted.break_even_iterations);
+    if (cg_given_up_sites_.count(report.site) != 0) predicted.choice = RowSolverKind::kExact;
   }
   // A job of many processes solves each process's share of the rows and gathers them.
-  int64_t abandoned_iterations = 0;
   const RowSolver solve = [&](const at::Tensor& w_rows, const at::Tensor& pruned_rows, const at::Tensor& start_rows,
-                              const RowSolveOptions& o) {
-    if (iterative) {
-      RowSolveResult r =
-          solve_rows_iterative(w_rows, pruned_rows, hessian, start_rows, s.tolerance, s.max_iterations, o);
-      if (!r.abandoned) return r;
-      abandoned_iterations = r.iterations;
-    }
-    return solve_rows_exact(w_rows, pruned_rows, hessian, o);
+                              const RowSolveOptions& options) {
+    if (s.solver == QpSolver::kAuto)
+      return solve_rows_auto(w_rows, pruned_rows, hessian, start_rows, s.tolerance, s.max_iterations, options,
+                             predicted);
+    return predicted.choice == RowSolverKind::kIterative
+               ? solve_rows_iterative(w_rows, pruned_rows, hessian, start_rows, s.tolerance, s.max_iterations, options)
+               : solve_rows_exact(w_rows, pruned_rows, hessian, options);
   };
   const std::string& name = report.name;
   RowSolveResult r =
-      in_layer(name, [&] { return solve_rows_shared(dist_, solve, dense, pruned, start, options, name); });
-  report.qp_solver = iterative && abandoned_iterations == 0 ? "iterative" : "exact";
-  report.qp_abandoned_iterations = abandoned_iterations;
+      in_layer(name, [&] { return solve_rows_shared(dist_, solve, dense, pruned, start, s.options, name); });
+  report.qp_abandoned_iterations = r.abandoned_iterations;
+  if (r.abandoned_iterations > 0) cg_given_up_sites_.insert(report.site);
+  report.qp_solver =
+      predicted.choice == RowSolverKind::kIterative && r.abandoned_iterations == 0 ? "iterative" : "exact";
   if (!r.converged)
     spdlog::warn(
         "{}: conjugate gradients stopped after {} iterations at relative KKT residual {:.2e} "

@@ -42,6 +42,7 @@ constexpr double kReliableUpdateReduction = 1e-3;
 constexpr double kDriftRestart = 0.1;
 // The first iteration at which a CG run projects whether it will converge within options.abandon_iterations.
 constexpr int64_t kAbandonFirstCheck = 16;
+constexpr int64_t kAbandonCheckEvery = 4;
 // How often the pruned-space CG measures the kept-set residual its iterate leaves (an extra product each time).
 constexpr int64_t kMapCheckEvery = 4;
 // The batch is compacted to the rows still iterating once they are at most this fraction of it: gathering the
@@ -68,12 +69,14 @@ struct CgState {
 };
 
 // Whether CG should be given up: past its iteration limit, or projected past it by the live rows' fall since the
-// start (log-linear in the iterations, the slowest row counting), checked at 16, 32, 64, ... iterations of a run.
+// start (log-linear in the iterations, the slowest row counting), checked every kAbandonCheckEvery iterations from
+// kAbandonFirstCheck on. CG falls fastest in its first iterations, so early projections are optimistic: on
+// OPT-125M's out_proj (over 1000 iterations) the projection from 16 iterations said 64.
 bool should_abandon(const CgState& state, int64_t it, const at::Tensor& rnorm, const at::Tensor& rnorm_start,
                     const at::Tensor& target, const at::Tensor& active) {
   if (state.abandon_at <= 0) return false;
   if (state.iterations >= state.abandon_at) return true;
-  if (it < kAbandonFirstCheck || (it & (it - 1)) != 0) return false;
+  if (it < kAbandonFirstCheck || it % kAbandonCheckEvery != 0) return false;
   const at::Tensor fallen = at::log(rnorm.to(at::kDouble) / rnorm_start.to(at::kDouble));
   const at::Tensor needed = at::log(target.to(at::kDouble) / rnorm_start.to(at::kDouble));
   // Rows that have not fallen at all project to forever.

@@ -419,8 +419,10 @@ class Prune(unittest.TestCase):
             self.assertGreaterEqual(cg["qp_pruned_space_rounds"], 0, cg["name"])
             self.assertLessEqual(cg["kkt_residual"], 1e-9, cg["name"])
             self.assertEqual(cg["qp_solver"], "iterative", cg["name"])
+            self.assertEqual(cg["qp_abandoned_iterations"], 0, cg["name"])  # only auto gives a CG up
             # auto on these narrow layers predicts the exact solver cheaper, and records both predictions.
             self.assertEqual(exact["qp_solver"], "exact", exact["name"])
+            self.assertEqual(exact["qp_abandoned_iterations"], 0, exact["name"])
             self.assertLess(exact["qp_predicted_exact_units"], exact["qp_predicted_iterative_units"], exact["name"])
             # The exact solver solves the damped problem; the iterative one the undamped one where H is not singular.
             self.assertGreaterEqual(exact["kkt_residual_undamped"], 0, exact["name"])

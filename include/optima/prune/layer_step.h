@@ -5,6 +5,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <set>
 #include <string>
 
 #include "optima/dist/distributed.h"
@@ -52,6 +53,10 @@ class LayerPruner {
   std::unique_ptr<MaskSelector> selector_;
   ReconstructSettings reconstruct_;
   const Distributed& dist_;
+  // --qp-solver auto: the input sites (report.site) whose CG was given up for the exact solver; their later layers,
+  // which read Hessians of the same kind in the next blocks, go to the exact solver directly (the run prunes one
+  // layer at a time).
+  mutable std::set<std::string> cg_given_up_sites_;
 };
 
 // ||(W - V) X||² / ||W X||² from H ∝ XᵀX: tr(D H Dᵀ) / tr(W H Wᵀ), in fp64 (0 when W X = 0).
