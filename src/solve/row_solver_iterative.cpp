@@ -40,6 +40,11 @@ constexpr int64_t kPrunedSpaceExtraIterations = 50;
 constexpr double kReliableUpdateReduction = 1e-3;
 // ... and a row whose true residual differs from its recurrence by more than this fraction restarts (see pcg).
 constexpr double kDriftRestart = 0.1;
+// ... replaced at once when it has fallen this much (not waiting for a quarter of the rows to be due), and counted as
+// stalled when its true residual did not fall below this fraction of the last one's.
+constexpr double kReliableUpdateUrgent = 1e-5;
+constexpr double kStalledProgress = 0.5;
+constexpr double kGrowthDue = 10;
 // The first iteration at which a CG run projects whether it will converge within options.abandon_iterations.
 constexpr int64_t kAbandonFirstCheck = 16;
 constexpr int64_t kAbandonCheckEvery = 4;
@@ -257,11 +262,12 @@ struct Fp64System {
 // definite matrix and any per-row active set: the pruned-space formulation runs it on G with the pruned set). Starts
 // from e = 0 and stops when each row's residual norm is at most target[r] or the iteration budget runs out. Converged
 // rows leave the batch; their e is final.
-// With `fp64` (an fp32 CG), e is accumulated in fp64 and the recurrence residual, which drifts from the true one in
-// fp32, is replaced by the fp64 residual whenever the live rows' residuals have all fallen by kReliableUpdateReduction
-// since the last replacement, and before the CG stops; the search directions are kept (reliable updates, as in
-// mixed-precision lattice QCD solvers). Restarting CG from the fp64 residual instead, as refinement rounds do, threw
-// away the Krylov space each time: 159-163 iterations on OPT-125M's fc2 against 132 in fp64.
+// With `fp64` (an fp32 CG), e is accumulated in fp64 and each row's recurrence residual, which drifts from the true
+// one in fp32, is replaced by its fp64 residual once it has fallen by kReliableUpdateReduction since the last
+// replacement, and before the CG stops; the search directions are kept (reliable updates, as in mixed-precision
+// lattice QCD solvers). A row fp32 cannot carry stops the run (see replace_residuals). Restarting CG from the fp64
+// residual instead, as refinement rounds do, threw away the Krylov space each time: 159-163 iterations on OPT-125M's
+// fc2 against 132 in fp64.
 at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, const at::Tensor& kept,
                const at::Tensor& target, int64_t budget, CgState& state, const ResidualMap& map = {},
                const Fp64System* fp64 = nullptr) {
@@ -279,35 +285,79 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
   int64_t live = r.size(0);
   at::Tensor map_mask = map.mask;
   at::Tensor active;
-  at::Tensor rnorm_replaced = fp64 != nullptr ? at::linalg_vector_norm(r, 2, {1}) : at::Tensor();
+  at::Tensor rnorm_replaced =
+      fp64 != nullptr ? at::linalg_vector_norm(fp64->rhs, 2, {1}) : at::Tensor();  // the true norms, fp64
   at::Tensor rnorm_start = state.abandon_at > 0 ? at::linalg_vector_norm(r, 2, {1}) : at::Tensor();
-  // The fp64 residual of the live rows becomes r: x moves into e64, p stays.
-  const auto replace_residual = [&] {
-    e64.index_add_(0, rows, x.to(at::kDouble));
-    x.zero_();
-    const at::Tensor e_live = e64.index_select(0, rows);
-    const at::Tensor recurrence = r;
-    r = (fp64->rhs.index_select(0, rows) - at::matmul(e_live, fp64->h) * fp64->mask.index_select(0, rows))
-            .to(r.scalar_type());
+  // Rows whose last replacement found them diverged (reliable updates).
+  at::Tensor diverged = fp64 != nullptr ? at::zeros({live}, rows.options().dtype(at::kBool)) : at::Tensor();
+  // The fp64 residual of the live rows `due` (local indices) becomes their r: their x moves into e64, p stays.
+  // A row whose true residual did not at least halve since its last replacement is one fp32 cannot carry further
+  // (its recurrence fell a thousandfold meanwhile): its x is dropped if it made things worse, and the run stops, so
+  // that the caller measures the layer's progress and goes to fp64 if it is too slow. Returns whether to stop.
+  const auto replace_residuals = [&](const at::Tensor& due) -> bool {
+    const at::Tensor batch_rows = rows.index_select(0, due);
+    const at::Tensor old_e = e64.index_select(0, batch_rows);
+    const at::Tensor rhs_due = fp64->rhs.index_select(0, batch_rows);
+    const at::Tensor mask_due = fp64->mask.index_select(0, batch_rows);
+    const at::Tensor candidate = old_e + x.index_select(0, due).to(at::kDouble);
+    at::Tensor true_residual = rhs_due - at::matmul(candidate, fp64->h) * mask_due;
+    at::Tensor true_norm = at::linalg_vector_norm(true_residual, 2, {1});
+    const at::Tensor before = rnorm_replaced.index_select(0, due);
+    // A row whose CG diverged (its true residual grew: the search directions kept across replacements can lose
+    // conjugacy in fp32 on ill-conditioned rows, as on opt-small's q_proj) goes back to its last replaced point and
+    // restarts from there; one that diverges twice, or that did not at least halve its residual while its
+    // recurrence fell a thousandfold, is one fp32 cannot carry: the run stops and the caller measures the layer's
+    // progress (and goes to fp64 if it is too slow).
+    const at::Tensor worse = true_norm > before;
+    const at::Tensor diverged_again = worse & diverged.index_select(0, due);
+    const bool stop = diverged_again.any().item<bool>() ||
+                      (worse.logical_not() & (true_norm > kStalledProgress * before)).any().item<bool>();
+    const at::Tensor accepted_e = at::where(worse.unsqueeze(1), old_e, candidate);
+    if (worse.any().item<bool>()) {
+      true_residual = at::where(worse.unsqueeze(1), rhs_due - at::matmul(old_e, fp64->h) * mask_due, true_residual);
+      true_norm = at::where(worse, before, true_norm);
+      state.flops += 2.0 * fn * fn * static_cast<double>(due.size(0));
+    }
+    e64.index_copy_(0, batch_rows, accepted_e);
+    x.index_fill_(0, due, 0.0);
+    diverged.index_copy_(0, due, worse);
+    const at::Tensor recurrence = r.index_select(0, due);
+    const at::Tensor fresh = true_residual.to(r.scalar_type());
+    r.index_copy_(0, due, fresh);
+    rnorm_replaced.index_copy_(0, due, true_norm);
     z = prec.apply(r, m);
     rz = at::linalg_vecdot(r, z);
-    rnorm_replaced = at::linalg_vector_norm(r, 2, {1});
     // A row whose recurrence had drifted from its true residual (one that looked converged, whose recurrence went
-    // on falling in fp32 while the true residual did not) restarts from it: its search direction, scaled to the
-    // recurrence, would take a step orders of magnitude too long.
-    const at::Tensor drifted = at::linalg_vector_norm(r - recurrence, 2, {1}) > kDriftRestart * rnorm_replaced;
-    p = at::where(drifted.unsqueeze(1), z, p);
-    state.flops += 2.0 * fn * fn * static_cast<double>(live) + prec.flops(live, n);
+    // on falling in fp32 while the true residual did not), or that diverged, restarts from its true residual: its
+    // search direction would take a step orders of magnitude off.
+    at::Tensor restart = at::zeros({live}, rnorm_replaced.options().dtype(at::kBool));
+    restart.index_copy_(
+        0, due,
+        worse | (at::linalg_vector_norm(fresh - recurrence, 2, {1}).to(at::kDouble) > kDriftRestart * true_norm));
+    p = at::where(restart.unsqueeze(1), z, p);
+    state.flops += 2.0 * fn * fn * static_cast<double>(due.size(0)) + prec.flops(live, n);
+    return stop;
   };
   for (int64_t it = 0; it < budget; ++it) {
     if (fp64 != nullptr) {
       const at::Tensor rnorm = at::linalg_vector_norm(r, 2, {1});
       active = rnorm > t;
-      // Over the active rows only: the others may have no residual left at all (0 / 0).
-      const at::Tensor fallen = at::where(active, rnorm / rnorm_replaced, at::zeros_like(rnorm));
-      if (!active.any().item<bool>() || fallen.max().item<double>() < kReliableUpdateReduction) {
-        replace_residual();
-        active = rnorm_replaced > t;
+      // Rows whose recurrence fell kReliableUpdateReduction since their last replacement are due; they are replaced
+      // together once a quarter of the active rows are (or one has fallen far past it), and every live row before
+      // the run stops, since a row may look converged only by its drifted recurrence.
+      const int64_t active_count = active.sum().item<int64_t>();
+      at::Tensor fallen = rnorm / rnorm_replaced;
+      // A recurrence that grew tenfold past its last true residual is due at once: the row may be diverging (CG's
+      // residual norms are not monotone, so smaller rises are left alone).
+      const at::Tensor grown = active & (fallen > kGrowthDue);
+      const at::Tensor due_mask =
+          active_count == 0 ? at::ones_like(active) : (active & (fallen < kReliableUpdateReduction)) | grown;
+      const int64_t due_count = due_mask.sum().item<int64_t>();
+      const bool urgent = (active & ((fallen < kReliableUpdateUrgent) | grown)).any().item<bool>();
+      if (active_count == 0 || (due_count > 0 && (4 * due_count >= active_count || urgent))) {
+        const bool stop = replace_residuals(due_mask.nonzero().squeeze(1));
+        active = at::linalg_vector_norm(r, 2, {1}) > t;
+        if (stop) break;
       }
     } else if (!map.matrix.defined()) {
       active = at::linalg_vector_norm(r, 2, {1}) > t;
@@ -333,6 +383,7 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
       if (map_mask.defined()) map_mask = map_mask.index_select(0, keep);
       if (rnorm_replaced.defined()) rnorm_replaced = rnorm_replaced.index_select(0, keep);
       if (rnorm_start.defined()) rnorm_start = rnorm_start.index_select(0, keep);
+      if (diverged.defined()) diverged = diverged.index_select(0, keep);
       p = p.index_select(0, keep);
       rz = rz.index_select(0, keep);
       active = active.index_select(0, keep);
