@@ -24,6 +24,9 @@ using nlohmann::json;
 
 // ---- tokenizer.json ----
 
+// Token ids at or past this are refused (see read_vocab_object).
+constexpr int64_t kMaxTokenId = int64_t{1} << 24;
+
 std::string key_where(const fs::path& file, const std::string& key) {
   return fmt::format("{}: {}", file.string(), key);
 }
@@ -174,9 +177,14 @@ std::unordered_map<std::string, int32_t> read_vocab_object(const json& v, const 
   std::unordered_map<std::string, int32_t> vocab;
   vocab.reserve(v.size());
   for (const auto& [piece, id] : v.items()) {
-    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= (int64_t{1} << 31))
+    if (!id.is_number_integer() || id.get<int64_t>() < 0)
       fail_input(key_where(file, fmt::format("{}.{}", key, piece)), "bad token id", "a non-negative integer",
                  id.dump());
+    // The decoder keeps a table indexed by id, so an id far past any real vocabulary (which are dense, and hold at
+    // most about a million tokens) would allocate gigabytes.
+    if (id.get<int64_t>() >= kMaxTokenId)
+      fail_input(key_where(file, fmt::format("{}.{}", key, piece)), "implausibly large token id",
+                 fmt::format("below {}", kMaxTokenId), id.dump());
     vocab.emplace(piece, id.get<int32_t>());
   }
   if (vocab.empty()) fail_input(key_where(file, key), "empty vocabulary", "at least one token", "none");

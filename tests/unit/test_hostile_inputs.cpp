@@ -100,6 +100,16 @@ TEST(HostileInputs, ByteLevelAfterSplitWithDefaultPrefixSpaceIsRefused) {
                {"tokenizer.json: pre_tokenizer.pretokenizers[1].add_prefix_space", "false after a Split", "true"});
 }
 
+// A vocabulary id near 2^31 made the decoder's id-indexed table allocate 64 GiB (found by fuzz_bpe_tokenizer_json).
+TEST(HostileInputs, ImplausiblyLargeVocabularyIdIsAnInputError) {
+  TempDir dir;
+  nlohmann::json j = tiny_tokenizer_json();
+  j["model"]["vocab"]["b"] = 2147483000;
+  write_text(dir / "tokenizer.json", j.dump());
+  expect_error([&] { load_tokenizer(dir.path()); }, ErrorKind::kInput,
+               {"tokenizer.json: model.vocab.b", "implausibly large token id", "2147483000"});
+}
+
 // A TemplateProcessing id that is neither in the vocabulary nor an added token was emitted by encode(), beyond
 // vocab_size() and undecodable.
 TEST(HostileInputs, TemplateTokenIdMustBeDefined) {
