@@ -35,16 +35,16 @@ constexpr double kPrunedSpaceConditionMin = 1e5;
 constexpr double kPrunedSpaceConditionLimit = 1e9;
 // A pruned-space round stops after 2 n + this many iterations (see CorrectionSolver::correct).
 constexpr int64_t kPrunedSpaceExtraIterations = 50;
-// An fp32 kept-space CG replaces its recurrence residual by the fp64 one once every live row's has fallen this much
-// since the last replacement (reliable updates; see pcg).
+// Reliable updates of an fp32 kept-space CG (see pcg): a row's recurrence residual is replaced by its fp64 residual
+// once it has fallen kReliableUpdateReduction since the row's last replacement (rows due wait for a quarter of the
+// active ones, unless one has fallen kReliableUpdateUrgent or grown kGrowthDue-fold); a row whose true residual is
+// more than kDriftRestart off its recurrence restarts its search direction; one whose true residual did not fall
+// below kStalledProgress of the last one's is one fp32 cannot carry.
 constexpr double kReliableUpdateReduction = 1e-3;
-// ... and a row whose true residual differs from its recurrence by more than this fraction restarts (see pcg).
-constexpr double kDriftRestart = 0.1;
-// ... replaced at once when it has fallen this much (not waiting for a quarter of the rows to be due), and counted as
-// stalled when its true residual did not fall below this fraction of the last one's.
 constexpr double kReliableUpdateUrgent = 1e-5;
-constexpr double kStalledProgress = 0.5;
 constexpr double kGrowthDue = 10;
+constexpr double kDriftRestart = 0.1;
+constexpr double kStalledProgress = 0.5;
 // The first iteration at which a CG run projects whether it will converge within options.abandon_iterations.
 constexpr int64_t kAbandonFirstCheck = 16;
 constexpr int64_t kAbandonCheckEvery = 4;
@@ -267,7 +267,7 @@ struct Fp64System {
 // replacement, and before the CG stops; the search directions are kept (reliable updates, as in mixed-precision
 // lattice QCD solvers). A row fp32 cannot carry stops the run (see replace_residuals). Restarting CG from the fp64
 // residual instead, as refinement rounds do, threw away the Krylov space each time: 159-163 iterations on OPT-125M's
-// fc2 against 132 in fp64.
+// fc2 against 132 in fp64 (145-159 with reliable updates).
 at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, const at::Tensor& kept,
                const at::Tensor& target, int64_t budget, CgState& state, const ResidualMap& map = {},
                const Fp64System* fp64 = nullptr) {
@@ -290,10 +290,8 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
   at::Tensor rnorm_start = state.abandon_at > 0 ? at::linalg_vector_norm(r, 2, {1}) : at::Tensor();
   // Rows whose last replacement found them diverged (reliable updates).
   at::Tensor diverged = fp64 != nullptr ? at::zeros({live}, rows.options().dtype(at::kBool)) : at::Tensor();
-  // The fp64 residual of the live rows `due` (local indices) becomes their r: their x moves into e64, p stays.
-  // A row whose true residual did not at least halve since its last replacement is one fp32 cannot carry further
-  // (its recurrence fell a thousandfold meanwhile): its x is dropped if it made things worse, and the run stops, so
-  // that the caller measures the layer's progress and goes to fp64 if it is too slow. Returns whether to stop.
+  // The fp64 residual of the live rows `due` (local indices) becomes their r: their x moves into e64 and their
+  // search directions stay (unless they restart, below). Returns whether the run should stop.
   const auto replace_residuals = [&](const at::Tensor& due) -> bool {
     const at::Tensor batch_rows = rows.index_select(0, due);
     const at::Tensor old_e = e64.index_select(0, batch_rows);
