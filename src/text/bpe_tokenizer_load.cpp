@@ -27,6 +27,14 @@ using nlohmann::json;
 // Token ids at or past this are refused (see read_vocab_object).
 constexpr int64_t kMaxTokenId = int64_t{1} << 24;
 
+// j[key] when j is an object holding a string there, else `fallback`: a "type" or "behavior" of another JSON type
+// matches no supported value, and the caller's error shows what was found.
+std::string string_member(const json& j, const char* key, const std::string& fallback = std::string()) {
+  if (!j.is_object() || !j.contains(key)) return fallback;
+  const json& v = j[key];
+  return v.is_string() ? v.get<std::string>() : std::string();
+}
+
 std::string key_where(const fs::path& file, const std::string& key) {
   return fmt::format("{}: {}", file.string(), key);
 }
@@ -70,7 +78,7 @@ void read_pre_tokenizer(const json& pt, const fs::path& file, ByteLevelBpe& t) {
     } else {
       unsupported(file, key + ".pattern", "{\"Regex\": ...} or {\"String\": ...}", pattern);
     }
-    const std::string behavior = p.value("behavior", std::string("Isolated"));
+    const std::string behavior = string_member(p, "behavior", "Isolated");
     if (behavior != "Isolated") unsupported(file, key + ".behavior", "\"Isolated\"", p["behavior"]);
     if (get_bool(p, "invert", false, file, key + ".")) unsupported(file, key + ".invert", "false", p["invert"]);
     t.splits_.push_back(std::make_unique<Regex>(re, literal, key_where(file, key + ".pattern")));
@@ -88,7 +96,7 @@ void read_pre_tokenizer(const json& pt, const fs::path& file, ByteLevelBpe& t) {
     if (use_regex) t.splits_.push_back(std::make_unique<Regex>(kGpt2Pattern, false, key_where(file, key)));
     saw_byte_level = true;
   };
-  const std::string type = pt.is_object() ? pt.value("type", std::string()) : std::string();
+  const std::string type = string_member(pt, "type");
   if (type == "ByteLevel") {
     add_byte_level(pt, "pre_tokenizer", true);
   } else if (type == "Sequence") {
@@ -96,7 +104,7 @@ void read_pre_tokenizer(const json& pt, const fs::path& file, ByteLevelBpe& t) {
     if (!list.is_array()) unsupported(file, "pre_tokenizer.pretokenizers", "an array", list);
     for (size_t i = 0; i < list.size(); ++i) {
       const std::string key = fmt::format("pre_tokenizer.pretokenizers[{}]", i);
-      const std::string ptype = list[i].is_object() ? list[i].value("type", std::string()) : std::string();
+      const std::string ptype = string_member(list[i], "type");
       if (ptype == "Split") {
         add_split(list[i], key);
       } else if (ptype == "ByteLevel") {
@@ -124,7 +132,7 @@ void read_template(const json& tp, const fs::path& file, const std::string& key,
     const json& item = single[i];
     const std::string ikey = fmt::format("{}.single[{}]", key, i);
     if (item.contains("Sequence")) {
-      const std::string id = item["Sequence"].value("id", std::string());
+      const std::string id = string_member(item["Sequence"], "id");
       if (id != "A" || seen_sequence) unsupported(file, ikey + ".Sequence.id", "one \"A\"", item["Sequence"]);
       seen_sequence = true;
     } else if (item.contains("SpecialToken")) {
@@ -158,7 +166,7 @@ void read_template(const json& tp, const fs::path& file, const std::string& key,
 
 void read_post_processor(const json& pp, const fs::path& file, const std::string& key, ByteLevelBpe& t) {
   if (pp.is_null()) return;
-  const std::string type = pp.is_object() ? pp.value("type", std::string()) : std::string();
+  const std::string type = string_member(pp, "type");
   if (type == "ByteLevel") return;  // only adjusts offsets
   if (type == "TemplateProcessing") {
     read_template(pp, file, key, t);
@@ -220,11 +228,11 @@ std::optional<int64_t> config_token_id(const std::optional<std::string>& name, c
 bool is_byte_level_tokenizer_json(const json& j) {
   if (!j.is_object() || !j.contains("pre_tokenizer") || !j["pre_tokenizer"].is_object()) return false;
   const json& pt = j["pre_tokenizer"];
-  const std::string type = pt.value("type", std::string());
+  const std::string type = string_member(pt, "type");
   if (type == "ByteLevel") return true;
   if (type == "Sequence" && pt.contains("pretokenizers") && pt["pretokenizers"].is_array()) {
     for (const auto& p : pt["pretokenizers"]) {
-      if (p.is_object() && p.value("type", std::string()) == "ByteLevel") return true;
+      if (p.is_object() && string_member(p, "type") == "ByteLevel") return true;
     }
   }
   return false;
@@ -238,7 +246,7 @@ std::unique_ptr<Tokenizer> make_bpe_from_tokenizer_json(const fs::path& file, co
   if (!j.is_object()) fail_input(file.string(), "malformed tokenizer.json", "a JSON object", j.type_name());
   if (j.contains("normalizer") && !j["normalizer"].is_null())
     unsupported(file, "normalizer", "null (byte-level BPE without a normalizer)", j["normalizer"]);
-  if (j.contains("decoder") && !j["decoder"].is_null() && j["decoder"].value("type", std::string()) != "ByteLevel")
+  if (j.contains("decoder") && !j["decoder"].is_null() && string_member(j["decoder"], "type") != "ByteLevel")
     unsupported(file, "decoder", "ByteLevel", j["decoder"]);
 
   const json& model = require(j, "model", file, "");

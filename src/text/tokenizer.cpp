@@ -152,10 +152,12 @@ void apply_tokenizer_config(const json& j, const fs::path& config_path, Tokenize
       if (!v.is_object() || !v.contains("content") || !v["content"].is_string())
         fail_input(where, "bad added token", "an object with a string \"content\"", v.dump().substr(0, 80));
       t.content = v["content"].get<std::string>();
-      t.special = v.value("special", true);
-      t.lstrip = v.value("lstrip", false);
-      t.rstrip = v.value("rstrip", false);
-      if (v.value("single_word", false))
+      // optional_bool names the file and key of a flag that is not true, false or null.
+      const fs::path entry = fmt::format("{}: added_tokens_decoder.{}", config_path.string(), key);
+      t.special = optional_bool(v, "special", entry).value_or(true);
+      t.lstrip = optional_bool(v, "lstrip", entry).value_or(false);
+      t.rstrip = optional_bool(v, "rstrip", entry).value_or(false);
+      if (optional_bool(v, "single_word", entry).value_or(false))
         fail_input(where, "unsupported added-token option", "single_word false", "true");
       c.added_tokens.push_back(std::move(t));
     }

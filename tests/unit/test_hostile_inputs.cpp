@@ -110,6 +110,26 @@ TEST(HostileInputs, ImplausiblyLargeVocabularyIdIsAnInputError) {
                {"tokenizer.json: model.vocab.b", "implausibly large token id", "2147483000"});
 }
 
+// A "type" that is not a string, or an added token's flag that is not a boolean, threw nlohmann's type_error past the
+// loaders' input errors (found by fuzz_bpe_tokenizer_json).
+TEST(HostileInputs, TokenizerFieldsOfTheWrongJsonTypeAreInputErrors) {
+  TempDir dir;
+  nlohmann::json j = tiny_tokenizer_json();
+  j["decoder"] = {{"type", 5}};
+  write_text(dir / "tokenizer.json", j.dump());
+  expect_error([&] { load_tokenizer(dir.path()); }, ErrorKind::kInput,
+               {"tokenizer.json: decoder", "unsupported tokenizer feature"});
+  j.erase("decoder");
+  j["pre_tokenizer"] = {{"type", nlohmann::json::array()}};
+  write_text(dir / "tokenizer.json", j.dump());
+  expect_error([&] { load_tokenizer(dir.path()); }, ErrorKind::kInput, {"tokenizer.json: pre_tokenizer"});
+  j = tiny_tokenizer_json();
+  write_text(dir / "tokenizer.json", j.dump());
+  write_text(dir / "tokenizer_config.json", R"({"added_tokens_decoder": {"4": {"content": "<s>", "special": "yes"}}})");
+  expect_error([&] { load_tokenizer(dir.path()); }, ErrorKind::kInput,
+               {"tokenizer_config.json: added_tokens_decoder.4: special", "true or false"});
+}
+
 // A TemplateProcessing id that is neither in the vocabulary nor an added token was emitted by encode(), beyond
 // vocab_size() and undecodable.
 TEST(HostileInputs, TemplateTokenIdMustBeDefined) {
