@@ -77,11 +77,13 @@ struct CgState {
 // start (log-linear in the iterations, the slowest row counting), checked every kAbandonCheckEvery iterations from
 // kAbandonFirstCheck on. CG falls fastest in its first iterations, so early projections are optimistic: on
 // OPT-125M's out_proj (over 1000 iterations) the projection from 16 iterations said 64.
-bool should_abandon(const CgState& state, int64_t it, const at::Tensor& rnorm, const at::Tensor& rnorm_start,
+bool should_abandon(const CgState& state, int64_t it, const at::Tensor& r, const at::Tensor& rnorm_start,
                     const at::Tensor& target, const at::Tensor& active) {
   if (state.abandon_at <= 0) return false;
   if (state.iterations >= state.abandon_at) return true;
   if (it < kAbandonFirstCheck || it % kAbandonCheckEvery != 0) return false;
+  // Only now the norms: on the other iterations this check costs nothing.
+  const at::Tensor rnorm = at::linalg_vector_norm(r, 2, {1});
   const at::Tensor fallen = at::log(rnorm.to(at::kDouble) / rnorm_start.to(at::kDouble));
   const at::Tensor needed = at::log(target.to(at::kDouble) / rnorm_start.to(at::kDouble));
   // Rows that have not fallen at all project to forever.
@@ -365,7 +367,7 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
     }
     const int64_t count = active.sum().item<int64_t>();
     if (count == 0) break;
-    if (rnorm_start.defined() && should_abandon(state, it, at::linalg_vector_norm(r, 2, {1}), rnorm_start, t, active)) {
+    if (rnorm_start.defined() && should_abandon(state, it, r, rnorm_start, t, active)) {
       state.abandoned = true;
       break;
     }
