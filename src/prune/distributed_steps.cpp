@@ -30,8 +30,9 @@ RowSolveResult solve_rows_shared(const Distributed& dist, const RowSolver& solve
   RowSolveResult r = solve_share(options);
   const int64_t own_retries = r.damping_retries;
 
-  const double damping = dist.all_reduce({r.damping}, ReduceOp::kMax, fmt::format("{}: damping", what))[0];
-  if (last > first && damping > r.damping * (1 + 1e-12) && r.mean_diag > 0) {
+  // Every process factors with the largest damping any needed, so that an answer does not depend on the row share.
+  const double damping = dist.all_reduce({r.factor_damping}, ReduceOp::kMax, fmt::format("{}: damping", what))[0];
+  if (last > first && damping > r.factor_damping * (1 + 1e-12) && r.mean_diag > 0) {
     RowSolveOptions again = options;
     again.damp = damping / r.mean_diag;
     const RowSolveResult before = r;
@@ -40,16 +41,18 @@ RowSolveResult solve_rows_shared(const Distributed& dist, const RowSolver& solve
     r.refinement_steps = std::max(r.refinement_steps, before.refinement_steps);
   }
 
-  const std::vector<double> most = dist.all_reduce(
-      {r.kkt_residual, static_cast<double>(r.iterations), static_cast<double>(r.refinement_steps),
-       static_cast<double>(own_retries), static_cast<double>(r.dead_inputs), r.inverse_seconds, r.damping,
-       r.converged ? 0.0 : 1.0, r.mean_diag, r.kkt_residual_undamped, r.fp64_predicted ? 1.0 : 0.0,
-       r.condition_estimate, static_cast<double>(r.pruned_space_rounds), static_cast<double>(r.abandoned_iterations)},
-      ReduceOp::kMax, fmt::format("{}: solver figures", what));
-  const std::vector<double> sums = dist.all_reduce(
-      {static_cast<double>(r.fp64_fallback_rows), static_cast<double>(r.chunks),
-       static_cast<double>(r.rows_via_inverse), static_cast<double>(r.rows_via_kept), r.flops, r.factor_flops},
-      ReduceOp::kSum, fmt::format("{}: solver counters", what));
+  const std::vector<double> most =
+      dist.all_reduce({r.kkt_residual, static_cast<double>(r.iterations), static_cast<double>(r.refinement_steps),
+                       static_cast<double>(own_retries), static_cast<double>(r.dead_inputs), r.inverse_seconds,
+                       r.damping, r.converged ? 0.0 : 1.0, r.mean_diag, r.kkt_residual_undamped,
+                       r.fp64_predicted ? 1.0 : 0.0, r.condition_estimate, static_cast<double>(r.pruned_space_rounds),
+                       static_cast<double>(r.abandoned_iterations), r.factor_damping},
+                      ReduceOp::kMax, fmt::format("{}: solver figures", what));
+  const std::vector<double> sums =
+      dist.all_reduce({static_cast<double>(r.fp64_fallback_rows), static_cast<double>(r.chunks),
+                       static_cast<double>(r.rows_via_inverse), static_cast<double>(r.rows_via_kept), r.flops,
+                       r.factor_flops, static_cast<double>(r.damped_rows)},
+                      ReduceOp::kSum, fmt::format("{}: solver counters", what));
   RowSolveResult all;
   all.weight = dist.all_gather_shares(r.weight, rows, fmt::format("{}: reconstructed rows", what));
   all.kkt_residual = most[0];
@@ -66,6 +69,7 @@ RowSolveResult solve_rows_shared(const Distributed& dist, const RowSolver& solve
   all.condition_estimate = most[11];
   all.pruned_space_rounds = static_cast<int64_t>(most[12]);
   all.abandoned_iterations = static_cast<int64_t>(most[13]);  // a process that gave its CG up: its rows went exact
+  all.factor_damping = most[14];
   all.fp64_fallback_rows = static_cast<int64_t>(sums[0]);
   all.chunks = static_cast<int64_t>(sums[1]);
   all.rows_via_inverse = static_cast<int64_t>(sums[2]);

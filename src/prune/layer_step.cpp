@@ -19,6 +19,7 @@ ReconstructSettings ReconstructSettings::from_plan(const PrunePlan& plan) {
   s.tolerance = plan.qp_tol;
   s.max_iterations = plan.qp_max_iter;
   s.options.damp = plan.qp_damp;
+  s.options.undamped_tolerance = plan.qp_tol;
   s.options.precision = plan.qp_precision;
   s.options.memory_budget_bytes = static_cast<int64_t>(parse_byte_size(plan.qp_memory));
   return s;

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <functional>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -33,6 +34,9 @@ constexpr int64_t kMinPad = 4;
 // row; fc2, with a larger estimate, does not), and a failed probe costs 1% of a layer where a failed chunk cost up
 // to all of it once more.
 constexpr size_t kProbeRows = 8;
+// Polishing to the undamped optimum stops once its (fp64) recurrence residual is this fraction of the tolerance, so
+// that the true residual checked after it is below the tolerance too.
+constexpr double kPolishRecurrenceMargin = 0.25;
 
 // Everything one attempt (one damping value) needs about the layer.
 struct Layer {
@@ -42,7 +46,8 @@ struct Layer {
   at::Tensor g;         // fp64 H⁻¹, when some row uses it
   at::Tensor h32, g32;  // fp32 copies for the fp32 gathers
   int64_t n = 0;
-  double damping = 0;  // absolute damping in h: the undamped residual subtracts it again
+  double damping = 0;   // absolute damping in h: the undamped residual subtracts it again
+  bool polish = false;  // H as stated is definite: rows are polished to its optimum (polish_to_undamped)
 };
 
 // One group of rows solved with one batched factorization.
@@ -54,11 +59,64 @@ struct Chunk {
 };
 
 struct ChunkOutcome {
-  bool factored = true;  // false: an fp64 factorization failed (damping must rise)
-  double kkt = 0;
-  double kkt_undamped = 0;  // the same against the undamped H
+  bool factored = true;     // false: an fp64 factorization failed (damping must rise)
+  double refined = 0;       // the damped refinement's residual: what decides whether fp32 held the chunk
+  double kkt = 0;           // against the problem each row's answer solves (undamped where polished)
+  double kkt_undamped = 0;  // against the undamped H
   int64_t steps = 0;
+  int64_t damped_rows = 0;  // rows whose answer stays the damped optimum (polishing did not reach the tolerance)
 };
+
+// Where the damped optimum is polished to the undamped one (see polish_to_undamped).
+struct Polished {
+  at::Tensor delta;     // [b, n]: the polished δ for rows that reached the tolerance, the damped one elsewhere
+  at::Tensor reached;   // bool [b]
+  at::Tensor residual;  // [b]: the undamped relative residual of `delta`
+};
+
+// M⁻¹ρ for residuals ρ [b, n] supported on each row's kept set, with M the chunk's damped H_TT (its factors).
+using InverseApply = std::function<at::Tensor(const at::Tensor&)>;
+
+// The damped optimum δ₀ (from the chunk's factors of H_TT + dI) is not the problem's own: its undamped KKT residual is
+// about d·||δ_T|| / ||(H₀ w)_T|| (1e-7 to 1e-5 at the default damping). Conjugate gradients on H₀_TT e = −(H₀ δ₀)_T
+// with the damped factors as preconditioner reach the undamped optimum in a few steps where H₀_TT is definite: the
+// preconditioned spectrum λ / (λ + d) clusters at 1 except for the few eigenvalues near or below d. Rows whose
+// undamped residual does not reach `tolerance` in `max_steps` (H₀_TT singular, or nearly so) keep δ₀: the damping
+// stays only where H needs it. Products in fp64 with the damped H (h) less d·v.
+Polished polish_to_undamped(const at::Tensor& h, double damping, const at::Tensor& kept_d, const at::Tensor& delta0,
+                            const at::Tensor& damped_rho0, const at::Tensor& scale, double tolerance, int max_steps,
+                            const InverseApply& inverse_apply, double product_flops, RowSolveResult& result) {
+  const auto undamped_product = [&](const at::Tensor& v) {  // (H₀ v)_T
+    result.flops += product_flops;
+    return at::matmul(v, h).sub_(v, damping).mul_(kept_d);
+  };
+  const auto worst = [&](const at::Tensor& rho) { return solve_detail::relative_residual(rho, scale); };
+  at::Tensor res = damping * delta0 * kept_d - damped_rho0;  // −(H₀ δ₀)_T: the correction's right-hand side
+  at::Tensor e = at::zeros_like(delta0);
+  at::Tensor p = inverse_apply(res);
+  at::Tensor rz = at::linalg_vecdot(res, p);
+  for (int step = 0; step < max_steps; ++step) {
+    const at::Tensor q = undamped_product(p);
+    const at::Tensor pq = at::linalg_vecdot(p, q);
+    const at::Tensor alpha = at::where(pq > 0, rz / pq, at::zeros_like(pq)).unsqueeze(1);
+    e.addcmul_(p, alpha);
+    res.addcmul_(q, alpha, -1.0);
+    // The recurrence is fp64 throughout; a quarter of the tolerance leaves room for its drift from the true residual.
+    if (!(worst(res).max().item<double>() > kPolishRecurrenceMargin * tolerance)) break;
+    const at::Tensor z = inverse_apply(res);
+    const at::Tensor rz_next = at::linalg_vecdot(res, z);
+    const at::Tensor beta = at::where(rz > 0, rz_next / rz, at::zeros_like(rz)).unsqueeze(1);
+    p = z.addcmul_(p, beta);
+    rz = rz_next;
+  }
+  const at::Tensor candidate = delta0 + e;
+  const at::Tensor residual = worst(undamped_product(candidate));
+  Polished out;
+  out.reached = residual <= tolerance;
+  out.delta = at::where(out.reached.unsqueeze(1), candidate, delta0);
+  out.residual = at::where(out.reached, residual, worst(damped_rho0 - damping * delta0 * kept_d));
+  return out;
+}
 
 at::Tensor index_tensor(const std::vector<int64_t>& v, const at::Device& device) {
   return at::tensor(v, at::TensorOptions().dtype(at::kLong)).to(device);
@@ -130,6 +188,22 @@ ChunkOutcome solve_chunk(const Layer& layer, const Chunk& chunk, bool fp32, cons
   // Refinement against the fp64 residual ρ_T = (H δ)_T. Its correction c (c_S = 0, H_TT c_T = −ρ_T) comes from
   // the chunk's factors: through H directly; through G from H_TT⁻¹ = G_TT − G_TS G_SS⁻¹ G_ST, that is
   // y = G ρ_T, c_T = (G[:, S] G_SS⁻¹ y_S − y)_T.
+  const InverseApply inverse_apply = [&](const at::Tensor& rho) {
+    result.flops += solve_flops;
+    if (chunk.through_g) {
+      const at::Tensor y = at::matmul(rho, layer.g);
+      at::Tensor ys = y.gather(1, idx);
+      if (padded) ys.masked_fill_(invalid, 0.0);
+      at::Tensor z = at::zeros({b, n}, w.options());
+      z.scatter_add_(1, idx, factor.solve(ys).to(at::kDouble));
+      result.flops += 2 * product_flops;
+      return (y - at::matmul(z, layer.g)) * kept_d;
+    }
+    at::Tensor rt = rho.gather(1, idx);
+    if (padded) rt.masked_fill_(invalid, 0.0);
+    // Padded unknowns solve to 0, so adding them to column 0 changes nothing.
+    return at::zeros({b, n}, w.options()).scatter_add_(1, idx, factor.solve(rt).to(at::kDouble));
+  };
   const at::Tensor hw_t = at::matmul(w, layer.h) * kept_d;
   const at::Tensor hw_t_norm = at::linalg_vector_norm(hw_t, 2, {1});
   result.flops += product_flops;
@@ -154,34 +228,33 @@ ChunkOutcome solve_chunk(const Layer& layer, const Chunk& chunk, bool fp32, cons
     if (fp32 && step > 0 &&
         std::log(options.refinement_tolerance / worst) / std::log(rate) > options.max_refinement_steps - step)
       break;
-    if (chunk.through_g) {
-      const at::Tensor y = at::matmul(rho, layer.g);
-      at::Tensor ys = y.gather(1, idx);
-      if (padded) ys.masked_fill_(invalid, 0.0);
-      at::Tensor z = at::zeros({b, n}, w.options());
-      z.scatter_add_(1, idx, factor.solve(ys).to(at::kDouble));
-      delta = delta + (at::matmul(z, layer.g) - y) * kept_d;
-      result.flops += 2 * product_flops;
-    } else {
-      at::Tensor rt = rho.gather(1, idx);
-      if (padded) rt.masked_fill_(invalid, 0.0);
-      delta = delta.scatter_add(1, idx, -factor.solve(rt).to(at::kDouble));
-    }
-    result.flops += solve_flops;
+    delta = delta - inverse_apply(rho);
   }
-  outcome.kkt = best;
-  // Against the undamped H₀ = H − damping·I: (H₀ δ)_T = ρ_T − damping·δ_T, (H₀ w)_T = (H w)_T − damping·w_T.
-  outcome.kkt_undamped = layer.damping == 0 ? best
-                                            : solve_detail::relative_residual(
-                                                  best_rho - layer.damping * delta * kept_d,
-                                                  at::linalg_vector_norm(hw_t - layer.damping * w * kept_d, 2, {1}))
-                                                  .max()
-                                                  .item<double>();
+  outcome.refined = best;
   // Non-finite numbers after a factorization that succeeded mean it was too close to singular: damp more.
   if (!std::isfinite(best)) {
     outcome.factored = false;
     return outcome;
   }
+  // Against the undamped H₀ = H − damping·I: (H₀ δ)_T = ρ_T − damping·δ_T, (H₀ w)_T = (H w)_T − damping·w_T.
+  const at::Tensor hw0_t_norm =
+      layer.damping == 0 ? hw_t_norm : at::linalg_vector_norm(hw_t - layer.damping * w * kept_d, 2, {1});
+  const at::Tensor damped_residual = solve_detail::relative_residual(best_rho, hw_t_norm);
+  at::Tensor solved_residual = damped_residual;  // of the problem each row's answer solves
+  at::Tensor undamped_residual = solve_detail::relative_residual(best_rho - layer.damping * delta * kept_d, hw0_t_norm);
+  if (layer.damping > 0 && layer.polish && !(fp32 && best > options.refinement_tolerance)) {
+    const Polished polished =
+        polish_to_undamped(layer.h, layer.damping, kept_d, delta, best_rho, hw0_t_norm, options.undamped_tolerance,
+                           options.max_refinement_steps, inverse_apply, product_flops, result);
+    delta = polished.delta;
+    undamped_residual = polished.residual;
+    solved_residual = at::where(polished.reached, polished.residual, damped_residual);
+    outcome.damped_rows = polished.reached.logical_not().sum().item<int64_t>();
+  } else if (layer.damping > 0) {
+    outcome.damped_rows = b;
+  }
+  outcome.kkt = solved_residual.max().item<double>();
+  outcome.kkt_undamped = undamped_residual.max().item<double>();
   out.index_copy_(0, rows, (w + delta).masked_fill_(pruned, 0.0).to(out.scalar_type()));
   return outcome;
 }
@@ -253,6 +326,10 @@ RowSolveResult solve_rows_exact(const at::Tensor& dense_weight, const at::Tensor
   result.dead_inputs = prepared.dead_inputs;
   result.mean_diag = prepared.mean_diag;
   double damping = options.damp * prepared.mean_diag;
+  // The damping stays in the answer only where H is singular, the iterative solver's rule (kSingularCondition);
+  // elsewhere it only makes the factorizations safe, and the rows are polished to H's own optimum.
+  const bool polish = options.undamped_tolerance > 0 && (damping > 0 || options.max_damping_retries > 0) &&
+                      solve_detail::spd_condition_estimate(prepared.h) <= kSingularCondition;
   for (int attempt = 0;; ++attempt) {
     result.damping = damping;
     Layer layer;
@@ -262,10 +339,11 @@ RowSolveResult solve_rows_exact(const at::Tensor& dense_weight, const at::Tensor
     layer.h = prepared.h.clone();
     layer.h.diagonal().add_(damping);
     layer.damping = damping;
+    layer.polish = polish;
     // Rows with nothing pruned keep w; rows with everything pruned are 0; the others are overwritten below.
     at::Tensor out = dense_weight.masked_fill(pruned, 0);
     double kkt = 0, kkt_undamped = 0;
-    int64_t steps = 0, fallback_rows = 0;
+    int64_t steps = 0, fallback_rows = 0, damped_rows = 0;
     bool factored = true;
     const double fn = static_cast<double>(n);
     if (any_through_g) {
@@ -298,7 +376,7 @@ RowSolveResult solve_rows_exact(const at::Tensor& dense_weight, const at::Tensor
       probe.m = *std::max_element(probe.sizes.begin(), probe.sizes.end());
       // Its rows are solved again with their chunk (in fp32 or fp64), so `out` ends up the same either way.
       const ChunkOutcome o = solve_chunk(layer, probe, true, options, workspace32, out, result);
-      if (o.factored && !(o.kkt <= options.refinement_tolerance)) {
+      if (o.factored && !(o.refined <= options.refinement_tolerance)) {
         fp64_from_now = true;
         result.fp64_predicted = true;
         fallback_rows += static_cast<int64_t>(kProbeRows);
@@ -309,7 +387,7 @@ RowSolveResult solve_rows_exact(const at::Tensor& dense_weight, const at::Tensor
       ChunkOutcome o;
       if (fp32 && !fp64_from_now) {
         o = solve_chunk(layer, chunks[c], true, options, workspace32, out, result);
-        if (!o.factored || !(o.kkt <= options.refinement_tolerance)) {
+        if (!o.factored || !(o.refined <= options.refinement_tolerance)) {
           // fp32 could not hold this chunk's conditioning: the same systems in fp64, so the answer does not change.
           fp64_from_now = true;
           fallback_rows += rows;
@@ -324,6 +402,7 @@ RowSolveResult solve_rows_exact(const at::Tensor& dense_weight, const at::Tensor
       kkt = std::max(kkt, o.kkt);
       kkt_undamped = std::max(kkt_undamped, o.kkt_undamped);
       steps = std::max(steps, o.steps);
+      damped_rows += o.damped_rows;
     }
     if (factored) {
       result.weight = out;
@@ -331,6 +410,10 @@ RowSolveResult solve_rows_exact(const at::Tensor& dense_weight, const at::Tensor
       result.kkt_residual_undamped = kkt_undamped;
       result.refinement_steps = steps;
       result.fp64_fallback_rows = fallback_rows;
+      result.damped_rows = damped_rows;
+      // The damping the answer carries: none once every row was polished to the undamped optimum.
+      result.factor_damping = damping;
+      result.damping = damped_rows == 0 ? 0.0 : damping;
       return result;
     }
     damping =

@@ -516,6 +516,7 @@ RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Te
   const double n = static_cast<double>(dense_weight.size(1));
   const System system = prepare_system(prepared, options);
   result.damping = system.damping;
+  result.factor_damping = system.damping;
   result.damping_retries = system.retries;
   result.condition_estimate = system.condition;
   result.factor_flops = n * n * n / 3;

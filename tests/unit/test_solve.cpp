@@ -129,11 +129,16 @@ at::Tensor objective(const at::Tensor& what, const at::Tensor& w, const at::Tens
   return (at::matmul(d, h) * d).sum(1);
 }
 
-// Solves with `options`, checks against the reference on the same damped H, and returns the result.
+// The relative damping of the problem a result says its answer solves (0 where it was polished to H's own optimum).
+double solved_damp(const RowSolveResult& r) {
+  return r.mean_diag > 0 ? r.damping / r.mean_diag : 0.0;
+}
+
+// Solves with `options`, checks against the reference on the H the result says it solved, and returns the result.
 RowSolveResult expect_matches_reference(const at::Tensor& w, const at::Tensor& pruned, const at::Tensor& hessian,
                                         const RowSolveOptions& options, double tolerance, double kkt_tolerance) {
   const RowSolveResult result = solve_rows_exact(w, pruned, hessian, options);
-  const at::Tensor ref = reference(w, pruned, damped(hessian, options.damp));
+  const at::Tensor ref = reference(w, pruned, damped(hessian, solved_damp(result)));
   EXPECT_EQ(result.weight.scalar_type(), w.scalar_type());
   EXPECT_EQ(result.weight.sizes(), w.sizes());
   EXPECT_TRUE(result.weight.masked_select(pruned).eq(0).all().item<bool>()) << "pruned entries must be exactly 0";
@@ -209,6 +214,7 @@ TEST_P(SolveMaskTest, MatchesReferenceInBothPrecisions) {
   const at::Tensor mask = c.kind == 0 ? matrix_threshold_mask(w, c.sparsity) : n_m_mask(w, c.n_zero, c.m);
   RowSolveOptions options;
   options.damp = 1e-4;
+  options.undamped_tolerance = 1e-12;  // polished to round-off, like the damped solve, for the bounds below
   for (SolvePrecision precision : {SolvePrecision::kFloat64, SolvePrecision::kFloat32Refined}) {
     options.precision = precision;
     const bool fp64 = precision == SolvePrecision::kFloat64;
@@ -252,17 +258,22 @@ TEST_F(SolveTest, ChunkingGivesTheSameAnswer) {
   const at::Tensor w = at::randn({out, n}, kF64);
   const at::Tensor mask = variable_mask(out, n);
   for (SolvePrecision precision : {SolvePrecision::kFloat64, SolvePrecision::kFloat32Refined}) {
-    RowSolveOptions options;
-    options.precision = precision;
-    const RowSolveResult whole = solve_rows_exact(w, mask, h, options);
-    options.memory_budget_bytes = 1;  // one row per chunk
-    const RowSolveResult tiny = solve_rows_exact(w, mask, h, options);
-    const int64_t to_solve = at::logical_and(mask.any(1), mask.logical_not().any(1)).sum().item<int64_t>();
-    EXPECT_EQ(tiny.chunks, to_solve) << "every row with something to solve in its own chunk";
-    EXPECT_LT(whole.chunks, tiny.chunks);
-    // fp64: the same arithmetic per row. fp32: each chunk stops refining at its own point below the tolerance.
-    EXPECT_LE(rel_diff(tiny.weight, whole.weight), precision == SolvePrecision::kFloat64 ? 1e-12 : 1e-8);
-    EXPECT_LE(tiny.kkt_residual, 1e-8);
+    for (const bool polish : {false, true}) {
+      RowSolveOptions options;
+      options.precision = precision;
+      if (!polish) options.undamped_tolerance = 0;
+      const RowSolveResult whole = solve_rows_exact(w, mask, h, options);
+      options.memory_budget_bytes = 1;  // one row per chunk
+      const RowSolveResult tiny = solve_rows_exact(w, mask, h, options);
+      const int64_t to_solve = at::logical_and(mask.any(1), mask.logical_not().any(1)).sum().item<int64_t>();
+      EXPECT_EQ(tiny.chunks, to_solve) << "every row with something to solve in its own chunk";
+      EXPECT_LT(whole.chunks, tiny.chunks);
+      // fp64 damped: the same arithmetic per row. fp32, or polished: each chunk stops refining (polishing) at its
+      // own point below the tolerance.
+      const bool same_arithmetic = precision == SolvePrecision::kFloat64 && !polish;
+      EXPECT_LE(rel_diff(tiny.weight, whole.weight), same_arithmetic ? 1e-12 : 1e-8) << "polish " << polish;
+      EXPECT_LE(tiny.kkt_residual, 1e-8);
+    }
   }
 }
 
@@ -286,7 +297,7 @@ TEST_F(SolveTest, PaddingDoesNotChangeTheAnswer) {
   EXPECT_EQ(alone.chunks, out);
   EXPECT_EQ(alone.refinement_steps, 0);
   EXPECT_LE(rel_diff(together.weight, alone.weight), 1e-12);
-  EXPECT_LE(rel_diff(together.weight, reference(w, mask, damped(h, options.damp))), 1e-9);
+  EXPECT_LE(rel_diff(together.weight, reference(w, mask, damped(h, solved_damp(together)))), 1e-9);
 }
 
 TEST_F(SolveTest, SolutionMinimisesTheObjective) {
@@ -385,7 +396,7 @@ TEST_F(SolveTest, KeepsTheWeightDtype) {
     const RowSolveResult r = solve_rows_exact(w.to(type), mask, h);
     EXPECT_EQ(r.weight.scalar_type(), type);
     EXPECT_TRUE(r.weight.masked_select(mask).eq(0).all().item<bool>());
-    const at::Tensor ref = reference(w.to(type), mask, damped(h, kDefaultRowSolveDamp));
+    const at::Tensor ref = reference(w.to(type), mask, damped(h, solved_damp(r)));
     EXPECT_LE(rel_diff(r.weight, ref), type == at::kFloat ? 1e-6 : 1e-2);
   }
 }
@@ -558,6 +569,7 @@ TEST_F(SolveTest, ExactSolverReportsTheUndampedResidual) {
   const at::Tensor mask = variable_mask(out, n);
   RowSolveOptions options;
   options.damp = 1e-3;
+  options.undamped_tolerance = 0;  // the damped optimum, not polished
   const RowSolveResult r = solve_rows_exact(w, mask, h, options);
   const at::Tensor kept = mask.logical_not();
   const at::Tensor rho = at::matmul(r.weight - w, h) * kept;
@@ -568,6 +580,48 @@ TEST_F(SolveTest, ExactSolverReportsTheUndampedResidual) {
   options.damp = 0;
   const RowSolveResult undamped = solve_rows_exact(w, mask, h, options);
   EXPECT_EQ(undamped.kkt_residual_undamped, undamped.kkt_residual);
+}
+
+// Where H as stated is definite, the exact solver's damping only makes its factorizations safe: each row is polished
+// to H's own optimum (the fp64 closed form on the undamped H), in both precisions, on an LLM-like H (outlier inputs,
+// correlated, full rank) at a damping large enough (1e-3) to move the damped optimum visibly. Where H is singular
+// (fewer tokens than inputs) the damped optimum stays, and so does the damping in the report.
+TEST_F(SolveTest, ExactSolverPolishesToTheUndampedOptimumWhereHIsDefinite) {
+  const int64_t out = 24, n = 64;
+  const at::Tensor w = at::randn({out, n}, kF64);
+  const at::Tensor mask = variable_mask(out, n);
+  const int64_t to_solve = at::logical_and(mask.any(1), mask.logical_not().any(1)).sum().item<int64_t>();
+  const at::Tensor full_rank = gram_hessian(n, 4 * n);
+  const at::Tensor exact = reference(w, mask, full_rank);
+  RowSolveOptions options;
+  options.damp = 1e-3;
+  options.undamped_tolerance = 1e-10;
+  for (SolvePrecision precision : {SolvePrecision::kFloat64, SolvePrecision::kFloat32Refined}) {
+    options.precision = precision;
+    const RowSolveResult r = solve_rows_exact(w, mask, full_rank, options);
+    SCOPED_TRACE(precision == SolvePrecision::kFloat64 ? "fp64" : "fp32");
+    EXPECT_EQ(r.damped_rows, 0);
+    EXPECT_EQ(r.damping, 0) << "the answer carries no damping";
+    EXPECT_GT(r.factor_damping, 0) << "the factorizations were damped";
+    EXPECT_LE(r.kkt_residual_undamped, 1e-10);
+    EXPECT_EQ(r.kkt_residual, r.kkt_residual_undamped);
+    // The error in the H-norm is bounded by the residual; the weights agree to about cond · 1e-10 of the update.
+    EXPECT_LE(rel_diff(r.weight, exact), 1e-6);
+    EXPECT_TRUE(r.weight.masked_select(mask).eq(0).all().item<bool>());
+  }
+  // Not polished: the damped optimum, 1e-3 away from the undamped one by far more than the tolerance above.
+  options.precision = SolvePrecision::kFloat64;
+  options.undamped_tolerance = 0;
+  const RowSolveResult damped_answer = solve_rows_exact(w, mask, full_rank, options);
+  EXPECT_GT(rel_diff(damped_answer.weight, exact), 1e-4);
+  EXPECT_EQ(damped_answer.damped_rows, to_solve);
+
+  const at::Tensor singular = gram_hessian(n, n / 2);  // rank n/2
+  options.undamped_tolerance = 1e-10;
+  const RowSolveResult r = solve_rows_exact(w, mask, singular, options);
+  EXPECT_EQ(r.damped_rows, to_solve);
+  EXPECT_GT(r.damping, 0);
+  EXPECT_LE(rel_diff(r.weight, reference(w, mask, damped(singular, solved_damp(r)))), 1e-8);
 }
 
 // fp32 work on a Hessian whose condition estimate fp32 cannot hold goes to fp64 directly, with no fp32 attempt

@@ -21,7 +21,7 @@ struct LayerReport {
   double error_selector = 0;   // ||(W - W_sel) X||² / ||W X||² on the calibration data
   double error_final = 0;      // the same for the written weights (after reconstruction, if any)
   // Reconstruction only: max_r ||(H(ŵ - w))_T|| / ||(H w)_T|| with H the matrix solved, damped by
-  // reconstruct_damping (the exact solver always damps by --qp-damp; the iterative one only a singular H) ...
+  // reconstruct_damping (0 unless H, or some row's H_TT, is singular: both solvers then keep --qp-damp there) ...
   double kkt_residual = -1;
   double kkt_residual_undamped = -1;  // ... and the same with the undamped H: the problem as stated
   std::string qp_solver;              // "exact" or "iterative": the solver the layer used

@@ -83,6 +83,10 @@ struct RowSolveOptions {
   int max_refinement_steps = 10;
   // Refinement stops once every row's relative KKT residual is at most this.
   double refinement_tolerance = 1e-11;
+  // Exact solver: each row's damped optimum is polished to the undamped one (conjugate gradients on H_TT with the
+  // damped factors as preconditioner) where its relative KKT residual against the undamped H reaches this; rows
+  // that do not (H_TT singular or nearly so) keep the damped optimum. 0: the damped optimum everywhere. --qp-tol.
+  double undamped_tolerance = kDefaultQpTolerance;
   // Factorization failures that may each raise the damping tenfold before kNumeric is thrown.
   int max_damping_retries = 8;
   IterativePreconditioner preconditioner = IterativePreconditioner::kAuto;  // iterative solver only
@@ -106,7 +110,9 @@ struct RowSolveResult {
   double kkt_residual_undamped = 0;
   double condition_estimate = 0;     // cholesky_condition_estimate of the matrix factored (damped H), when one was
   bool fp64_predicted = false;       // kFloat32Refined asked, but predict_fp64 sent the layer to fp64 directly
-  double damping = 0;                // absolute damping added to diag H
+  double damping = 0;                // absolute damping of the problem the answer solves (0: H as stated)
+  double factor_damping = 0;         // absolute damping added to diag H for the factorizations (exact) or the CG
+  int64_t damped_rows = 0;           // exact solver: rows left at the damped optimum (polishing did not reach it)
   double mean_diag = 0;              // mean of diag H after dead inputs were fixed: the unit of relative damping
   int64_t damping_retries = 0;       // fp64 factorizations that failed and were retried with more damping
   int64_t dead_inputs = 0;           // inputs with H_jj == 0
