@@ -408,7 +408,7 @@ json solver_paths() {
 // formulation in fp32 (refined) and fp64, in GEMM-equivalents measured in the same run, with iterations and KKT
 // residuals, and the choice --qp-solver auto makes. OPTIMA_BENCH_LAYER=TEXT times the layers whose name has TEXT;
 // OPTIMA_BENCH_PATTERN=unstructured50|2:4 one pattern; OPTIMA_BENCH_VARIANTS=a,b only the solvers named (iterative,
-// iterative_low_rank_fp64, iterative_pruned_space, iterative_pruned_space_fp64, auto, exact).
+// iterative_low_rank_fp64, iterative_pruned_space, iterative_pruned_space_fp64, auto, exact, exact_damped).
 // Arguments: groups of three, HESSIAN_DIR MODEL_DIR BLOCK; the exact solver is timed on at most `exact_rows` rows of a
 // wide layer and extrapolated.
 // Whether `name` passes the comma-separated filter in environment variable `variable` (unset: everything does).
@@ -526,20 +526,22 @@ json solver_real(const std::vector<std::string>& args) {
           e["auto"]["abandoned_iterations"] = r.abandoned_iterations;
           e["auto"]["break_even_iterations"] = predicted.break_even_iterations;
         }
-        if (!wanted("OPTIMA_BENCH_VARIANTS", "exact")) {
-          note("real: " + e.dump());
-          out.push_back(e);
-          continue;
+        // The exact solver as it runs (polished to the undamped optimum where H is definite), and "exact_damped":
+        // the damped optimum alone, which shows what polishing costs.
+        for (const char* name : {"exact", "exact_damped"}) {
+          if (!wanted("OPTIMA_BENCH_VARIANTS", name)) continue;
+          const int64_t timed = n >= 2048 ? std::min(rows, exact_rows_wide) : rows;
+          optima::RowSolveOptions options;
+          options.precision = optima::SolvePrecision::kFloat32Refined;
+          if (std::string(name) == "exact_damped") options.undamped_tolerance = 0;
+          RowSolveResult x;
+          const double te = seconds_of([&] {
+            x = optima::solve_rows_exact(w.narrow(0, 0, timed), sel.pruned.narrow(0, 0, timed), h, options);
+            done(x.weight);
+          });
+          e[name] = record(x, te, exact_layer_seconds(x, te, rows, timed), timed);
+          e[name]["damped_rows"] = x.damped_rows;
         }
-        const int64_t timed = n >= 2048 ? std::min(rows, exact_rows_wide) : rows;
-        optima::RowSolveOptions options;
-        options.precision = optima::SolvePrecision::kFloat32Refined;
-        RowSolveResult x;
-        const double te = seconds_of([&] {
-          x = optima::solve_rows_exact(w.narrow(0, 0, timed), sel.pruned.narrow(0, 0, timed), h, options);
-          done(x.weight);
-        });
-        e["exact"] = record(x, te, exact_layer_seconds(x, te, rows, timed), timed);
         note("real: " + e.dump());
         out.push_back(e);
       }
