@@ -24,6 +24,10 @@
 //   too slowly to make it in the steps left, would end) above the tolerance, is solved again in fp64, and so are
 //   the layer's later chunks, without an fp32 attempt (the conditioning is the layer's); all count in
 //   `fp64_fallback_rows`.
+// - Where H as stated is definite (Cholesky condition estimate at most kSingularCondition, the iterative solver's
+//   rule), the damping only keeps the factorizations safe: each row's damped optimum is then polished to H's own
+//   (polish_to_undamped in row_solver.cpp) until its undamped relative KKT residual is `undamped_tolerance`; rows
+//   that do not get there keep the damped optimum and are counted in `damped_rows`.
 // - A failed fp64 factorization (H, or a chunk's systems) raises the damping tenfold (starting from
 //   1e-10 · mean(diag H) when it was zero) and solves the layer again, at most `max_damping_retries` times and
 //   never past 1e-2 · mean(diag H) (SparseGPT's damping); each retry is counted in the result. Past that, or on
@@ -100,13 +104,13 @@ struct RowSolveResult {
   // [out, in] in the dense weight's dtype and device; pruned entries are exactly 0. Computed in fp64 (both
   // precisions) and cast at the end, so a half-precision weight carries that dtype's rounding.
   at::Tensor weight;
-  // max over rows of ||(H (ŵ − w))_T|| / ||(H w)_T||, in fp64, with H the damped Hessian actually solved and ŵ the
-  // fp64 solution before the cast to the weight's dtype. Rows with an empty T count as 0; rows with (H w)_T = 0
-  // report the absolute ||(H (ŵ − w))_T||.
+  // max over rows of ||(H (ŵ − w))_T|| / ||(H w)_T||, in fp64, with H the Hessian each row's answer solves (damped
+  // or not) and ŵ the fp64 solution before the cast to the weight's dtype. Rows with an empty T count as 0; rows
+  // with (H w)_T = 0 report the absolute ||(H (ŵ − w))_T||.
   double kkt_residual = 0;
-  // The same measure against the UNDAMPED problem as stated (H after the dead-input fix, no damping): the exact
-  // solver's answer is the damped optimum, so this is about damping · ||δ_T|| / ||(H w)_T|| there; the iterative
-  // solver solves the undamped problem unless H is singular, and then both residuals are the same.
+  // The same measure against the UNDAMPED problem as stated (H after the dead-input fix, no damping). Both solvers
+  // solve the undamped problem unless H is singular (or, exact solver, a row could not be polished), and then both
+  // residuals are the same; where the damping stays this is about damping · ||δ_T|| / ||(H w)_T||.
   double kkt_residual_undamped = 0;
   double condition_estimate = 0;     // cholesky_condition_estimate of the matrix factored (damped H), when one was
   bool fp64_predicted = false;       // kFloat32Refined asked, but predict_fp64 sent the layer to fp64 directly
