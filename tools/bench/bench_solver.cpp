@@ -453,7 +453,13 @@ json solver_real(const std::vector<std::string>& args) {
       if (only_layer && weight_info->name.find(only_layer) == std::string::npos) continue;
       const at::Tensor h =
           optima::tensor_from_bytes(*info, hessians->data(*info), hessians->mapping()).to(at::kFloat).clone();
-      const at::Tensor w = model.load(weight_info->name).to(at::kFloat);
+      // OPTIMA_BENCH_ROWS=N: the first N rows only (layers too wide to time whole here, such as LLaMA-7B's); the
+      // product the GEMM-equivalents divide by has as many rows, so they stand for the whole layer's but for its
+      // row-independent setup (preconditioner, H⁻¹), which they overstate.
+      const char* row_limit = std::getenv("OPTIMA_BENCH_ROWS");
+      at::Tensor w = model.load(weight_info->name).to(at::kFloat);
+      const int64_t full_rows = w.size(0);
+      if (row_limit != nullptr) w = w.narrow(0, 0, std::min<int64_t>(full_rows, std::atoll(row_limit))).contiguous();
       const int64_t rows = w.size(0), n = w.size(1);
       const at::Tensor a = at::randn({rows, n}), b = at::randn({n, n});
       const double t_gemm = best_seconds([&] { done(at::matmul(a, b)); }, 2);
@@ -463,7 +469,8 @@ json solver_real(const std::vector<std::string>& args) {
         const optima::SolverCostPrediction predicted = optima::predict_solver_cost(sel.pruned);
         json e = {{"model", model_dir},
                   {"layer", weight_info->name},
-                  {"shape", {rows, n}},
+                  {"shape", {full_rows, n}},
+                  {"rows_solved", rows},
                   {"pattern", nm ? "2:4" : "unstructured50"},
                   {"gemm_fp32_gflops", 2.0 * static_cast<double>(rows) * n * n / t_gemm / 1e9},
                   {"gemm_seconds", t_gemm},
