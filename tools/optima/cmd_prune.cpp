@@ -118,7 +118,10 @@ void add_calibration(CLI::App* app, PruneOptions& o) {
 // OPTIMA's solver.
 void add_reconstruction(CLI::App* app, PruneOptions& o) {
   PrunePlan& p = o.plan;
-  app->add_option("--qp-damp", p.qp_damp, "OPTIMA relative damping of H")->capture_default_str();
+  app->add_option("--qp-damp", p.qp_damp,
+                  "OPTIMA relative damping of H where H is singular (elsewhere the exact solver only damps its "
+                  "factorizations and polishes the answer to the undamped optimum)")
+      ->capture_default_str();
   app->add_option("--qp-precision", o.qp_precision, "OPTIMA solve precision: fp64 or fp32 (refined)")
       ->capture_default_str();
   app->add_option("--qp-memory", p.qp_memory, "OPTIMA memory budget per chunk of rows")->capture_default_str();
@@ -126,7 +129,9 @@ void add_reconstruction(CLI::App* app, PruneOptions& o) {
                   "OPTIMA solver: auto (per layer, the cheaper by predicted cost), exact (batched Cholesky per row) or "
                   "iterative (conjugate gradients over all rows, for wide layers)")
       ->capture_default_str();
-  app->add_option("--qp-tol", p.qp_tol, "iterative: relative KKT residual to reach on every row")
+  app->add_option("--qp-tol", p.qp_tol,
+                  "relative KKT residual of the undamped problem to reach on every row (iterative solver; exact "
+                  "solver's polishing)")
       ->capture_default_str();
   app->add_option("--qp-max-iter", p.qp_max_iter, "iterative: iteration budget per layer")->capture_default_str();
   app->add_option("--hessian-dtype", o.hessian_dtype, "Accumulate H in fp32 (the reference) or fp64")
