@@ -76,6 +76,7 @@ RowSolveResult solve_rows_shared(const Distributed& dist, const RowSolver& solve
   all.rows_via_kept = static_cast<int64_t>(sums[3]);
   all.flops = sums[4];
   all.factor_flops = sums[5];
+  all.damped_rows = static_cast<int64_t>(sums[6]);
   return all;
 }
 
