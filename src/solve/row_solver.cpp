@@ -47,8 +47,16 @@ struct Layer {
   at::Tensor h32, g32;  // fp32 copies for the fp32 gathers
   int64_t n = 0;
   double damping = 0;   // absolute damping in h: the undamped residual subtracts it again
-  bool polish = false;  // H as stated is definite: rows are polished to its optimum (polish_to_undamped)
+  bool polish = false;  // damped, though H as stated is definite: rows are polished to its optimum (polish_to_undamped)
 };
+
+// The damped refinement's target, whose reaching decides whether fp32 held a chunk. A chunk that will be polished needs
+// its damped optimum only as closely as the polishing's own tolerance, since the polishing starts from it (fc2 of
+// OPT-125M-shaped models: one fp32 step fewer of about six).
+double refine_target(const Layer& layer, const RowSolveOptions& options) {
+  return layer.polish ? std::max(options.refinement_tolerance, options.undamped_tolerance)
+                      : options.refinement_tolerance;
+}
 
 // One group of rows solved with one batched factorization.
 struct Chunk {
@@ -59,11 +67,10 @@ struct Chunk {
 };
 
 struct ChunkOutcome {
-  bool factored = true;      // false: an fp64 factorization failed (damping must rise)
-  double refined = 0;        // the damped refinement's residual: what decides whether fp32 held the chunk ...
-  double refine_target = 0;  // ... by reaching this
-  double kkt = 0;            // against the problem each row's answer solves (undamped where polished)
-  double kkt_undamped = 0;   // against the undamped H
+  bool factored = true;     // false: an fp64 factorization failed (damping must rise)
+  double refined = 0;       // the damped refinement's residual, against refine_target
+  double kkt = 0;           // against the problem each row's answer solves (undamped where polished)
+  double kkt_undamped = 0;  // against the undamped H
   int64_t steps = 0;
   int64_t damped_rows = 0;  // rows whose answer stays the damped optimum (polishing did not reach the tolerance)
 };
@@ -72,7 +79,7 @@ struct ChunkOutcome {
 struct Polished {
   at::Tensor delta;     // [b, n]: the polished δ for rows that reached the tolerance, the damped one elsewhere
   at::Tensor reached;   // bool [b]
-  at::Tensor residual;  // [b]: the undamped relative residual of `delta`
+  at::Tensor residual;  // [b]: the undamped relative residual of the polished δ (of `delta` where reached)
 };
 
 // M⁻¹ρ for residuals ρ [b, n] supported on each row's kept set, with M the chunk's damped H_TT (its factors).
@@ -85,14 +92,14 @@ using InverseApply = std::function<at::Tensor(const at::Tensor&)>;
 // undamped residual does not reach `tolerance` in `max_steps` (H₀_TT singular, or nearly so) keep δ₀: the damping
 // stays only where H needs it. Products in fp64 with the damped H (h) less d·v.
 Polished polish_to_undamped(const at::Tensor& h, double damping, const at::Tensor& kept_d, const at::Tensor& delta0,
-                            const at::Tensor& damped_rho0, const at::Tensor& scale, double tolerance, int max_steps,
+                            const at::Tensor& undamped_rho0, const at::Tensor& scale, double tolerance, int max_steps,
                             const InverseApply& inverse_apply, double product_flops, RowSolveResult& result) {
   const auto undamped_product = [&](const at::Tensor& v) {  // (H₀ v)_T
     result.flops += product_flops;
     return at::matmul(v, h).sub_(v, damping).mul_(kept_d);
   };
   const auto worst = [&](const at::Tensor& rho) { return solve_detail::relative_residual(rho, scale); };
-  at::Tensor res = damping * delta0 * kept_d - damped_rho0;  // −(H₀ δ₀)_T: the correction's right-hand side
+  at::Tensor res = -undamped_rho0;  // −(H₀ δ₀)_T: the correction's right-hand side
   at::Tensor e = at::zeros_like(delta0);
   at::Tensor p = inverse_apply(res);
   at::Tensor rz = at::linalg_vecdot(res, p);
@@ -111,11 +118,10 @@ Polished polish_to_undamped(const at::Tensor& h, double damping, const at::Tenso
     rz = rz_next;
   }
   const at::Tensor candidate = delta0 + e;
-  const at::Tensor residual = worst(undamped_product(candidate));
   Polished out;
-  out.reached = residual <= tolerance;
+  out.residual = worst(undamped_product(candidate));
+  out.reached = out.residual <= tolerance;
   out.delta = at::where(out.reached.unsqueeze(1), candidate, delta0);
-  out.residual = at::where(out.reached, residual, worst(damped_rho0 - damping * delta0 * kept_d));
   return out;
 }
 
@@ -208,11 +214,7 @@ ChunkOutcome solve_chunk(const Layer& layer, const Chunk& chunk, bool fp32, cons
   const at::Tensor hw_t = at::matmul(w, layer.h) * kept_d;
   const at::Tensor hw_t_norm = at::linalg_vector_norm(hw_t, 2, {1});
   result.flops += product_flops;
-  // A chunk that will be polished needs its damped optimum only as closely as the polishing's own tolerance: the
-  // polishing starts from it (fc2 of OPT-125M-shaped models: one fp32 step fewer of about six).
-  const bool polishing = layer.damping > 0 && layer.polish;
-  outcome.refine_target =
-      polishing ? std::max(options.refinement_tolerance, options.undamped_tolerance) : options.refinement_tolerance;
+  const double target = refine_target(layer, options);
   at::Tensor best_delta, best_rho;
   double best = 0;
   for (int64_t step = 0;; ++step) {
@@ -228,12 +230,10 @@ ChunkOutcome solve_chunk(const Layer& layer, const Chunk& chunk, bool fp32, cons
     best = worst;
     best_delta = delta;
     outcome.steps = step;
-    if (worst <= outcome.refine_target || step >= options.max_refinement_steps) break;
+    if (worst <= target || step >= options.max_refinement_steps) break;
     // fp32 factors that contract too slowly to reach the tolerance in the steps left: stop now, the chunk goes to
     // fp64 anyway (in fp64 every allowed step is taken).
-    if (fp32 && step > 0 &&
-        std::log(outcome.refine_target / worst) / std::log(rate) > options.max_refinement_steps - step)
-      break;
+    if (fp32 && step > 0 && std::log(target / worst) / std::log(rate) > options.max_refinement_steps - step) break;
     delta = delta - inverse_apply(rho);
   }
   outcome.refined = best;
@@ -247,13 +247,14 @@ ChunkOutcome solve_chunk(const Layer& layer, const Chunk& chunk, bool fp32, cons
       layer.damping == 0 ? hw_t_norm : at::linalg_vector_norm(hw_t - layer.damping * w * kept_d, 2, {1});
   const at::Tensor damped_residual = solve_detail::relative_residual(best_rho, hw_t_norm);
   at::Tensor solved_residual = damped_residual;  // of the problem each row's answer solves
-  at::Tensor undamped_residual = solve_detail::relative_residual(best_rho - layer.damping * delta * kept_d, hw0_t_norm);
-  if (polishing && !(fp32 && best > outcome.refine_target)) {
+  const at::Tensor undamped_rho = best_rho - layer.damping * delta * kept_d;
+  at::Tensor undamped_residual = solve_detail::relative_residual(undamped_rho, hw0_t_norm);
+  if (layer.polish && !(fp32 && best > target)) {
     const Polished polished =
-        polish_to_undamped(layer.h, layer.damping, kept_d, delta, best_rho, hw0_t_norm, options.undamped_tolerance,
+        polish_to_undamped(layer.h, layer.damping, kept_d, delta, undamped_rho, hw0_t_norm, options.undamped_tolerance,
                            options.max_refinement_steps, inverse_apply, product_flops, result);
     delta = polished.delta;
-    undamped_residual = polished.residual;
+    undamped_residual = at::where(polished.reached, polished.residual, undamped_residual);
     solved_residual = at::where(polished.reached, polished.residual, damped_residual);
     outcome.damped_rows = polished.reached.logical_not().sum().item<int64_t>();
   } else if (layer.damping > 0) {
@@ -345,7 +346,7 @@ RowSolveResult solve_rows_exact(const at::Tensor& dense_weight, const at::Tensor
     layer.h = prepared.h.clone();
     layer.h.diagonal().add_(damping);
     layer.damping = damping;
-    layer.polish = polish;
+    layer.polish = polish && damping > 0;
     // Rows with nothing pruned keep w; rows with everything pruned are 0; the others are overwritten below.
     at::Tensor out = dense_weight.masked_fill(pruned, 0);
     double kkt = 0, kkt_undamped = 0;
@@ -382,7 +383,7 @@ RowSolveResult solve_rows_exact(const at::Tensor& dense_weight, const at::Tensor
       probe.m = *std::max_element(probe.sizes.begin(), probe.sizes.end());
       // Its rows are solved again with their chunk (in fp32 or fp64), so `out` ends up the same either way.
       const ChunkOutcome o = solve_chunk(layer, probe, true, options, workspace32, out, result);
-      if (o.factored && !(o.refined <= o.refine_target)) {
+      if (o.factored && !(o.refined <= refine_target(layer, options))) {
         fp64_from_now = true;
         result.fp64_predicted = true;
         fallback_rows += static_cast<int64_t>(kProbeRows);
@@ -393,7 +394,7 @@ RowSolveResult solve_rows_exact(const at::Tensor& dense_weight, const at::Tensor
       ChunkOutcome o;
       if (fp32 && !fp64_from_now) {
         o = solve_chunk(layer, chunks[c], true, options, workspace32, out, result);
-        if (!o.factored || !(o.refined <= o.refine_target)) {
+        if (!o.factored || !(o.refined <= refine_target(layer, options))) {
           // fp32 could not hold this chunk's conditioning: the same systems in fp64, so the answer does not change.
           fp64_from_now = true;
           fallback_rows += rows;
