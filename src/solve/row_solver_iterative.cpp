@@ -7,11 +7,13 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include "masked_cholesky.h"
 #include "optima/core/error.h"
 #include "optima/solve/row_solver.h"
 #include "solve_common.h"
@@ -27,12 +29,6 @@ constexpr double kInnerReductionFp32 = 1e-4;
 constexpr double kInnerReductionFp64 = 1e-12;
 // An fp32 round must cut the largest relative residual at least this much, or the rest runs in fp64.
 constexpr double kFp32Progress = 0.1;
-// kAuto uses the pruned space only where fp64 G = H⁻¹ holds the corrections well: its relative error is about
-// cond(H) · 1e-16, and the correction y − (G μ)_T cancels terms up to cond(H) times larger than itself. Real
-// Hessians measured reach 1.1e7 (random OPT-125M fc2). Below kPrunedSpaceConditionMin the kept space's low-rank
-// preconditioner needs fewer iterations (see IterativePreconditioner).
-constexpr double kPrunedSpaceConditionMin = 1e5;
-constexpr double kPrunedSpaceConditionLimit = 1e9;
 // A pruned-space round stops after 2 n + this many iterations (see CorrectionSolver::correct).
 constexpr int64_t kPrunedSpaceExtraIterations = 50;
 // Reliable updates of an fp32 kept-space CG (see pcg): a row's recurrence residual is replaced by its fp64 residual
@@ -156,16 +152,42 @@ class Preconditioner {
     p.inv_diag_ = std::move(inv_diag);
     return p;
   }
-  // Flops of one application to `rows` rows.
+  // L_TT L_TTᵀ, with L H's Cholesky factor restricted to each row's kept set (masked_cholesky.h), applied as a split
+  // preconditioner: CG runs on C⁻¹ H_TT C⁻ᵀ = I + B Bᵀ (C = L_TT, B = C⁻¹ L_TS) with residuals C⁻¹ r, and the two
+  // passes that apply that operator are all an iteration costs (see split_apply): no product with H.
+  static Preconditioner masked_cholesky(at::Tensor l) {
+    Preconditioner p;
+    p.l_ = std::move(l);
+    return p;
+  }
+  bool split() const { return l_.defined(); }
+  // Split form: C⁻¹ r for r [rows, n] supported on each row's kept set.
+  at::Tensor to_split(const at::Tensor& r, const at::Tensor& kept) const {
+    return solve_detail::masked_forward(l_, r, at::Tensor(), kept);
+  }
+  // Split form: (I + B Bᵀ) p and C⁻ᵀ p, the step in the original unknowns. The backward pass solves C ᵀ y = p and
+  // yields L_TSᵀ y on the pruned entries on the way; the forward pass, with those held on the pruned entries,
+  // gives −C⁻¹ L_TS (L_TSᵀ y) on the kept ones.
+  std::pair<at::Tensor, at::Tensor> split_apply(const at::Tensor& p, const at::Tensor& kept) const {
+    at::Tensor sums;
+    at::Tensor y = solve_detail::masked_backward(l_, p, kept, &sums);
+    at::Tensor q = solve_detail::masked_forward(l_, at::Tensor(), sums, kept);
+    q.mul_(kept).mul_(-1.0).add_(p);
+    return {std::move(q), std::move(y)};
+  }
+  // Flops of one application to `rows` rows (split form: of split_apply, two passes over L's lower half).
   double flops(int64_t rows, int64_t n) const {
     const double r = static_cast<double>(rows), fn = static_cast<double>(n);
     if (inv_diag_.defined()) return 2.0 * r * fn;
+    if (l_.defined()) return 2.0 * r * fn * fn;
     if (g_.defined()) return 2.0 * r * fn * fn;
     const double k = static_cast<double>(u_.size(1));
     return 4.0 * r * fn * k + 2.0 * r * k * k;
   }
   // r is supported on each row's active set (CG keeps it there), which the products below rely on.
   at::Tensor apply(const at::Tensor& r, const at::Tensor& kept) const {
+    // Split: CG runs on the preconditioned system itself. A copy, as pcg updates z in place.
+    if (l_.defined()) return r.clone();
     if (inv_diag_.defined()) return r * inv_diag_ * kept;
     if (g_.defined()) return at::matmul(r, g_).mul_(kept);
     // M_T = S⁻¹ (Δ_T + U_T U_Tᵀ) S⁻¹ with S = diag(H)^(-1/2); M_T⁻¹ = S (Δ⁻¹ − Δ⁻¹ U_T K⁻¹ U_Tᵀ Δ⁻¹) S with
@@ -183,6 +205,7 @@ class Preconditioner {
  private:
   at::Tensor inv_diag_;
   at::Tensor g_;
+  at::Tensor l_;  // masked Cholesky: H's factor in the working precision
   // The low-rank model: U, S Δ⁻¹ and S² Δ⁻¹ (S = diag(H)^(-1/2)), and every row's K⁻¹.
   at::Tensor u_, scaled_inv_delta_, outer_scale_, k_inv_;
 };
@@ -279,9 +302,22 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
   at::Tensor e64 = fp64 != nullptr ? at::zeros_like(fp64->rhs) : at::Tensor();  // e up to the last replacement
   // The rows still iterating (indices into the batch) and their state.
   at::Tensor rows = at::arange(rhs.size(0), rhs.options().dtype(at::kLong));
-  at::Tensor x = at::zeros_like(rhs), r = rhs.clone(), m = kept, t = target;
+  // A split preconditioner (masked Cholesky) runs CG on C⁻¹ H_TT C⁻ᵀ: r, p and the targets t are then in its
+  // space (t scaled by each row's |C⁻¹ r| / |r| at its last fp64 residual), x in the original unknowns.
+  const bool split = prec.split();
+  TORCH_CHECK(!split || fp64 != nullptr, "pcg: a split preconditioner needs the fp64 system");
+  at::Tensor x = at::zeros_like(rhs), r = split ? prec.to_split(rhs, kept) : rhs.clone(), m = kept, t = target;
+  at::Tensor t_true, rnorm_split_replaced;  // split: the targets of the true residuals; |C⁻¹ r| at the replacements
+  if (split) {
+    t_true = target;
+    rnorm_split_replaced = at::linalg_vector_norm(r, 2, {1}).to(at::kDouble);
+    t = (target.to(at::kDouble) * rnorm_split_replaced /
+         at::linalg_vector_norm(fp64->rhs, 2, {1}).clamp_min(std::numeric_limits<double>::min()))
+            .to(r.scalar_type());
+    state.flops += fn * fn * static_cast<double>(r.size(0));
+  }
   at::Tensor z = prec.apply(r, m);
-  state.flops += prec.flops(r.size(0), n);
+  state.flops += split ? 0.0 : prec.flops(r.size(0), n);
   at::Tensor p = z.clone();
   at::Tensor rz = at::linalg_vecdot(r, z);
   int64_t live = r.size(0);
@@ -310,8 +346,16 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
     // progress (and goes to fp64 if it is too slow).
     const at::Tensor worse = true_norm > before;
     const at::Tensor diverged_again = worse & diverged.index_select(0, due);
-    const bool stop = diverged_again.any().item<bool>() ||
-                      (worse.logical_not() & (true_norm > kStalledProgress * before)).any().item<bool>();
+    // Stalled: the recurrence fell a thousandfold, the true residual not even by half. (A row replaced only because
+    // the run ends has not always fallen that far: a split preconditioner's recurrence, C⁻¹ r, says little about
+    // |r| where C's scales spread.)
+    const at::Tensor recurrence_fall = at::linalg_vector_norm(r.index_select(0, due), 2, {1}).to(at::kDouble) /
+                                       (split ? rnorm_split_replaced : rnorm_replaced).index_select(0, due);
+    const bool stop =
+        diverged_again.any().item<bool>() ||
+        (worse.logical_not() & (true_norm > kStalledProgress * before) & (recurrence_fall <= kReliableUpdateReduction))
+            .any()
+            .item<bool>();
     const at::Tensor accepted_e = at::where(worse.unsqueeze(1), old_e, candidate);
     if (worse.any().item<bool>()) {
       true_residual = at::where(worse.unsqueeze(1), rhs_due - at::matmul(old_e, fp64->h) * mask_due, true_residual);
@@ -322,9 +366,21 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
     x.index_fill_(0, due, 0.0);
     diverged.index_copy_(0, due, worse);
     const at::Tensor recurrence = r.index_select(0, due);
-    const at::Tensor fresh = true_residual.to(r.scalar_type());
+    const at::Tensor fresh = split ? prec.to_split(true_residual.to(r.scalar_type()), m.index_select(0, due))
+                                   : true_residual.to(r.scalar_type());
     r.index_copy_(0, due, fresh);
     rnorm_replaced.index_copy_(0, due, true_norm);
+    // The scale of the drift check below: the norm the recurrence tracks.
+    at::Tensor tracked_norm = true_norm;
+    if (split) {
+      tracked_norm = at::linalg_vector_norm(fresh, 2, {1}).to(at::kDouble);
+      rnorm_split_replaced.index_copy_(0, due, tracked_norm);
+      t.index_copy_(0, due,
+                    (t_true.index_select(0, due).to(at::kDouble) * tracked_norm /
+                     true_norm.clamp_min(std::numeric_limits<double>::min()))
+                        .to(t.scalar_type()));
+      state.flops += fn * fn * static_cast<double>(due.size(0));
+    }
     z = prec.apply(r, m);
     rz = at::linalg_vecdot(r, z);
     // A row whose recurrence had drifted from its true residual (one that looked converged, whose recurrence went
@@ -333,9 +389,9 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
     at::Tensor restart = at::zeros({live}, rnorm_replaced.options().dtype(at::kBool));
     restart.index_copy_(
         0, due,
-        worse | (at::linalg_vector_norm(fresh - recurrence, 2, {1}).to(at::kDouble) > kDriftRestart * true_norm));
+        worse | (at::linalg_vector_norm(fresh - recurrence, 2, {1}).to(at::kDouble) > kDriftRestart * tracked_norm));
     p = at::where(restart.unsqueeze(1), z, p);
-    state.flops += 2.0 * fn * fn * static_cast<double>(due.size(0)) + prec.flops(live, n);
+    state.flops += 2.0 * fn * fn * static_cast<double>(due.size(0)) + (split ? 0.0 : prec.flops(live, n));
     return stop;
   };
   for (int64_t it = 0; it < budget; ++it) {
@@ -346,7 +402,7 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
       // together once a quarter of the active rows are (or one has fallen far past it), and every live row before
       // the run stops, since a row may look converged only by its drifted recurrence.
       const int64_t active_count = active.sum().item<int64_t>();
-      at::Tensor fallen = rnorm / rnorm_replaced;
+      at::Tensor fallen = rnorm / (split ? rnorm_split_replaced : rnorm_replaced);
       // A recurrence that grew tenfold past its last true residual is due at once: the row may be diverging (CG's
       // residual norms are not monotone, so smaller rises are left alone).
       const at::Tensor grown = active & (fallen > kGrowthDue);
@@ -382,6 +438,10 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
       t = t.index_select(0, keep);
       if (map_mask.defined()) map_mask = map_mask.index_select(0, keep);
       if (rnorm_replaced.defined()) rnorm_replaced = rnorm_replaced.index_select(0, keep);
+      if (split) {
+        t_true = t_true.index_select(0, keep);
+        rnorm_split_replaced = rnorm_split_replaced.index_select(0, keep);
+      }
       if (rnorm_start.defined()) rnorm_start = rnorm_start.index_select(0, keep);
       if (diverged.defined()) diverged = diverged.index_select(0, keep);
       p = p.index_select(0, keep);
@@ -391,14 +451,20 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
       live = count;
     }
     // In place where the state allows: each pass over [rows, n] costs about 1% of the product at OPT-125M's fc2.
-    at::Tensor q = at::matmul(p, h);
-    q.mul_(m);
+    at::Tensor q, step;
+    if (split) {
+      std::tie(q, step) = prec.split_apply(p, m);
+    } else {
+      q = at::matmul(p, h);
+      q.mul_(m);
+      step = p;
+    }
     const at::Tensor pq = at::linalg_vecdot(p, q);
     const at::Tensor alpha = at::where(active & (pq > 0), rz / pq, at::zeros_like(pq)).unsqueeze(1);
-    x.addcmul_(p, alpha);
+    x.addcmul_(step, alpha);
     r.addcmul_(q, alpha, -1.0);
     z = prec.apply(r, m);
-    state.flops += 2.0 * fn * fn * static_cast<double>(live) + prec.flops(live, n);
+    state.flops += (split ? 0.0 : 2.0 * fn * fn * static_cast<double>(live)) + prec.flops(live, n);
     ++state.iterations;
     const at::Tensor rz_next = at::linalg_vecdot(r, z);
     const at::Tensor beta = at::where(active & (rz > 0), rz_next / rz, at::zeros_like(rz)).unsqueeze(1);
@@ -421,10 +487,7 @@ class CorrectionSolver {
  public:
   CorrectionSolver(const System& system, const at::Tensor& pruned, IterativePreconditioner kind, at::ScalarType work,
                    CgState& state)
-      : work_(work),
-        pruned_space_(kind == IterativePreconditioner::kPrunedSpace ||
-                      (kind == IterativePreconditioner::kAuto && work == at::kDouble &&
-                       auto_uses_pruned_space(system.condition))) {
+      : work_(work), pruned_space_(kind == IterativePreconditioner::kPrunedSpace) {
     const double n = static_cast<double>(system.h.size(0));
     kept_ = pruned.logical_not().to(work);
     if (pruned_space_) {
@@ -443,8 +506,10 @@ class CorrectionSolver {
     if (kind == IterativePreconditioner::kInverseBlock) {
       prec_ = Preconditioner::inverse_block(at::cholesky_inverse(system.l).to(work));
       state.flops += n * n * n;
-    } else {
+    } else if (kind == IterativePreconditioner::kLowRank) {
       prec_ = low_rank_preconditioner(system.h, pruned.logical_not(), work, state.flops);
+    } else {
+      prec_ = Preconditioner::masked_cholesky(system.l.to(work).contiguous());
     }
   }
 
@@ -455,8 +520,9 @@ class CorrectionSolver {
   at::Tensor correct(const at::Tensor& residual, const at::Tensor& rnorm, const at::Tensor& target, double reduction,
                      int64_t budget, CgState& state) const {
     const at::Tensor rho = residual.to(work_);
-    if (!pruned_space_ && work_ == at::kFloat) {
-      // Reliable updates: the fp32 CG aims at the tolerance itself, against fp64 residuals.
+    if (!pruned_space_ && (work_ == at::kFloat || prec_.split())) {
+      // Reliable updates: the fp32 CG aims at the tolerance itself, against fp64 residuals (a split preconditioner's
+      // CG tracks C⁻¹ r, so it checks the true residual the same way in fp64 too).
       const Fp64System system{h64_, residual, kept64_};
       return pcg(op_, prec_, rho, active_, target.to(work_), budget, state, {}, &system);
     }
@@ -485,10 +551,6 @@ class CorrectionSolver {
 };
 
 }  // namespace
-
-bool auto_uses_pruned_space(double condition_estimate) {
-  return condition_estimate >= kPrunedSpaceConditionMin && condition_estimate <= kPrunedSpaceConditionLimit;
-}
 
 double cholesky_condition_estimate(const at::Tensor& l) {
   if (l.numel() == 0) return 1.0;
@@ -562,8 +624,8 @@ RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Te
         worst = previous;
       }
       previous = std::numeric_limits<double>::infinity();
-      corrector =
-          CorrectionSolver(system, pruned, IterativePreconditioner::kLowRank, work32 ? at::kFloat : at::kDouble, state);
+      corrector = CorrectionSolver(system, pruned, IterativePreconditioner::kMaskedCholesky,
+                                   work32 ? at::kFloat : at::kDouble, state);
     }
     if (!(rnorm > target).any().item<bool>()) break;
     result.refinement_steps = round + 1;

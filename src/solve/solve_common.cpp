@@ -32,8 +32,6 @@ void dpotrs_(const char* uplo, const int* n, const int* nrhs, const double* a, c
 
 namespace optima::solve_detail {
 
-namespace {
-
 std::string shape_of(const at::Tensor& t) {
   std::string s = "[";
   for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
@@ -43,8 +41,6 @@ std::string shape_of(const at::Tensor& t) {
 std::string dtype_of(const at::Tensor& t) {
   return std::string(c10::toString(t.scalar_type()));
 }
-
-}  // namespace
 
 void validate_inputs(std::string_view where, const at::Tensor& dense_weight, const at::Tensor& pruned,
                      const at::Tensor& hessian, const at::Tensor& start) {

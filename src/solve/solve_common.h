@@ -6,11 +6,16 @@
 
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
 namespace optima::solve_detail {
+
+// "[a, b]" and "Float", for error messages.
+std::string shape_of(const at::Tensor& t);
+std::string dtype_of(const at::Tensor& t);
 
 // Throws kInput, naming `where` and expected vs found, unless the shapes, dtypes and devices fit together.
 // `start` may be undefined.
