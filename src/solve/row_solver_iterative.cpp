@@ -335,51 +335,60 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
     const at::Tensor old_e = e64.index_select(0, batch_rows);
     const at::Tensor rhs_due = fp64->rhs.index_select(0, batch_rows);
     const at::Tensor mask_due = fp64->mask.index_select(0, batch_rows);
+    const at::Tensor m_due = m.index_select(0, due);
+    // What the recurrence tracks, for a true residual: itself, or C⁻¹ of it (split).
+    const auto to_tracked = [&](const at::Tensor& residual) {
+      const at::Tensor work = residual.to(r.scalar_type());
+      state.flops += split ? fn * fn * static_cast<double>(due.size(0)) : 0.0;
+      return split ? prec.to_split(work, m_due) : work;
+    };
     const at::Tensor candidate = old_e + x.index_select(0, due).to(at::kDouble);
     at::Tensor true_residual = rhs_due - at::matmul(candidate, fp64->h) * mask_due;
     at::Tensor true_norm = at::linalg_vector_norm(true_residual, 2, {1});
-    const at::Tensor before = rnorm_replaced.index_select(0, due);
-    // A row whose CG diverged (its true residual grew: the search directions kept across replacements can lose
-    // conjugacy in fp32 on ill-conditioned rows, as on opt-small's q_proj) goes back to its last replaced point and
-    // restarts from there; one that diverges twice, or that did not at least halve its residual while its
-    // recurrence fell a thousandfold, is one fp32 cannot carry: the run stops and the caller measures the layer's
-    // progress (and goes to fp64 if it is too slow).
-    const at::Tensor worse = true_norm > before;
+    at::Tensor fresh = to_tracked(true_residual);
+    at::Tensor tracked_norm = split ? at::linalg_vector_norm(fresh, 2, {1}).to(at::kDouble) : true_norm;
+    at::Tensor& tracked_replaced = split ? rnorm_split_replaced : rnorm_replaced;
+    const at::Tensor before = tracked_replaced.index_select(0, due);
+    // A row whose CG diverged (the norm its recurrence tracks grew, measured on the true residual: the search
+    // directions kept across replacements can lose conjugacy in fp32 on ill-conditioned rows, as on opt-small's
+    // q_proj) goes back to its last replaced point and restarts from there; one that diverges twice, or that did not
+    // at least halve that norm while its recurrence fell a thousandfold, is one fp32 cannot carry: the run stops and
+    // the caller measures the layer's progress (and goes to fp64 if it is too slow). A split CG is judged on C⁻¹ r,
+    // what it minimizes: |r| itself may grow on the way where C's scales spread.
+    const at::Tensor worse = tracked_norm > before;
     const at::Tensor diverged_again = worse & diverged.index_select(0, due);
-    // Stalled: the recurrence fell a thousandfold, the true residual not even by half. (A row replaced only because
-    // the run ends has not always fallen that far: a split preconditioner's recurrence, C⁻¹ r, says little about
-    // |r| where C's scales spread.)
-    const at::Tensor recurrence_fall = at::linalg_vector_norm(r.index_select(0, due), 2, {1}).to(at::kDouble) /
-                                       (split ? rnorm_split_replaced : rnorm_replaced).index_select(0, due);
+    const at::Tensor recurrence = r.index_select(0, due);
+    const at::Tensor recurrence_fall = at::linalg_vector_norm(recurrence, 2, {1}).to(at::kDouble) / before;
     const bool stop =
-        diverged_again.any().item<bool>() ||
-        (worse.logical_not() & (true_norm > kStalledProgress * before) & (recurrence_fall <= kReliableUpdateReduction))
-            .any()
-            .item<bool>();
+        diverged_again.any().item<bool>() || (worse.logical_not() & (tracked_norm > kStalledProgress * before) &
+                                              (recurrence_fall <= kReliableUpdateReduction))
+                                                 .any()
+                                                 .item<bool>();
     const at::Tensor accepted_e = at::where(worse.unsqueeze(1), old_e, candidate);
     if (worse.any().item<bool>()) {
       true_residual = at::where(worse.unsqueeze(1), rhs_due - at::matmul(old_e, fp64->h) * mask_due, true_residual);
-      true_norm = at::where(worse, before, true_norm);
+      true_norm = at::where(worse, rnorm_replaced.index_select(0, due), true_norm);
       state.flops += 2.0 * fn * fn * static_cast<double>(due.size(0));
+      if (split) {
+        fresh = to_tracked(true_residual);
+        tracked_norm = at::linalg_vector_norm(fresh, 2, {1}).to(at::kDouble);
+      } else {
+        fresh = true_residual.to(r.scalar_type());
+        tracked_norm = true_norm;
+      }
     }
     e64.index_copy_(0, batch_rows, accepted_e);
     x.index_fill_(0, due, 0.0);
     diverged.index_copy_(0, due, worse);
-    const at::Tensor recurrence = r.index_select(0, due);
-    const at::Tensor fresh = split ? prec.to_split(true_residual.to(r.scalar_type()), m.index_select(0, due))
-                                   : true_residual.to(r.scalar_type());
     r.index_copy_(0, due, fresh);
     rnorm_replaced.index_copy_(0, due, true_norm);
-    // The scale of the drift check below: the norm the recurrence tracks.
-    at::Tensor tracked_norm = true_norm;
     if (split) {
-      tracked_norm = at::linalg_vector_norm(fresh, 2, {1}).to(at::kDouble);
       rnorm_split_replaced.index_copy_(0, due, tracked_norm);
+      // The rows' targets in the tracked norm, at the ratio the true residual shows now.
       t.index_copy_(0, due,
                     (t_true.index_select(0, due).to(at::kDouble) * tracked_norm /
                      true_norm.clamp_min(std::numeric_limits<double>::min()))
                         .to(t.scalar_type()));
-      state.flops += fn * fn * static_cast<double>(due.size(0));
     }
     z = prec.apply(r, m);
     rz = at::linalg_vecdot(r, z);
@@ -514,6 +523,14 @@ class CorrectionSolver {
   }
 
   bool pruned_space() const { return pruned_space_; }
+  // The formulation to hand over to when this one's rounds stop paying, kAuto for none: the pruned space (G too
+  // inexact) hands over to the kept space; the masked Cholesky (a Hessian so ill-conditioned that its split CG,
+  // minimizing |C⁻¹ r|, leaves |r| itself where it was: cond 1e12 in the tests, beyond any layer measured) to the
+  // low-rank preconditioner.
+  IterativePreconditioner handover() const {
+    if (pruned_space_) return IterativePreconditioner::kMaskedCholesky;
+    return prec_.split() ? IterativePreconditioner::kLowRank : IterativePreconditioner::kAuto;
+  }
 
   // e [rows, n] (kept entries only) for the fp64 residual ρ_T; rows at most `target` get e = 0, the others aim at
   // max(target, reduction · |ρ|), within `budget` CG iterations.
@@ -605,27 +622,34 @@ RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Te
   CorrectionSolver corrector(system, pruned, options.preconditioner, work32 ? at::kFloat : at::kDouble, state);
   double previous = std::numeric_limits<double>::infinity();
   at::Tensor residual = rhs - at::matmul(x, h) * kept;
-  at::Tensor x_before, residual_before;  // before the last pruned-space round, which may have to be undone
-  const auto undo_pruned_space_round = [&] {
+  // Before the last round of a formulation that may hand over (CorrectionSolver::handover), which may have to be
+  // undone.
+  at::Tensor x_before, residual_before;
+  bool last_round_undoable = false, before_pruned_space = false;
+  const auto undo_round = [&] {
     x = x_before;
     residual = residual_before;
-    --result.pruned_space_rounds;
+    if (before_pruned_space) --result.pruned_space_rounds;
+  };
+  // A formulation hands over in fp64, or from the pruned space in any precision: a masked-Cholesky round in fp32 that
+  // does not pay goes to fp64 first (below).
+  const auto may_hand_over = [&] {
+    return corrector.handover() != IterativePreconditioner::kAuto && (corrector.pruned_space() || !work32);
   };
   for (int round = 0; round <= options.max_refinement_steps && state.iterations < max_iterations; ++round) {
     at::Tensor rnorm = at::linalg_vector_norm(residual, 2, {1});
     double worst = (rnorm / hw_t_norm.clamp_min(1e-300)).max().item<double>();
-    if (corrector.pruned_space() && !(worst < previous * kFp32Progress)) {
-      // The pruned-space corrections stopped paying (G = H⁻¹ too inexact for this H, whose condition estimate, a
-      // lower bound, looked fine, or fp32 work): the kept space from here on, after undoing a round that made
-      // things worse.
+    if (may_hand_over() && !(worst < previous * kFp32Progress)) {
+      // The corrections stopped paying (the pruned space: G = H⁻¹ too inexact for this H, whose condition estimate,
+      // a lower bound, looked fine, or fp32 work): the next formulation from here on, after undoing a round that
+      // made things worse.
       if (!(worst < previous)) {
-        undo_pruned_space_round();
+        undo_round();
         rnorm = at::linalg_vector_norm(residual, 2, {1});
         worst = previous;
       }
       previous = std::numeric_limits<double>::infinity();
-      corrector = CorrectionSolver(system, pruned, IterativePreconditioner::kMaskedCholesky,
-                                   work32 ? at::kFloat : at::kDouble, state);
+      corrector = CorrectionSolver(system, pruned, corrector.handover(), work32 ? at::kFloat : at::kDouble, state);
     }
     if (!(rnorm > target).any().item<bool>()) break;
     result.refinement_steps = round + 1;
@@ -640,11 +664,13 @@ RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Te
       corrector = CorrectionSolver(system, pruned, options.preconditioner, at::kDouble, state);
     }
     previous = worst;
-    if (corrector.pruned_space()) {
+    last_round_undoable = may_hand_over();
+    if (last_round_undoable) {
       x_before = x;
       residual_before = residual;
-      ++result.pruned_space_rounds;
+      before_pruned_space = corrector.pruned_space();
     }
+    if (corrector.pruned_space()) ++result.pruned_space_rounds;
     const double reduction = work32 ? kInnerReductionFp32 : kInnerReductionFp64;
     const at::Tensor e =
         corrector.correct(residual, rnorm, target, reduction, max_iterations - state.iterations, state);
@@ -660,9 +686,9 @@ RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Te
     state.flops += product_flops;
   }
   result.kkt_residual = solve_detail::relative_residual(residual, hw_t_norm).max().item<double>();
-  // A last pruned-space round that made things worse (the loop ended before it could be undone) is undone here.
-  if (corrector.pruned_space() && x_before.defined() && !(result.kkt_residual <= previous)) {
-    undo_pruned_space_round();
+  // A last round that made things worse (the loop ended before it could be undone) is undone here.
+  if (last_round_undoable && !(result.kkt_residual <= previous)) {
+    undo_round();
     result.kkt_residual = solve_detail::relative_residual(residual, hw_t_norm).max().item<double>();
   }
   if (system.damping == 0) {
