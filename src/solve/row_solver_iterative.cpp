@@ -29,6 +29,12 @@ constexpr double kInnerReductionFp32 = 1e-4;
 constexpr double kInnerReductionFp64 = 1e-12;
 // An fp32 round must cut the largest relative residual at least this much, or the rest runs in fp64.
 constexpr double kFp32Progress = 0.1;
+// kAuto uses the pruned space only where fp64 G = H⁻¹ holds the corrections well: its relative error is about
+// cond(H) · 1e-16, and the correction y − (G μ)_T cancels terms up to cond(H) times larger than itself. Real
+// Hessians measured reach 1.1e7 (random OPT-125M fc2). Below kPrunedSpaceConditionMin the kept space's low-rank
+// preconditioner needs fewer iterations (see IterativePreconditioner).
+constexpr double kPrunedSpaceConditionMin = 1e5;
+constexpr double kPrunedSpaceConditionLimit = 1e9;
 // A pruned-space round stops after 2 n + this many iterations (see CorrectionSolver::correct).
 constexpr int64_t kPrunedSpaceExtraIterations = 50;
 // Reliable updates of an fp32 kept-space CG (see pcg): a row's recurrence residual is replaced by its fp64 residual
@@ -307,8 +313,11 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
   const bool split = prec.split();
   TORCH_CHECK(!split || fp64 != nullptr, "pcg: a split preconditioner needs the fp64 system");
   at::Tensor x = at::zeros_like(rhs), r = split ? prec.to_split(rhs, kept) : rhs.clone(), m = kept, t = target;
-  at::Tensor t_true, rnorm_split_replaced;  // split: the targets of the true residuals; |C⁻¹ r| at the replacements
+  // Split: the targets of the true residuals; |C⁻¹ r| at the replacements; rows whose true residual met its target
+  // at their last replacement.
+  at::Tensor t_true, rnorm_split_replaced, confirmed;
   if (split) {
+    confirmed = at::zeros({r.size(0)}, r.options().dtype(at::kBool));
     t_true = target;
     rnorm_split_replaced = at::linalg_vector_norm(r, 2, {1}).to(at::kDouble);
     t = (target.to(at::kDouble) * rnorm_split_replaced /
@@ -359,11 +368,9 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
     const at::Tensor diverged_again = worse & diverged.index_select(0, due);
     const at::Tensor recurrence = r.index_select(0, due);
     const at::Tensor recurrence_fall = at::linalg_vector_norm(recurrence, 2, {1}).to(at::kDouble) / before;
-    const bool stop =
-        diverged_again.any().item<bool>() || (worse.logical_not() & (tracked_norm > kStalledProgress * before) &
-                                              (recurrence_fall <= kReliableUpdateReduction))
-                                                 .any()
-                                                 .item<bool>();
+    const at::Tensor stalled = worse.logical_not() & (tracked_norm > kStalledProgress * before) &
+                               (split ? recurrence_fall <= kReliableUpdateReduction : at::ones_like(worse));
+    const bool stop = diverged_again.any().item<bool>() || stalled.any().item<bool>();
     const at::Tensor accepted_e = at::where(worse.unsqueeze(1), old_e, candidate);
     if (worse.any().item<bool>()) {
       true_residual = at::where(worse.unsqueeze(1), rhs_due - at::matmul(old_e, fp64->h) * mask_due, true_residual);
@@ -384,6 +391,7 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
     rnorm_replaced.index_copy_(0, due, true_norm);
     if (split) {
       rnorm_split_replaced.index_copy_(0, due, tracked_norm);
+      confirmed.index_copy_(0, due, true_norm <= t_true.index_select(0, due).to(at::kDouble));
       // The rows' targets in the tracked norm, at the ratio the true residual shows now.
       t.index_copy_(0, due,
                     (t_true.index_select(0, due).to(at::kDouble) * tracked_norm /
@@ -415,10 +423,15 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
       // A recurrence that grew tenfold past its last true residual is due at once: the row may be diverging (CG's
       // residual norms are not monotone, so smaller rises are left alone).
       const at::Tensor grown = active & (fallen > kGrowthDue);
-      const at::Tensor due_mask =
-          active_count == 0 ? at::ones_like(active) : (active & (fallen < kReliableUpdateReduction)) | grown;
+      // A split CG's rows that look converged by their recurrence are checked on their true residual before they
+      // may leave the batch: C⁻¹ r says only roughly how far |r| is from its target.
+      const at::Tensor unconfirmed = split ? active.logical_not() & confirmed.logical_not() : at::zeros_like(active);
+      const at::Tensor due_mask = active_count == 0
+                                      ? at::ones_like(active)
+                                      : (active & (fallen < kReliableUpdateReduction)) | grown | unconfirmed;
       const int64_t due_count = due_mask.sum().item<int64_t>();
-      const bool urgent = (active & ((fallen < kReliableUpdateUrgent) | grown)).any().item<bool>();
+      const bool urgent =
+          (active & ((fallen < kReliableUpdateUrgent) | grown)).any().item<bool>() || unconfirmed.any().item<bool>();
       if (active_count == 0 || (due_count > 0 && (4 * due_count >= active_count || urgent))) {
         const bool stop = replace_residuals(due_mask.nonzero().squeeze(1));
         active = at::linalg_vector_norm(r, 2, {1}) > t;
@@ -449,6 +462,7 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
       if (rnorm_replaced.defined()) rnorm_replaced = rnorm_replaced.index_select(0, keep);
       if (split) {
         t_true = t_true.index_select(0, keep);
+        confirmed = confirmed.index_select(0, keep);
         rnorm_split_replaced = rnorm_split_replaced.index_select(0, keep);
       }
       if (rnorm_start.defined()) rnorm_start = rnorm_start.index_select(0, keep);
@@ -496,7 +510,10 @@ class CorrectionSolver {
  public:
   CorrectionSolver(const System& system, const at::Tensor& pruned, IterativePreconditioner kind, at::ScalarType work,
                    CgState& state)
-      : work_(work), pruned_space_(kind == IterativePreconditioner::kPrunedSpace) {
+      : work_(work),
+        pruned_space_(kind == IterativePreconditioner::kPrunedSpace ||
+                      (kind == IterativePreconditioner::kAuto && work == at::kDouble &&
+                       auto_uses_pruned_space(system.condition))) {
     const double n = static_cast<double>(system.h.size(0));
     kept_ = pruned.logical_not().to(work);
     if (pruned_space_) {
@@ -515,10 +532,10 @@ class CorrectionSolver {
     if (kind == IterativePreconditioner::kInverseBlock) {
       prec_ = Preconditioner::inverse_block(at::cholesky_inverse(system.l).to(work));
       state.flops += n * n * n;
-    } else if (kind == IterativePreconditioner::kLowRank) {
-      prec_ = low_rank_preconditioner(system.h, pruned.logical_not(), work, state.flops);
-    } else {
+    } else if (kind == IterativePreconditioner::kMaskedCholesky) {
       prec_ = Preconditioner::masked_cholesky(system.l.to(work).contiguous());
+    } else {
+      prec_ = low_rank_preconditioner(system.h, pruned.logical_not(), work, state.flops);
     }
   }
 
@@ -528,7 +545,7 @@ class CorrectionSolver {
   // minimizing |C⁻¹ r|, leaves |r| itself where it was: cond 1e12 in the tests, beyond any layer measured) to the
   // low-rank preconditioner.
   IterativePreconditioner handover() const {
-    if (pruned_space_) return IterativePreconditioner::kMaskedCholesky;
+    if (pruned_space_) return IterativePreconditioner::kLowRank;
     return prec_.split() ? IterativePreconditioner::kLowRank : IterativePreconditioner::kAuto;
   }
 
@@ -568,6 +585,10 @@ class CorrectionSolver {
 };
 
 }  // namespace
+
+bool auto_uses_pruned_space(double condition_estimate) {
+  return condition_estimate >= kPrunedSpaceConditionMin && condition_estimate <= kPrunedSpaceConditionLimit;
+}
 
 double cholesky_condition_estimate(const at::Tensor& l) {
   if (l.numel() == 0) return 1.0;

@@ -484,12 +484,14 @@ TEST_F(SolveTest, IterativeSolverOnSingularHessians) {
 
 // Every formulation of the iterative solver (pruned space, kept space with any of its preconditioners) reaches the
 // closed form in both precisions, at 50% unstructured and 2:4, on an LLM-like Hessian and on the same with its
-// inputs' scales spread over three decades (condition estimate past 1e5).
+// inputs' scales spread over three decades (condition estimate past 1e5: kAuto's fp64 rounds take the pruned space
+// there, the kept space on the first).
 TEST_F(SolveTest, IterativeFormulationsReachTheClosedForm) {
   const int64_t out = 32, n = 96;
   const at::Tensor gram = gram_hessian(n, 3 * n);
   const at::Tensor spread = at::pow(10.0, at::linspace(-1.5, 1.5, n, kF64));
   const at::Tensor w = at::randn({out, n}, kF64);
+  int auto_pruned = 0, auto_kept = 0;
   for (int kind = 0; kind < 4; ++kind) {
     const at::Tensor h = kind < 2 ? gram : gram * spread.unsqueeze(0) * spread.unsqueeze(1);
     const at::Tensor mask = kind % 2 == 0 ? matrix_threshold_mask(w, 0.5) : n_m_mask(w, 2, 4);
@@ -507,11 +509,17 @@ TEST_F(SolveTest, IterativeFormulationsReachTheClosedForm) {
         const RowSolveResult r = solve_rows_iterative(w, mask, h, w.masked_fill(mask, 0), 1e-10, 5000, options);
         EXPECT_TRUE(r.converged);
         EXPECT_GT(r.iterations, 0);
-        // The pruned space only where asked, where it does all the work in fp64; in fp32 it may hand over to the
-        // kept space once its corrections stop cutting the residual tenfold.
-        if (formulation == IterativePreconditioner::kPrunedSpace && precision == SolvePrecision::kFloat64) {
+        // The pruned space where asked (kAuto: in fp64), where it does all the work in fp64; in fp32 it may hand
+        // over to the kept space once its corrections stop cutting the residual tenfold.
+        const bool auto_pruned_space = formulation == IterativePreconditioner::kAuto &&
+                                       precision == SolvePrecision::kFloat64 &&
+                                       auto_uses_pruned_space(r.condition_estimate);
+        if (formulation == IterativePreconditioner::kAuto && precision == SolvePrecision::kFloat64)
+          ++(auto_pruned_space ? auto_pruned : auto_kept);
+        const bool pruned_space = formulation == IterativePreconditioner::kPrunedSpace || auto_pruned_space;
+        if (pruned_space && precision == SolvePrecision::kFloat64) {
           EXPECT_EQ(r.pruned_space_rounds, r.refinement_steps);
-        } else if (formulation == IterativePreconditioner::kPrunedSpace) {
+        } else if (pruned_space) {
           EXPECT_GE(r.pruned_space_rounds, 1);
         } else {
           EXPECT_EQ(r.pruned_space_rounds, 0);
@@ -520,11 +528,14 @@ TEST_F(SolveTest, IterativeFormulationsReachTheClosedForm) {
       }
     }
   }
+  // Both of kAuto's fp64 branches ran.
+  EXPECT_GT(auto_pruned, 0);
+  EXPECT_GT(auto_kept, 0);
 }
 
 // The masked-Cholesky preconditioner is what its spectrum says: on an LLM-like Hessian, where L_TT L_TTᵀ captures
-// most of H_TT (preconditioned condition number about 2 here), CG needs far fewer iterations than the low-rank
-// preconditioner, in fp32 with reliable updates as in fp64, and stays in fp32.
+// most of H_TT (preconditioned condition number about 2 here), CG needs far fewer iterations than with the low-rank
+// preconditioner, in fp32 with reliable updates as in fp64, and fp32 holds.
 TEST_F(SolveTest, MaskedCholeskyNeedsFewerIterationsThanLowRank) {
   const int64_t out = 32, n = 192;
   const at::Tensor h = gram_hessian(n, 3 * n);

@@ -497,10 +497,15 @@ json solver_real(const std::vector<std::string>& args) {
           optima::IterativePreconditioner kind;
           optima::SolvePrecision precision;
         };
-        // The default (kAuto: kept-space low rank in fp32, pruned space once in fp64), the pruned space in both
-        // precisions, and the kept-space low rank in fp64 (what an fp64 round would run without the pruned space).
+        // The default (kAuto: kept-space low rank in fp32, pruned space once in fp64), the masked Cholesky in both
+        // precisions, the pruned space in both precisions, and the kept-space low rank in fp64 (what an fp64 round
+        // would run without the pruned space).
         const std::vector<Variant> variants = {
             {"iterative", optima::IterativePreconditioner::kAuto, optima::SolvePrecision::kFloat32Refined},
+            {"iterative_masked_cholesky", optima::IterativePreconditioner::kMaskedCholesky,
+             optima::SolvePrecision::kFloat32Refined},
+            {"iterative_masked_cholesky_fp64", optima::IterativePreconditioner::kMaskedCholesky,
+             optima::SolvePrecision::kFloat64},
             {"iterative_low_rank_fp64", optima::IterativePreconditioner::kLowRank, optima::SolvePrecision::kFloat64},
             {"iterative_pruned_space", optima::IterativePreconditioner::kPrunedSpace,
              optima::SolvePrecision::kFloat32Refined},
