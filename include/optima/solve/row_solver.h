@@ -76,9 +76,9 @@ enum class SolvePrecision {
 // I + B Bᵀ (B = L_TT⁻¹ L_TS), whose spectrum starts at 1, and an iteration is two masked triangular passes over L
 // (about one product's flops) with no product with H. It needs the fewest iterations of all in fp64 (random
 // OPT-125M fc2: 80, against 132 for kLowRank; one row's preconditioned condition number 55, against 1.9e6), but in
-// fp32 its passes carry cond(H) · 2⁻²⁴ of error into C⁻¹ r (fc2: 114-133 iterations; q_proj and fc1, whose true
+// fp32 its passes carry cond(H) · 2⁻²⁴ of error into C⁻¹ r (fc2: 117-129 iterations; q_proj and fc1, whose true
 // condition number is about 4e8, go to fp64), and on these 2-core machines a pass runs at about 0.7 of the product
-// rate, so kLowRank stays the default: bench/solver_cpu.json "masked_cholesky" and the README have the numbers. A
+// rate, so kLowRank stays the default: bench/solver_cpu.json "real" and the README have the numbers. A
 // round that does not pay in fp64 hands over to kLowRank.
 enum class IterativePreconditioner { kAuto, kPrunedSpace, kMaskedCholesky, kLowRank, kInverseBlock };
 
