@@ -497,7 +497,8 @@ json solver_real(const std::vector<std::string>& args) {
           optima::IterativePreconditioner kind;
           optima::SolvePrecision precision;
         };
-        // The default (kAuto: kept-space low rank in fp32, pruned space once in fp64), the masked Cholesky in both
+        // The default (kAuto: in fp32 the kept-space low rank, or the masked Cholesky where H's condition estimate is
+        // at least 1e6; in fp64 the pruned space where it is ill-conditioned), the masked Cholesky in both
         // precisions, the pruned space in both precisions, and the kept-space low rank in fp64 (what an fp64 round
         // would run without the pruned space).
         const std::vector<Variant> variants = {
