@@ -41,6 +41,11 @@ constexpr double kPrunedSpaceConditionLimit = 1e9;
 // 116-174 with the low rank, and the layers below (q_proj and fc1 at 2e3, whose true condition number of about 4e8
 // fp32 passes cannot hold; out_proj at 2e5, 594-630 iterations in fp64) cost 1.5-2x more with it.
 constexpr double kMaskedCholeskyConditionMin = 1e6;
+// Its fp32 passes hold far past the estimates that send other fp32 work to fp64 directly (predict_fp64, 1e8): the
+// fc2 Hessians of blocks 6-11 of that model, estimates 1e8 to 1e11, converged in fp32 in 90-101 iterations with no
+// fp64 round, 13-15 s a layer against 17-25 s in fp64 (the pruned space or the low rank). Up to the estimate above
+// which the iterative solver damps H as singular, then; a round that does not pay goes to fp64 as anywhere.
+constexpr double kMaskedCholeskyConditionMax = kSingularCondition;
 // A pruned-space round stops after 2 n + this many iterations (see CorrectionSolver::correct).
 constexpr int64_t kPrunedSpaceExtraIterations = 50;
 // Reliable updates of an fp32 kept-space CG (see pcg): a row's recurrence residual is replaced by its fp64 residual
@@ -626,7 +631,7 @@ bool auto_uses_pruned_space(double condition_estimate) {
 }
 
 bool auto_uses_masked_cholesky(double condition_estimate) {
-  return condition_estimate >= kMaskedCholeskyConditionMin && !predict_fp64(condition_estimate);
+  return condition_estimate >= kMaskedCholeskyConditionMin && condition_estimate <= kMaskedCholeskyConditionMax;
 }
 
 double cholesky_condition_estimate(const at::Tensor& l) {
@@ -674,7 +679,12 @@ RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Te
   at::Tensor x = at::where(whole, w, start.to(at::kDouble)) * kept;
 
   const bool fp32 = options.precision == SolvePrecision::kFloat32Refined;
-  result.fp64_predicted = fp32 && predict_fp64(system.condition);
+  // The masked Cholesky's fp32 passes hold past the estimates that send other fp32 work to fp64 (see
+  // kMaskedCholeskyConditionMax); a round of it that does not pay still goes to fp64.
+  const bool masked_fp32 =
+      options.preconditioner == IterativePreconditioner::kMaskedCholesky ||
+      (options.preconditioner == IterativePreconditioner::kAuto && auto_uses_masked_cholesky(system.condition));
+  result.fp64_predicted = fp32 && predict_fp64(system.condition) && !masked_fp32;
   bool work32 = fp32 && !result.fp64_predicted;
   CgState state;
   state.abandon_at = options.abandon_iterations;

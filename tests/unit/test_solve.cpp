@@ -594,24 +594,34 @@ TEST_F(SolveTest, AutoRunsTheMaskedCholeskyOnIllConditionedHessians) {
   const int64_t out = 24, n = 128;
   const at::Tensor a = gram_hessian(n, 4 * n);
   const at::Tensor inv_sd = a.diagonal().rsqrt();
-  const at::Tensor scale = at::pow(10.0, at::linspace(0, 3.5, n, kF64)).index_select(0, at::randperm(n, at::kLong));
-  const at::Tensor h = a * (inv_sd * scale).unsqueeze(0) * (inv_sd * scale).unsqueeze(1);
   const at::Tensor w = at::randn({out, n}, kF64);
   const at::Tensor mask = matrix_threshold_mask(w, 0.5);
-  const auto run = [&](IterativePreconditioner kind) {
-    RowSolveOptions options;
-    options.precision = SolvePrecision::kFloat32Refined;
-    options.preconditioner = kind;
-    return solve_rows_iterative(w, mask, h, w.masked_fill(mask, 0), 1e-10, 5000, options);
-  };
-  const RowSolveResult automatic = run(IterativePreconditioner::kAuto);
-  const RowSolveResult masked = run(IterativePreconditioner::kMaskedCholesky);
-  EXPECT_TRUE(auto_uses_masked_cholesky(automatic.condition_estimate)) << automatic.condition_estimate;
-  EXPECT_EQ(automatic.fp64_fallback_rows, 0);
-  EXPECT_EQ(automatic.iterations, masked.iterations);
-  expect_closed_form_answer(automatic, w, mask, h, reference(w, mask, h), 1e-9);
+  // Scales over 3.5 decades (estimate about 1e7) and over 5 (about 1e10, past the estimates that send other fp32
+  // work to fp64 directly).
+  for (const double decades : {3.5, 5.0}) {
+    SCOPED_TRACE(::testing::Message() << "decades " << decades);
+    const at::Tensor scale =
+        at::pow(10.0, at::linspace(0, decades, n, kF64)).index_select(0, at::randperm(n, at::kLong));
+    const at::Tensor h = a * (inv_sd * scale).unsqueeze(0) * (inv_sd * scale).unsqueeze(1);
+    const auto run = [&](IterativePreconditioner kind) {
+      RowSolveOptions options;
+      options.precision = SolvePrecision::kFloat32Refined;
+      options.preconditioner = kind;
+      return solve_rows_iterative(w, mask, h, w.masked_fill(mask, 0), 1e-10, 5000, options);
+    };
+    const RowSolveResult automatic = run(IterativePreconditioner::kAuto);
+    const RowSolveResult masked = run(IterativePreconditioner::kMaskedCholesky);
+    EXPECT_TRUE(auto_uses_masked_cholesky(automatic.condition_estimate)) << automatic.condition_estimate;
+    EXPECT_FALSE(automatic.fp64_predicted);
+    EXPECT_EQ(automatic.fp64_fallback_rows, 0);
+    EXPECT_EQ(automatic.iterations, masked.iterations);
+    expect_closed_form_answer(automatic, w, mask, h, reference(w, mask, h), 1e-9);
+    if (decades > 4) {
+      EXPECT_TRUE(predict_fp64(automatic.condition_estimate)) << automatic.condition_estimate;
+    }
+  }
   EXPECT_FALSE(auto_uses_masked_cholesky(1e4));
-  EXPECT_FALSE(auto_uses_masked_cholesky(1e9));  // sent to fp64 directly
+  EXPECT_FALSE(auto_uses_masked_cholesky(1e13));
 }
 
 // Forced onto a Hessian whose G = H⁻¹ fp64 cannot hold (cond 1e13), the pruned space makes no progress; its rounds
@@ -735,7 +745,9 @@ TEST_F(SolveTest, Fp64IsPredictedFromTheConditionEstimate) {
     EXPECT_EQ(exact.fp64_fallback_rows, 0) << cond;
     EXPECT_LE(exact.kkt_residual, 1e-8) << cond;
     const RowSolveResult iter = solve_rows_iterative(w, mask, h, w.masked_fill(mask, 0), 1e-10, 5000, options);
-    EXPECT_EQ(iter.fp64_predicted, expect_fp64) << cond;
+    // Except where kAuto runs the masked Cholesky, whose fp32 passes are tried first (a round that does not pay
+    // goes to fp64).
+    EXPECT_EQ(iter.fp64_predicted, expect_fp64 && !auto_uses_masked_cholesky(iter.condition_estimate)) << cond;
     EXPECT_LE(iter.kkt_residual, 1e-10) << cond;
   }
 }
