@@ -46,6 +46,11 @@ constexpr double kMaskedCholeskyConditionMin = 1e6;
 // fp64 round, 13-15 s a layer against 17-25 s in fp64 (the pruned space or the low rank). Up to the estimate above
 // which the iterative solver damps H as singular, then; a round that does not pay goes to fp64 as anywhere.
 constexpr double kMaskedCholeskyConditionMax = kSingularCondition;
+// And only on wide layers: a pass's row-by-row part (tiles, diagonal blocks) and its thin products weigh more the
+// narrower the layer. On opt-small's fc2 (1024 inputs, 256 rows, estimate 4e6) an fp32 iteration cost about 7
+// products, and auto with it took 392-553 GEMM-equivalents against 214-299 for the exact solver (which auto had
+// reached before, after giving the low rank's CG up); at 3072 inputs about 1.5.
+constexpr int64_t kMaskedCholeskyMinInputs = 2048;
 // A pruned-space round stops after 2 n + this many iterations (see CorrectionSolver::correct).
 constexpr int64_t kPrunedSpaceExtraIterations = 50;
 // Reliable updates of an fp32 kept-space CG (see pcg): a row's recurrence residual is replaced by its fp64 residual
@@ -538,9 +543,9 @@ class CorrectionSolver {
     }
     h64_ = system.h;
     kept64_ = pruned.logical_not().to(at::kDouble);
-    const bool masked =
-        kind == IterativePreconditioner::kMaskedCholesky ||
-        (kind == IterativePreconditioner::kAuto && work == at::kFloat && auto_uses_masked_cholesky(system.condition));
+    const bool masked = kind == IterativePreconditioner::kMaskedCholesky ||
+                        (kind == IterativePreconditioner::kAuto && work == at::kFloat &&
+                         auto_uses_masked_cholesky(system.condition, system.h.size(0)));
     at::Tensor l = system.l;
     if (masked) reorder_for_masked_cholesky(pruned, l, state);
     op_ = h64_.to(work);
@@ -630,8 +635,9 @@ bool auto_uses_pruned_space(double condition_estimate) {
   return condition_estimate >= kPrunedSpaceConditionMin && condition_estimate <= kPrunedSpaceConditionLimit;
 }
 
-bool auto_uses_masked_cholesky(double condition_estimate) {
-  return condition_estimate >= kMaskedCholeskyConditionMin && condition_estimate <= kMaskedCholeskyConditionMax;
+bool auto_uses_masked_cholesky(double condition_estimate, int64_t inputs) {
+  return inputs >= kMaskedCholeskyMinInputs && condition_estimate >= kMaskedCholeskyConditionMin &&
+         condition_estimate <= kMaskedCholeskyConditionMax;
 }
 
 double cholesky_condition_estimate(const at::Tensor& l) {
@@ -681,9 +687,9 @@ RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Te
   const bool fp32 = options.precision == SolvePrecision::kFloat32Refined;
   // The masked Cholesky's fp32 passes hold past the estimates that send other fp32 work to fp64 (see
   // kMaskedCholeskyConditionMax); a round of it that does not pay still goes to fp64.
-  const bool masked_fp32 =
-      options.preconditioner == IterativePreconditioner::kMaskedCholesky ||
-      (options.preconditioner == IterativePreconditioner::kAuto && auto_uses_masked_cholesky(system.condition));
+  const bool masked_fp32 = options.preconditioner == IterativePreconditioner::kMaskedCholesky ||
+                           (options.preconditioner == IterativePreconditioner::kAuto &&
+                            auto_uses_masked_cholesky(system.condition, h.size(0)));
   result.fp64_predicted = fp32 && predict_fp64(system.condition) && !masked_fp32;
   bool work32 = fp32 && !result.fp64_predicted;
   CgState state;

@@ -591,8 +591,8 @@ TEST_F(SolveTest, MaskedCholeskyOrdersInputsByHowOftenTheyArePruned) {
 // well-conditioned correlation matrix between inputs whose scales span 3.5 decades (estimate about 1e7), and kAuto
 // takes the same iterations as the masked Cholesky asked for by name, to the closed form.
 TEST_F(SolveTest, AutoRunsTheMaskedCholeskyOnIllConditionedHessians) {
-  const int64_t out = 24, n = 128;
-  const at::Tensor a = gram_hessian(n, 4 * n);
+  const int64_t out = 16, n = 2048;  // auto runs it on wide layers only
+  const at::Tensor a = gram_hessian(n, 3 * n);
   const at::Tensor inv_sd = a.diagonal().rsqrt();
   const at::Tensor w = at::randn({out, n}, kF64);
   const at::Tensor mask = matrix_threshold_mask(w, 0.5);
@@ -611,7 +611,7 @@ TEST_F(SolveTest, AutoRunsTheMaskedCholeskyOnIllConditionedHessians) {
     };
     const RowSolveResult automatic = run(IterativePreconditioner::kAuto);
     const RowSolveResult masked = run(IterativePreconditioner::kMaskedCholesky);
-    EXPECT_TRUE(auto_uses_masked_cholesky(automatic.condition_estimate)) << automatic.condition_estimate;
+    EXPECT_TRUE(auto_uses_masked_cholesky(automatic.condition_estimate, n)) << automatic.condition_estimate;
     EXPECT_FALSE(automatic.fp64_predicted);
     EXPECT_EQ(automatic.fp64_fallback_rows, 0);
     EXPECT_EQ(automatic.iterations, masked.iterations);
@@ -620,8 +620,9 @@ TEST_F(SolveTest, AutoRunsTheMaskedCholeskyOnIllConditionedHessians) {
       EXPECT_TRUE(predict_fp64(automatic.condition_estimate)) << automatic.condition_estimate;
     }
   }
-  EXPECT_FALSE(auto_uses_masked_cholesky(1e4));
-  EXPECT_FALSE(auto_uses_masked_cholesky(1e13));
+  EXPECT_FALSE(auto_uses_masked_cholesky(1e4, n));
+  EXPECT_FALSE(auto_uses_masked_cholesky(1e13, n));
+  EXPECT_FALSE(auto_uses_masked_cholesky(1e7, 1024));  // narrow layers keep the low rank
 }
 
 // Forced onto a Hessian whose G = H⁻¹ fp64 cannot hold (cond 1e13), the pruned space makes no progress; its rounds
@@ -747,7 +748,7 @@ TEST_F(SolveTest, Fp64IsPredictedFromTheConditionEstimate) {
     const RowSolveResult iter = solve_rows_iterative(w, mask, h, w.masked_fill(mask, 0), 1e-10, 5000, options);
     // Except where kAuto runs the masked Cholesky, whose fp32 passes are tried first (a round that does not pay
     // goes to fp64).
-    EXPECT_EQ(iter.fp64_predicted, expect_fp64 && !auto_uses_masked_cholesky(iter.condition_estimate)) << cond;
+    EXPECT_EQ(iter.fp64_predicted, expect_fp64 && !auto_uses_masked_cholesky(iter.condition_estimate, 64)) << cond;
     EXPECT_LE(iter.kkt_residual, 1e-10) << cond;
   }
 }

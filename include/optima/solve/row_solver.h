@@ -61,30 +61,29 @@ enum class SolvePrecision {
 // G_SS μ = (G ρ)_S with G = H⁻¹, preconditioned by diag(G); one product with G per iteration. kLowRank and
 // kInverseBlock run CG on the kept-set system H_TT e = ρ_T: with Woodbury on a low-rank-plus-diagonal model of H
 // restricted to T (a few thin products per iteration), or with G_TT (one more full product per iteration).
-// kAuto (default): in fp32, kMaskedCholesky where H's condition estimate lies between 1e6 and 1e12
-// (auto_uses_masked_cholesky, below; its fp32 passes are tried even past the estimates that send other fp32 work to
-// fp64 directly), kLowRank elsewhere; in fp64, kPrunedSpace where H's condition
-// estimate lies between 1e5 and 1e9 (auto_uses_pruned_space; rounds that stop paying hand over to kLowRank, undone when
-// they made things worse), kLowRank elsewhere. Measured in fp64 on real Hessians (bench/solver_cpu.json, "real",
-// iterations): the pruned space needs fewer where H is ill-conditioned (random OPT-125M: fc2, estimate 1e7, 76-84
-// against 132; out_proj, 2e5, 296-332 against 520-550; opt-small fc2, 4e6, 80-88 against 255-265) and more where it is
-// not (random OPT-125M q_proj, 2e3, 100-136 against 58-59; fc1, 2e4, 132-140 against 58; stories260k, below 30; the
-// benchmark's synthetic low-rank-plus-diagonal Hessians, whose low-rank part kLowRank captures exactly, 44-52 against
-// 20-21 whatever their estimate). In fp32 the pruned space's correction y − (G μ)_T cancels terms up to cond(H) times
-// larger than the result, so fp32 rounds contract slowly and it needs more iterations than kLowRank there (OPT-125M
-// fc2: 188 against 163).
-// kMaskedCholesky: the kept-set system with L_TT L_TTᵀ as split preconditioner, L = chol(H) restricted to the row's
-// kept set (solve/masked_cholesky.h), the inputs ordered so that those pruned in the fewest rows come first.
-// H_TT = L_TT L_TTᵀ + L_TS L_TSᵀ, so CG runs on I + B Bᵀ (B = L_TT⁻¹ L_TS), whose spectrum starts at 1, and an
-// iteration is two masked triangular passes over L (about one product's flops) with no product with H; L_TS only
-// holds pruned inputs ordered before kept ones, hence the order. It needs the fewest iterations of all in fp64
-// (random OPT-125M fc2: 59-69, 77-78 in the inputs' own order, against 132 for kLowRank; one row's preconditioned
-// condition number 55, against 1.9e6), but in fp32 its passes carry cond(H) · 2⁻²⁴ of error into C⁻¹ r (fc2: 85-100
-// iterations; q_proj and fc1, whose true condition number is about 4e8 behind an estimate of 2e3, go to fp64), and on
-// these 2-core machines a pass runs at about 0.7 of the product rate (an fp32 iteration costs about 1.5 products,
-// against 1.0-1.1 for kLowRank). So kAuto uses it in fp32 only where H is ill-conditioned enough that it needs far
-// fewer iterations than kLowRank (fc2: 95-150 products against 116-174; bench/solver_cpu.json "real" and the README
-// have the numbers). A round that does not pay in fp64 hands over to kLowRank.
+// kAuto (default): in fp32, kMaskedCholesky on layers of at least 2048 inputs whose H's condition estimate lies between
+// 1e6 and 1e12 (auto_uses_masked_cholesky, below; its fp32 passes are tried even past the estimates that send other
+// fp32 work to fp64 directly), kLowRank elsewhere; in fp64, kPrunedSpace where H's condition estimate lies between 1e5
+// and 1e9 (auto_uses_pruned_space; rounds that stop paying hand over to kLowRank, undone when they made things worse),
+// kLowRank elsewhere. Measured in fp64 on real Hessians (bench/solver_cpu.json, "real", iterations): the pruned space
+// needs fewer where H is ill-conditioned (random OPT-125M: fc2, estimate 1e7, 76-84 against 132; out_proj, 2e5, 296-332
+// against 520-550; opt-small fc2, 4e6, 80-88 against 255-265) and more where it is not (random OPT-125M q_proj, 2e3,
+// 100-136 against 58-59; fc1, 2e4, 132-140 against 58; stories260k, below 30; the benchmark's synthetic
+// low-rank-plus-diagonal Hessians, whose low-rank part kLowRank captures exactly, 44-52 against 20-21 whatever their
+// estimate). In fp32 the pruned space's correction y − (G μ)_T cancels terms up to cond(H) times larger than the
+// result, so fp32 rounds contract slowly and it needs more iterations than kLowRank there (OPT-125M fc2: 188 against
+// 163). kMaskedCholesky: the kept-set system with L_TT L_TTᵀ as split preconditioner, L = chol(H) restricted to the
+// row's kept set (solve/masked_cholesky.h), the inputs ordered so that those pruned in the fewest rows come first. H_TT
+// = L_TT L_TTᵀ + L_TS L_TSᵀ, so CG runs on I + B Bᵀ (B = L_TT⁻¹ L_TS), whose spectrum starts at 1, and an iteration is
+// two masked triangular passes over L (about one product's flops) with no product with H; L_TS only holds pruned inputs
+// ordered before kept ones, hence the order. It needs the fewest iterations of all in fp64 (random OPT-125M fc2: 59-69,
+// 77-78 in the inputs' own order, against 132 for kLowRank; one row's preconditioned condition number 55,
+// against 1.9e6), but in fp32 its passes carry cond(H) · 2⁻²⁴ of error into C⁻¹ r (fc2: 85-100 iterations; q_proj and
+// fc1, whose true condition number is about 4e8 behind an estimate of 2e3, go to fp64), and on these 2-core machines a
+// pass runs at about 0.7 of the product rate (an fp32 iteration costs about 1.5 products, against 1.0-1.1 for
+// kLowRank). So kAuto uses it in fp32 only where H is ill-conditioned enough that it needs far fewer iterations than
+// kLowRank (fc2: 95-150 products against 116-174; bench/solver_cpu.json "real" and the README have the numbers). A
+// round that does not pay in fp64 hands over to kLowRank.
 enum class IterativePreconditioner { kAuto, kPrunedSpace, kMaskedCholesky, kLowRank, kInverseBlock };
 
 struct RowSolveOptions {
@@ -214,8 +213,9 @@ bool predict_fp64(double condition_estimate);
 // Whether kAuto runs an fp64 round in the pruned space, from H's Cholesky condition estimate (see
 // IterativePreconditioner).
 bool auto_uses_pruned_space(double condition_estimate);
-// Whether kAuto runs fp32 rounds with the masked Cholesky (the low rank otherwise), from the same estimate.
-bool auto_uses_masked_cholesky(double condition_estimate);
+// Whether kAuto runs fp32 rounds with the masked Cholesky (the low rank otherwise), from the same estimate and the
+// layer's number of inputs (wide layers only).
+bool auto_uses_masked_cholesky(double condition_estimate, int64_t inputs);
 
 // Iterative solver: undamped H whose condition estimate exceeds this counts as singular and is damped.
 inline constexpr double kSingularCondition = 1e12;
