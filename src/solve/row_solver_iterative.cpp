@@ -35,11 +35,11 @@ constexpr double kFp32Progress = 0.1;
 // preconditioner needs fewer iterations (see IterativePreconditioner).
 constexpr double kPrunedSpaceConditionMin = 1e5;
 constexpr double kPrunedSpaceConditionLimit = 1e9;
-// kAuto's fp32 rounds use the masked Cholesky from this condition estimate on (up to the estimates that go to fp64
-// directly, predict_fp64): measured on the real Hessians of a random OPT-125M-shaped model on C4 (SparseGPT masks,
-// bench/solver_cpu.json "real"), fc2 (estimate 1e7) took 85-100 iterations and 95-150 products against 156-163 and
-// 116-174 with the low rank, and the layers below (q_proj and fc1 at 2e3, whose true condition number of about 4e8
-// fp32 passes cannot hold; out_proj at 2e5, 594-630 iterations in fp64) cost 1.5-2x more with it.
+// kAuto's fp32 rounds use the masked Cholesky from this condition estimate on: measured on the real Hessians of a
+// random OPT-125M-shaped model on C4 (SparseGPT masks, bench/solver_cpu.json "real"), fc2 (estimate 1e7) took 85-100
+// iterations and 95-150 products against 156-163 and 116-174 with the low rank, and the layers below (q_proj and fc1 at
+// 2e3, whose true condition number of about 4e8 fp32 passes cannot hold; out_proj at 2e5, 594-630 iterations in fp64)
+// cost 1.5-2x more with it.
 constexpr double kMaskedCholeskyConditionMin = 1e6;
 // Its fp32 passes hold far past the estimates that send other fp32 work to fp64 directly (predict_fp64, 1e8): the
 // fc2 Hessians of blocks 6-11 of that model, estimates 1e8 to 1e11, converged in fp32 in 90-101 iterations with no
@@ -119,6 +119,13 @@ struct System {
   double condition = 0;
   int64_t retries = 0;
 };
+
+// Whether this preconditioner setting means the masked Cholesky for `system`: asked for by name, or kAuto's choice
+// for its fp32 rounds (auto_uses_masked_cholesky).
+bool masked_cholesky_for(IterativePreconditioner kind, const System& system) {
+  return kind == IterativePreconditioner::kMaskedCholesky ||
+         (kind == IterativePreconditioner::kAuto && auto_uses_masked_cholesky(system.condition, system.h.size(0)));
+}
 
 System prepare_system(const solve_detail::PreparedHessian& prepared, const RowSolveOptions& options) {
   System s;
@@ -543,9 +550,8 @@ class CorrectionSolver {
     }
     h64_ = system.h;
     kept64_ = pruned.logical_not().to(at::kDouble);
-    const bool masked = kind == IterativePreconditioner::kMaskedCholesky ||
-                        (kind == IterativePreconditioner::kAuto && work == at::kFloat &&
-                         auto_uses_masked_cholesky(system.condition, system.h.size(0)));
+    const bool masked =
+        masked_cholesky_for(kind, system) && (kind == IterativePreconditioner::kMaskedCholesky || work == at::kFloat);
     at::Tensor l = system.l;
     if (masked) reorder_for_masked_cholesky(pruned, l, state);
     op_ = h64_.to(work);
@@ -687,10 +693,8 @@ RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Te
   const bool fp32 = options.precision == SolvePrecision::kFloat32Refined;
   // The masked Cholesky's fp32 passes hold past the estimates that send other fp32 work to fp64 (see
   // kMaskedCholeskyConditionMax); a round of it that does not pay still goes to fp64.
-  const bool masked_fp32 = options.preconditioner == IterativePreconditioner::kMaskedCholesky ||
-                           (options.preconditioner == IterativePreconditioner::kAuto &&
-                            auto_uses_masked_cholesky(system.condition, h.size(0)));
-  result.fp64_predicted = fp32 && predict_fp64(system.condition) && !masked_fp32;
+  result.fp64_predicted =
+      fp32 && predict_fp64(system.condition) && !masked_cholesky_for(options.preconditioner, system);
   bool work32 = fp32 && !result.fp64_predicted;
   CgState state;
   state.abandon_at = options.abandon_iterations;

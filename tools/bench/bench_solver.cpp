@@ -497,10 +497,10 @@ json solver_real(const std::vector<std::string>& args) {
           optima::IterativePreconditioner kind;
           optima::SolvePrecision precision;
         };
-        // The default (kAuto: in fp32 the kept-space low rank, or the masked Cholesky where H's condition estimate is
-        // at least 1e6; in fp64 the pruned space where it is ill-conditioned), the masked Cholesky in both
-        // precisions, the pruned space in both precisions, and the kept-space low rank in fp64 (what an fp64 round
-        // would run without the pruned space).
+        // The default (kAuto: in fp32 the kept-space low rank, or the masked Cholesky on layers of 2048 inputs or more
+        // where H's condition estimate is at least 1e6; in fp64 the pruned space where it is ill-conditioned), the
+        // masked Cholesky in both precisions, the pruned space in both precisions, and the kept-space low rank in fp64
+        // (what an fp64 round would run without the pruned space).
         const std::vector<Variant> variants = {
             {"iterative", optima::IterativePreconditioner::kAuto, optima::SolvePrecision::kFloat32Refined},
             {"iterative_masked_cholesky", optima::IterativePreconditioner::kMaskedCholesky,

@@ -72,7 +72,9 @@ enum class SolvePrecision {
 // low-rank-plus-diagonal Hessians, whose low-rank part kLowRank captures exactly, 44-52 against 20-21 whatever their
 // estimate). In fp32 the pruned space's correction y − (G μ)_T cancels terms up to cond(H) times larger than the
 // result, so fp32 rounds contract slowly and it needs more iterations than kLowRank there (OPT-125M fc2: 188 against
-// 163). kMaskedCholesky: the kept-set system with L_TT L_TTᵀ as split preconditioner, L = chol(H) restricted to the
+// 163).
+//
+// kMaskedCholesky: the kept-set system with L_TT L_TTᵀ as split preconditioner, L = chol(H) restricted to the
 // row's kept set (solve/masked_cholesky.h), the inputs ordered so that those pruned in the fewest rows come first. H_TT
 // = L_TT L_TTᵀ + L_TS L_TSᵀ, so CG runs on I + B Bᵀ (B = L_TT⁻¹ L_TS), whose spectrum starts at 1, and an iteration is
 // two masked triangular passes over L (about one product's flops) with no product with H; L_TS only holds pruned inputs
