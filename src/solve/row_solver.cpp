@@ -37,6 +37,12 @@ constexpr size_t kProbeRows = 8;
 // Polishing to the undamped optimum stops once its (fp64) recurrence residual is this fraction of the tolerance, so
 // that the true residual checked after it is below the tolerance too.
 constexpr double kPolishRecurrenceMargin = 0.25;
+// Polishing takes max_refinement_steps, and up to this many times as many while some row's fall over the last
+// kPolishRateWindow steps projects that it reaches the tolerance within them: each eigenvalue of H_TT at or below the
+// damping costs the preconditioned CG about one step, and rows with several needed 11-13 steps where the cap was 10
+// (a Hessian of the unit tests, one seed in 40). Rows whose H_TT is singular stall, and take no more than before.
+constexpr int kPolishStepFactor = 3;
+constexpr int kPolishRateWindow = 4;
 
 // Everything one attempt (one damping value) needs about the layer.
 struct Layer {
@@ -85,15 +91,30 @@ struct Polished {
 // M⁻¹ρ for residuals ρ [b, n] supported on each row's kept set, with M the chunk's damped H_TT (its factors).
 using InverseApply = std::function<at::Tensor(const at::Tensor&)>;
 
+// Whether some row above `goal` may still reach it within `max_steps` in all, judged by each row's fall over the
+// last kPolishRateWindow steps (`history`: each step's [b] relative residuals).
+bool polish_may_reach(const std::vector<at::Tensor>& history, double goal, int max_steps) {
+  const size_t steps = history.size();
+  const at::Tensor& now = history.back();
+  if (steps <= static_cast<size_t>(kPolishRateWindow)) return (now > goal).any().item<bool>();
+  const at::Tensor fall = now / history[steps - 1 - kPolishRateWindow];
+  const at::Tensor steps_needed =
+      at::log(goal / now) / at::log(fall) * kPolishRateWindow;  // positive where falling toward the goal
+  const at::Tensor hopeful =
+      (now > goal) & (fall < 1) & (steps_needed <= static_cast<double>(max_steps) - static_cast<double>(steps));
+  return hopeful.any().item<bool>();
+}
+
 // The damped optimum δ₀ (from the chunk's factors of H_TT + dI) is not the problem's own: its undamped KKT residual is
 // about d·||δ_T|| / ||(H₀ w)_T|| (1e-7 to 1e-5 at the default damping). Conjugate gradients on H₀_TT e = −(H₀ δ₀)_T
 // with the damped factors as preconditioner reach the undamped optimum in a few steps where H₀_TT is definite: the
 // preconditioned spectrum λ / (λ + d) clusters at 1 except for the few eigenvalues near or below d. Rows whose
-// undamped residual does not reach `tolerance` in `max_steps` (H₀_TT singular, or nearly so) keep δ₀: the damping
-// stays only where H needs it. Products in fp64 with the damped H (h) less d·v.
+// undamped residual does not reach `tolerance` (H₀_TT singular, or nearly so: see polish_may_reach) keep δ₀: the
+// damping stays only where H needs it. Products in fp64 with the damped H (h) less d·v.
 Polished polish_to_undamped(const at::Tensor& h, double damping, const at::Tensor& kept_d, const at::Tensor& delta0,
-                            const at::Tensor& undamped_rho0, const at::Tensor& scale, double tolerance, int max_steps,
-                            const InverseApply& inverse_apply, double product_flops, RowSolveResult& result) {
+                            const at::Tensor& undamped_rho0, const at::Tensor& scale, double tolerance, int min_steps,
+                            int max_steps, const InverseApply& inverse_apply, double product_flops,
+                            RowSolveResult& result) {
   const auto undamped_product = [&](const at::Tensor& v) {  // (H₀ v)_T
     result.flops += product_flops;
     return at::matmul(v, h).sub_(v, damping).mul_(kept_d);
@@ -103,6 +124,7 @@ Polished polish_to_undamped(const at::Tensor& h, double damping, const at::Tenso
   at::Tensor e = at::zeros_like(delta0);
   at::Tensor p = inverse_apply(res);
   at::Tensor rz = at::linalg_vecdot(res, p);
+  std::vector<at::Tensor> history;  // each step's recurrence residuals, per row
   for (int step = 0; step < max_steps; ++step) {
     const at::Tensor q = undamped_product(p);
     const at::Tensor pq = at::linalg_vecdot(p, q);
@@ -110,7 +132,10 @@ Polished polish_to_undamped(const at::Tensor& h, double damping, const at::Tenso
     e.addcmul_(p, alpha);
     res.addcmul_(q, alpha, -1.0);
     // The recurrence is fp64 throughout; a quarter of the tolerance leaves room for its drift from the true residual.
-    if (!(worst(res).max().item<double>() > kPolishRecurrenceMargin * tolerance)) break;
+    const double goal = kPolishRecurrenceMargin * tolerance;
+    history.push_back(worst(res));
+    if (!(history.back().max().item<double>() > goal)) break;
+    if (step + 1 >= min_steps && !polish_may_reach(history, goal, max_steps)) break;
     const at::Tensor z = inverse_apply(res);
     const at::Tensor rz_next = at::linalg_vecdot(res, z);
     const at::Tensor beta = at::where(rz > 0, rz_next / rz, at::zeros_like(rz)).unsqueeze(1);
@@ -252,7 +277,8 @@ ChunkOutcome solve_chunk(const Layer& layer, const Chunk& chunk, bool fp32, cons
   if (layer.polish && !(fp32 && best > target)) {
     const Polished polished =
         polish_to_undamped(layer.h, layer.damping, kept_d, delta, undamped_rho, hw0_t_norm, options.undamped_tolerance,
-                           options.max_refinement_steps, inverse_apply, product_flops, result);
+                           options.max_refinement_steps, kPolishStepFactor * options.max_refinement_steps,
+                           inverse_apply, product_flops, result);
     delta = polished.delta;
     undamped_residual = at::where(polished.reached, polished.residual, undamped_residual);
     solved_residual = at::where(polished.reached, polished.residual, damped_residual);
