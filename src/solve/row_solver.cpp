@@ -37,10 +37,11 @@ constexpr size_t kProbeRows = 8;
 // Polishing to the undamped optimum stops once its (fp64) recurrence residual is this fraction of the tolerance, so
 // that the true residual checked after it is below the tolerance too.
 constexpr double kPolishRecurrenceMargin = 0.25;
-// Polishing takes max_refinement_steps, and up to this many times as many while some row's fall over the last
-// kPolishRateWindow steps projects that it reaches the tolerance within them: each eigenvalue of H_TT at or below the
-// damping costs the preconditioned CG about one step, and rows with several needed 11-13 steps where the cap was 10
-// (a Hessian of the unit tests, one seed in 40). Rows whose H_TT is singular stall, and take no more than before.
+// Polishing takes RowSolveOptions::max_refinement_steps, and up to this many times as many while some row's fall over
+// the last kPolishRateWindow steps projects that it reaches the tolerance within them: each eigenvalue of H_TT at or
+// below the damping costs the preconditioned CG about one step, and rows with several needed 11-13 steps where the cap
+// was 10 (a Hessian of the unit tests, one seed in 40). Rows whose H_TT is singular stall, and take no more than
+// before.
 constexpr int kPolishStepFactor = 3;
 constexpr int kPolishRateWindow = 4;
 
