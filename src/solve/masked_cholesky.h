@@ -47,6 +47,10 @@ struct MaskedBlock {
 
 template <typename T>
 void masked_block_cpu(const MaskedBlock<T>& block, bool backward);
+// Which build of the CPU kernel runs: the AVX2 one where the CPU has it (the default), or the baseline x86-64 one
+// every CPU runs (the tests check both against the reference).
+enum class MaskedKernelBuild { kBest, kBaseline };
+void set_masked_kernel_build(MaskedKernelBuild build);
 template <typename T>
 void masked_block_cuda(const MaskedBlock<T>& block, bool backward);
 

@@ -6,6 +6,8 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstring>
 #include <vector>
 
 #include "optima/core/error.h"
@@ -16,94 +18,195 @@ namespace optima::solve_detail {
 namespace {
 
 // Inputs per block. The diagonal blocks cost rows·n·b/2 multiply-adds per pass outside the products (n²/2), so
-// b/n of a pass; 64 keeps that at 2-8% for n = 768-3072 while the products [rows, k] x [k, 64] still run near the
-// machine's product rate.
-constexpr int64_t kBlock = 64;
+// b/n of a pass (4-17% for n = 768-3072 at 128), at a fraction of the product rate; but each input of a block is
+// read and written once per pass whatever b is, and those strided reads across the rows cost as much as the
+// multiply-adds at b = 64. On 2 cores, two passes at n = 3072 took 1.3 products at 128 against 1.5-1.6 at 64 and
+// 256 (bench_solver "passes").
+constexpr int64_t kBlock = 128;
 
 // Rows are solved kLanes at a time, each step a vector operation across the rows: within a row every step depends
-// on the one before, and a dot product along the row would not vectorize without reassociating its sum. The rows'
-// entries of the block are copied into [b][kLanes] tiles first (b·kLanes values, against b²/2 steps on them).
-constexpr int64_t kLanes = 8;
+// on the one before, and a dot product along the row would not vectorize without reassociating its sum.
+// 16 lanes are two AVX registers of floats (four of doubles), and the forward sums run in two interleaved chains of
+// j, so that several fused multiply-adds are in flight at once rather than each waiting for the one before.
+constexpr int64_t kLanes = 16;
 
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define OPTIMA_MASKED_AVX2 1
+#define OPTIMA_INLINE inline __attribute__((always_inline))
+#else
+#define OPTIMA_MASKED_AVX2 0
+#define OPTIMA_INLINE inline
+#endif
+
+// The lanes as vectors of 32 bytes (GCC/Clang vector extensions): AVX registers in the AVX2 build of the kernels
+// below, pairs of SSE registers in the baseline one. Loads and stores go through memcpy (unaligned moves), as the
+// tiles are only as aligned as std::vector makes them.
+// The helpers below pass vectors by value but are always inlined, so the calling convention GCC warns about
+// (AVX vectors returned from code built without AVX) never applies. (For the rest of the file: GCC reports it where
+// the templates are instantiated, at its end.)
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
 template <typename T>
-struct Tiles {
-  explicit Tiles(int64_t size) : rhs(size * kLanes), given(size * kLanes), kept(size * kLanes), t(size * kLanes) {}
-  std::vector<T> rhs, given, kept, t;
-  // Copies rows [first, first + lanes) of the block's inputs in; absent lanes and inputs read as 0.
-  void load(const MaskedBlock<T>& b, int64_t first, int64_t lanes) {
-    std::fill(rhs.begin(), rhs.end(), T(0));
-    std::fill(given.begin(), given.end(), T(0));
-    std::fill(kept.begin(), kept.end(), T(0));
-    for (int64_t l = 0; l < lanes; ++l) {
-      const int64_t r = first + l;
-      for (int64_t i = 0; i < b.size; ++i) {
-        const size_t at = static_cast<size_t>(i * kLanes + l);
-        t[at] = b.off[r * b.size + i];
-        kept[at] = b.kept[r * b.stride + i];
-        if (b.rhs != nullptr) rhs[at] = b.rhs[r * b.stride + i];
-        if (b.given != nullptr) given[at] = b.given[r * b.stride + i];
-      }
-    }
-  }
+struct Vector32;
+template <>
+struct Vector32<float> {
+  typedef float type __attribute__((vector_size(32)));
+};
+template <>
+struct Vector32<double> {
+  typedef double type __attribute__((vector_size(32)));
 };
 
 template <typename T>
-void forward_rows(const MaskedBlock<T>& b, int64_t begin, int64_t end) {
-  Tiles<T> tiles(b.size);
+struct Lanes {
+  using V = typename Vector32<T>::type;
+  static constexpr int64_t kWidth = static_cast<int64_t>(32 / sizeof(T));
+  static constexpr int64_t kVectors = kLanes / kWidth;
+  static OPTIMA_INLINE V load(const T* p) {
+    V v;
+    std::memcpy(&v, p, sizeof(V));
+    return v;
+  }
+  static OPTIMA_INLINE void store(T* p, const V& v) { std::memcpy(p, &v, sizeof(V)); }
+  static OPTIMA_INLINE V splat(T x) { return V{} + x; }
+};
+
+// Row r's value of input i of the block in a row-major [rows, ·] array (0 where the array is absent).
+template <typename T>
+OPTIMA_INLINE T entry(const T* a, int64_t stride, int64_t r, int64_t i) {
+  return a != nullptr ? a[r * stride + i] : T(0);
+}
+
+template <typename T>
+OPTIMA_INLINE void forward_rows_body(const MaskedBlock<T>& b, int64_t begin, int64_t end) {
+  using L = Lanes<T>;
+  using V = typename L::V;
+  constexpr int64_t kV = L::kVectors, kW = L::kWidth;
+  // z of kLanes rows, [b][kLanes]: the vectors the sums run over. The block's other inputs are read where needed,
+  // once per input and row; only z is reused (b/2 times on average).
   std::vector<T> z(static_cast<size_t>(b.size * kLanes));
   for (int64_t first = begin; first < end; first += kLanes) {
     const int64_t lanes = std::min(kLanes, end - first);
-    tiles.load(b, first, lanes);
     for (int64_t i = 0; i < b.size; ++i) {
       const T* li = b.l + i * b.ld;
-      T* t = tiles.t.data() + i * kLanes;
-      for (int64_t j = 0; j < i; ++j) {
-        const T lij = li[j];
-        const T* zj = z.data() + j * kLanes;
-        for (int64_t l = 0; l < kLanes; ++l) t[l] += lij * zj[l];
+      const T* zs = z.data();
+      // Σ_{j<i} L_ij z_j, the even and the odd j in separate chains.
+      V even[kV], odd[kV];
+      for (int64_t v = 0; v < kV; ++v) even[v] = odd[v] = V{};
+      int64_t j = 0;
+      for (; j + 1 < i; j += 2) {
+        const V l0 = L::splat(li[j]), l1 = L::splat(li[j + 1]);
+        for (int64_t v = 0; v < kV; ++v) {
+          even[v] += l0 * L::load(zs + j * kLanes + v * kW);
+          odd[v] += l1 * L::load(zs + (j + 1) * kLanes + v * kW);
+        }
       }
-      const T* kept = tiles.kept.data() + i * kLanes;
-      const T* rhs = tiles.rhs.data() + i * kLanes;
-      const T* given = tiles.given.data() + i * kLanes;
+      if (j < i) {
+        const V l0 = L::splat(li[j]);
+        for (int64_t v = 0; v < kV; ++v) even[v] += l0 * L::load(zs + j * kLanes + v * kW);
+      }
+      T sum[kLanes] = {};
+      for (int64_t v = 0; v < kV; ++v) L::store(sum + v * kW, even[v] + odd[v]);
       T* zi = z.data() + i * kLanes;
-      for (int64_t l = 0; l < kLanes; ++l) zi[l] = kept[l] != T(0) ? (rhs[l] - t[l]) / li[i] : given[l];
+      const T inv = T(1) / li[i];
+      for (int64_t l = 0; l < lanes; ++l) {
+        const int64_t r = first + l;
+        const T t = b.off[r * b.size + i] + sum[l];
+        const T value = b.kept[r * b.stride + i] != T(0) ? (entry(b.rhs, b.stride, r, i) - t) * inv
+                                                         : entry(b.given, b.stride, r, i);
+        zi[l] = value;
+        b.out[r * b.stride + i] = value;
+      }
+      for (int64_t l = lanes; l < kLanes; ++l) zi[l] = T(0);
     }
-    for (int64_t l = 0; l < lanes; ++l)
-      for (int64_t i = 0; i < b.size; ++i) b.out[(first + l) * b.stride + i] = z[static_cast<size_t>(i * kLanes + l)];
   }
 }
 
 template <typename T>
-void backward_rows(const MaskedBlock<T>& b, int64_t begin, int64_t end) {
-  Tiles<T> tiles(b.size);
-  std::vector<T> x(static_cast<size_t>(b.size * kLanes));
+OPTIMA_INLINE void backward_rows_body(const MaskedBlock<T>& b, int64_t begin, int64_t end) {
+  using L = Lanes<T>;
+  using V = typename L::V;
+  constexpr int64_t kV = L::kVectors, kW = L::kWidth;
+  // t of kLanes rows, [b][kLanes]: the later inputs' shares, updated as each x_i becomes known.
+  std::vector<T> t(static_cast<size_t>(b.size * kLanes));
   for (int64_t first = begin; first < end; first += kLanes) {
     const int64_t lanes = std::min(kLanes, end - first);
-    tiles.load(b, first, lanes);
+    std::fill(t.begin(), t.end(), T(0));
     // Descending: once x_i is known, its share L_ij x_i of every earlier t_j is added (row i of L is contiguous).
+    // The updates of different j are independent, so they overlap without separate chains.
     for (int64_t i = b.size - 1; i >= 0; --i) {
       const T* li = b.l + i * b.ld;
-      T* t = tiles.t.data() + i * kLanes;
-      const T* kept = tiles.kept.data() + i * kLanes;
-      const T* rhs = tiles.rhs.data() + i * kLanes;
-      T* xi = x.data() + i * kLanes;
-      for (int64_t l = 0; l < kLanes; ++l) {
-        xi[l] = kept[l] != T(0) ? (rhs[l] - t[l]) / li[i] : T(0);
-        t[l] += li[i] * xi[l];  // t_i becomes (Lᵀ x)_i
+      T* ti = t.data() + i * kLanes;
+      T xi[kLanes] = {};
+      const T inv = T(1) / li[i];
+      for (int64_t l = 0; l < lanes; ++l) {
+        const int64_t r = first + l;
+        const T sum = b.off[r * b.size + i] + ti[l];
+        xi[l] = b.kept[r * b.stride + i] != T(0) ? (entry(b.rhs, b.stride, r, i) - sum) * inv : T(0);
+        b.out[r * b.stride + i] = xi[l];
+        if (b.sums != nullptr) b.sums[r * b.stride + i] = sum + li[i] * xi[l];  // (Lᵀ x)_i
       }
+      V xv[kV];
+      for (int64_t v = 0; v < kV; ++v) xv[v] = L::load(xi + v * kW);
       for (int64_t j = 0; j < i; ++j) {
-        const T lij = li[j];
-        T* tj = tiles.t.data() + j * kLanes;
-        for (int64_t l = 0; l < kLanes; ++l) tj[l] += lij * xi[l];
+        const V lij = L::splat(li[j]);
+        T* tj = t.data() + j * kLanes;
+        for (int64_t v = 0; v < kV; ++v) L::store(tj + v * kW, L::load(tj + v * kW) + lij * xv[v]);
       }
     }
-    for (int64_t l = 0; l < lanes; ++l)
-      for (int64_t i = 0; i < b.size; ++i) {
-        const size_t at = static_cast<size_t>(i * kLanes + l);
-        b.out[(first + l) * b.stride + i] = x[at];
-        if (b.sums != nullptr) b.sums[(first + l) * b.stride + i] = tiles.t[at];
-      }
   }
+}
+
+// The same kernels compiled twice: for the baseline the library is built for, and for AVX2 with fused
+// multiply-adds, picked at run time where the CPU has them. The build targets baseline x86-64 (SSE2) so that the
+// binary runs anywhere; the diagonal blocks are the one place outside the BLAS where the vector width counts
+// (2-3x on a pass's diagonal blocks at n = 3072; bench_solver "passes").
+template <typename T>
+void forward_rows_generic(const MaskedBlock<T>& b, int64_t begin, int64_t end) {
+  forward_rows_body(b, begin, end);
+}
+template <typename T>
+void backward_rows_generic(const MaskedBlock<T>& b, int64_t begin, int64_t end) {
+  backward_rows_body(b, begin, end);
+}
+#if OPTIMA_MASKED_AVX2
+template <typename T>
+__attribute__((target("avx2,fma"))) void forward_rows_avx2(const MaskedBlock<T>& b, int64_t begin, int64_t end) {
+  forward_rows_body(b, begin, end);
+}
+template <typename T>
+__attribute__((target("avx2,fma"))) void backward_rows_avx2(const MaskedBlock<T>& b, int64_t begin, int64_t end) {
+  backward_rows_body(b, begin, end);
+}
+bool cpu_has_avx2_fma() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+#endif
+std::atomic<bool> baseline_only{false};
+bool use_avx2() {
+#if OPTIMA_MASKED_AVX2
+  return !baseline_only.load(std::memory_order_relaxed) && cpu_has_avx2_fma();
+#else
+  return false;
+#endif
+}
+
+template <typename T>
+void forward_rows(const MaskedBlock<T>& b, int64_t begin, int64_t end) {
+#if OPTIMA_MASKED_AVX2
+  if (use_avx2()) return forward_rows_avx2(b, begin, end);
+#endif
+  forward_rows_generic(b, begin, end);
+}
+
+template <typename T>
+void backward_rows(const MaskedBlock<T>& b, int64_t begin, int64_t end) {
+#if OPTIMA_MASKED_AVX2
+  if (use_avx2()) return backward_rows_avx2(b, begin, end);
+#endif
+  backward_rows_generic(b, begin, end);
 }
 
 void check_pass_inputs(const char* where, const at::Tensor& l, const at::Tensor& kept,
@@ -208,6 +311,10 @@ void run_pass(const at::Tensor& l, const at::Tensor& rhs, const at::Tensor& give
 }
 
 }  // namespace
+
+void set_masked_kernel_build(MaskedKernelBuild build) {
+  baseline_only.store(build == MaskedKernelBuild::kBaseline, std::memory_order_relaxed);
+}
 
 template <typename T>
 void masked_block_cpu(const MaskedBlock<T>& block, bool backward) {

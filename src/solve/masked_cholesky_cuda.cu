@@ -13,7 +13,7 @@ namespace optima::solve_detail {
 namespace {
 
 // One thread per row: a row's block is a chain of dependent steps, and the rows are many (hundreds to thousands).
-// The block of L (at most 64 x 64) is read by every thread and stays in the cache.
+// The block of L (at most 128 x 128) is read by every thread and stays in the cache.
 template <typename T>
 __global__ void forward_kernel(MaskedBlock<T> b) {
   const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;

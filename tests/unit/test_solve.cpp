@@ -938,15 +938,21 @@ at::Tensor masks_with_extremes(int64_t rows, int64_t n) {
 }
 
 TEST_F(SolveTest, MaskedCholeskyPassesMatchPerRowTriangularSolves) {
-  // 45 rows: several threads' shares, and lanes left over in each.
-  for (auto [rows, n] : {std::pair<int64_t, int64_t>{45, 150}, {9, 64}, {3, 5}}) {
-    const at::Tensor l64 = at::linalg_cholesky(gram_hessian(n, 3 * n));
-    const at::Tensor kept = masks_with_extremes(rows, n);
-    SCOPED_TRACE(::testing::Message() << "n " << n);
-    // fp32 passes: round-off relative to the conditioning of L_TT (a few hundred here).
-    expect_masked_passes_match(l64, kept, at::kDouble, at::kCPU, 1e-11);
-    expect_masked_passes_match(l64, kept, at::kFloat, at::kCPU, 1e-3);
+  // 45 rows: several threads' shares, and lanes left over in each; n = 300: two whole blocks and a partial one.
+  // Both builds of the CPU kernel: the AVX2 one (where this CPU has it) and the baseline one.
+  for (auto build : {solve_detail::MaskedKernelBuild::kBest, solve_detail::MaskedKernelBuild::kBaseline}) {
+    solve_detail::set_masked_kernel_build(build);
+    for (auto [rows, n] : {std::pair<int64_t, int64_t>{45, 150}, {37, 300}, {9, 64}, {3, 5}}) {
+      const at::Tensor l64 = at::linalg_cholesky(gram_hessian(n, 3 * n));
+      const at::Tensor kept = masks_with_extremes(rows, n);
+      SCOPED_TRACE(::testing::Message() << "n " << n
+                                        << (build == solve_detail::MaskedKernelBuild::kBaseline ? " baseline" : ""));
+      // fp32 passes: round-off relative to the conditioning of L_TT (a few hundred here).
+      expect_masked_passes_match(l64, kept, at::kDouble, at::kCPU, 1e-11);
+      expect_masked_passes_match(l64, kept, at::kFloat, at::kCPU, 1e-3);
+    }
   }
+  solve_detail::set_masked_kernel_build(solve_detail::MaskedKernelBuild::kBest);
 }
 
 // The CUDA twins of the gather and masked-pass kernels and the whole solver on CUDA give the CPU's answers.

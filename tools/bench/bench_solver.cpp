@@ -27,6 +27,7 @@
 #include "optima/io/tensor.h"
 #include "optima/select/selector.h"
 #include "optima/solve/row_solver.h"
+#include "solve/masked_cholesky.h"
 #include "solve/solve_common.h"
 
 namespace {
@@ -609,6 +610,46 @@ json llama3_8b_h100_projection(const json& rates, const json& layers) {
 
 }  // namespace
 
+// "passes": the masked-Cholesky preconditioner's two triangular passes (one CG iteration of the split form, one
+// product's flops) against one product [rows, n] x [n, n] in the same precision, on a random factor and a 50% mask.
+json pass_rates() {
+  json out = json::array();
+  for (const auto& [rows, n] : std::vector<std::pair<int64_t, int64_t>>{{768, 768}, {768, 3072}, {1024, 4096}}) {
+    for (const at::ScalarType dtype : {at::kFloat, at::kDouble}) {
+      const auto opts = at::TensorOptions().dtype(dtype);
+      const at::Tensor a = at::randn({n, n}, opts) / std::sqrt(static_cast<double>(n));
+      const at::Tensor l = at::linalg_cholesky(at::matmul(a, a.t()) + at::eye(n, opts)).contiguous();
+      const at::Tensor kept = (at::rand({rows, n}, opts) < 0.5).to(dtype);
+      const at::Tensor p = at::randn({rows, n}, opts) * kept;
+      const at::Tensor full = at::randn({n, n}, opts);
+      const auto best_of = [](int reps, const std::function<void()>& f) {
+        double best = 1e30;
+        for (int i = 0; i < reps; ++i) {
+          const auto t0 = std::chrono::steady_clock::now();
+          f();
+          best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        }
+        return best;
+      };
+      const double t_gemm = best_of(5, [&] { (void)at::matmul(p, full).sum().item<double>(); });
+      const double t_passes = best_of(5, [&] {
+        at::Tensor sums;
+        (void)optima::solve_detail::masked_backward(l, p, kept, &sums);
+        (void)optima::solve_detail::masked_forward(l, at::Tensor(), sums, kept).sum().item<double>();
+      });
+      out.push_back({{"rows", rows},
+                     {"n", n},
+                     {"dtype", dtype == at::kFloat ? "fp32" : "fp64"},
+                     {"gemm_seconds", t_gemm},
+                     {"passes_seconds", t_passes},
+                     {"passes_in_products", t_passes / t_gemm}});
+      std::fprintf(stderr, "passes %ldx%ld %s: %.4f s, product %.4f s: %.2f products\n", (long)rows, (long)n,
+                   dtype == at::kFloat ? "fp32" : "fp64", t_passes, t_gemm, t_passes / t_gemm);
+    }
+  }
+  return out;
+}
+
 int main(int argc, char** argv) {
   const char* threads = std::getenv("OPTIMA_BENCH_THREADS");
   if (threads) at::set_num_threads(std::atoi(threads));
@@ -632,6 +673,11 @@ int main(int argc, char** argv) {
     // The real-Hessian section alone (scripts/bench_solver --real merges it into the existing document).
     doc["real"] = solver_real(std::vector<std::string>(argv + 3, argv + argc));
     doc["total_seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::ofstream(argv[1]) << doc.dump(2) << "\n";
+    return 0;
+  }
+  if (only_model == "passes") {
+    doc["passes"] = pass_rates();
     std::ofstream(argv[1]) << doc.dump(2) << "\n";
     return 0;
   }
