@@ -65,6 +65,12 @@ constexpr double kDriftRestart = 0.1;
 constexpr double kStalledProgress = 0.5;
 // The first iteration at which a CG run projects whether it will converge within options.abandon_iterations.
 constexpr int64_t kAbandonFirstCheck = 16;
+// The same for the masked Cholesky's split CG, whose early projections are pessimistic instead: its operator
+// I + B Bᵀ has a few dozen large eigenvalues (32-47 above 10 on fc2), which CG takes about one iteration each to
+// remove before its residual falls in earnest. From 16 iterations, fc2 of block 7 of the 128-window OPT-125M-shaped
+// Hessians projected past the break-even (185) and went to the exact solver (21-23 s), where the CG converges in
+// 90-94 iterations (12-16 s).
+constexpr int64_t kAbandonFirstCheckSplit = 40;
 constexpr int64_t kAbandonCheckEvery = 4;
 // How often the pruned-space CG measures the kept-set residual its iterate leaves (an extra product each time).
 constexpr int64_t kMapCheckEvery = 4;
@@ -96,10 +102,10 @@ struct CgState {
 // kAbandonFirstCheck on. CG falls fastest in its first iterations, so early projections are optimistic: on
 // OPT-125M's out_proj (over 1000 iterations) the projection from 16 iterations said 64.
 bool should_abandon(const CgState& state, int64_t it, const at::Tensor& r, const at::Tensor& rnorm_start,
-                    const at::Tensor& target, const at::Tensor& active) {
+                    const at::Tensor& target, const at::Tensor& active, bool split) {
   if (state.abandon_at <= 0) return false;
   if (state.iterations >= state.abandon_at) return true;
-  if (it < kAbandonFirstCheck || it % kAbandonCheckEvery != 0) return false;
+  if (it < (split ? kAbandonFirstCheckSplit : kAbandonFirstCheck) || it % kAbandonCheckEvery != 0) return false;
   // Only now the norms: on the other iterations this check costs nothing.
   const at::Tensor rnorm = at::linalg_vector_norm(r, 2, {1});
   const at::Tensor fallen = at::log(rnorm.to(at::kDouble) / rnorm_start.to(at::kDouble));
@@ -468,7 +474,7 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
     }
     const int64_t count = active.sum().item<int64_t>();
     if (count == 0) break;
-    if (rnorm_start.defined() && should_abandon(state, it, r, rnorm_start, t, active)) {
+    if (rnorm_start.defined() && should_abandon(state, it, r, rnorm_start, t, active, split)) {
       state.abandoned = true;
       break;
     }
