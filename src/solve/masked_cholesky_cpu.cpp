@@ -40,7 +40,7 @@ constexpr int64_t kLanes = 16;
 
 // The lanes as vectors of 32 bytes (GCC/Clang vector extensions): AVX registers in the AVX2 build of the kernels
 // below, pairs of SSE registers in the baseline one. Loads and stores go through memcpy (unaligned moves), as the
-// tiles are only as aligned as std::vector makes them.
+// row buffers are only as aligned as std::vector makes them.
 // The helpers below pass vectors by value but are always inlined, so the calling convention GCC warns about
 // (AVX vectors returned from code built without AVX) never applies. (For the rest of the file: GCC reports it where
 // the templates are instantiated, at its end.)
@@ -79,15 +79,15 @@ OPTIMA_INLINE T entry(const T* a, int64_t stride, int64_t r, int64_t i) {
 }
 
 template <typename T>
-OPTIMA_INLINE void forward_rows_body(const MaskedBlock<T>& b, int64_t begin, int64_t end) {
+OPTIMA_INLINE void forward_rows(const MaskedBlock<T>& b) {
   using L = Lanes<T>;
   using V = typename L::V;
   constexpr int64_t kV = L::kVectors, kW = L::kWidth;
   // z of kLanes rows, [b][kLanes]: the vectors the sums run over. The block's other inputs are read where needed,
   // once per input and row; only z is reused (b/2 times on average).
   std::vector<T> z(static_cast<size_t>(b.size * kLanes));
-  for (int64_t first = begin; first < end; first += kLanes) {
-    const int64_t lanes = std::min(kLanes, end - first);
+  for (int64_t first = 0; first < b.rows; first += kLanes) {
+    const int64_t lanes = std::min(kLanes, b.rows - first);
     for (int64_t i = 0; i < b.size; ++i) {
       const T* li = b.l + i * b.ld;
       const T* zs = z.data();
@@ -124,14 +124,14 @@ OPTIMA_INLINE void forward_rows_body(const MaskedBlock<T>& b, int64_t begin, int
 }
 
 template <typename T>
-OPTIMA_INLINE void backward_rows_body(const MaskedBlock<T>& b, int64_t begin, int64_t end) {
+OPTIMA_INLINE void backward_rows(const MaskedBlock<T>& b) {
   using L = Lanes<T>;
   using V = typename L::V;
   constexpr int64_t kV = L::kVectors, kW = L::kWidth;
   // t of kLanes rows, [b][kLanes]: the later inputs' shares, updated as each x_i becomes known.
   std::vector<T> t(static_cast<size_t>(b.size * kLanes));
-  for (int64_t first = begin; first < end; first += kLanes) {
-    const int64_t lanes = std::min(kLanes, end - first);
+  for (int64_t first = 0; first < b.rows; first += kLanes) {
+    const int64_t lanes = std::min(kLanes, b.rows - first);
     std::fill(t.begin(), t.end(), T(0));
     // Descending: once x_i is known, its share L_ij x_i of every earlier t_j is added (row i of L is contiguous).
     // The updates of different j are independent, so they overlap without separate chains.
@@ -160,24 +160,23 @@ OPTIMA_INLINE void backward_rows_body(const MaskedBlock<T>& b, int64_t begin, in
 
 // The same kernels compiled twice: for the baseline the library is built for, and for AVX2 with fused
 // multiply-adds, picked at run time where the CPU has them. The build targets baseline x86-64 (SSE2) so that the
-// binary runs anywhere; the diagonal blocks are the one place outside the BLAS where the vector width counts
-// (2-3x on a pass's diagonal blocks at n = 3072; bench_solver "passes").
+// binary runs anywhere; the diagonal blocks are the one place outside the BLAS where the vector width counts (there
+// the compiler had left the lanes scalar: two passes at n = 3072-4096 cost 1.8-1.9 products before, 1.3-1.7 after,
+// bench_solver "passes").
 template <typename T>
-void forward_rows_generic(const MaskedBlock<T>& b, int64_t begin, int64_t end) {
-  forward_rows_body(b, begin, end);
-}
-template <typename T>
-void backward_rows_generic(const MaskedBlock<T>& b, int64_t begin, int64_t end) {
-  backward_rows_body(b, begin, end);
+void rows_baseline(const MaskedBlock<T>& b, bool backward) {
+  if (backward)
+    backward_rows(b);
+  else
+    forward_rows(b);
 }
 #if OPTIMA_MASKED_AVX2
 template <typename T>
-__attribute__((target("avx2,fma"))) void forward_rows_avx2(const MaskedBlock<T>& b, int64_t begin, int64_t end) {
-  forward_rows_body(b, begin, end);
-}
-template <typename T>
-__attribute__((target("avx2,fma"))) void backward_rows_avx2(const MaskedBlock<T>& b, int64_t begin, int64_t end) {
-  backward_rows_body(b, begin, end);
+__attribute__((target("avx2,fma"))) void rows_avx2(const MaskedBlock<T>& b, bool backward) {
+  if (backward)
+    backward_rows(b);
+  else
+    forward_rows(b);
 }
 bool cpu_has_avx2_fma() {
   static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -185,29 +184,6 @@ bool cpu_has_avx2_fma() {
 }
 #endif
 std::atomic<bool> baseline_only{false};
-bool use_avx2() {
-#if OPTIMA_MASKED_AVX2
-  return !baseline_only.load(std::memory_order_relaxed) && cpu_has_avx2_fma();
-#else
-  return false;
-#endif
-}
-
-template <typename T>
-void forward_rows(const MaskedBlock<T>& b, int64_t begin, int64_t end) {
-#if OPTIMA_MASKED_AVX2
-  if (use_avx2()) return forward_rows_avx2(b, begin, end);
-#endif
-  forward_rows_generic(b, begin, end);
-}
-
-template <typename T>
-void backward_rows(const MaskedBlock<T>& b, int64_t begin, int64_t end) {
-#if OPTIMA_MASKED_AVX2
-  if (use_avx2()) return backward_rows_avx2(b, begin, end);
-#endif
-  backward_rows_generic(b, begin, end);
-}
 
 void check_pass_inputs(const char* where, const at::Tensor& l, const at::Tensor& kept,
                        std::initializer_list<const at::Tensor*> row_tensors) {
@@ -318,10 +294,10 @@ void set_masked_kernel_build(MaskedKernelBuild build) {
 
 template <typename T>
 void masked_block_cpu(const MaskedBlock<T>& block, bool backward) {
-  if (backward)
-    backward_rows(block, 0, block.rows);
-  else
-    forward_rows(block, 0, block.rows);
+#if OPTIMA_MASKED_AVX2
+  if (!baseline_only.load(std::memory_order_relaxed) && cpu_has_avx2_fma()) return rows_avx2(block, backward);
+#endif
+  rows_baseline(block, backward);
 }
 template void masked_block_cpu<float>(const MaskedBlock<float>&, bool);
 template void masked_block_cpu<double>(const MaskedBlock<double>&, bool);

@@ -125,6 +125,8 @@ Polished polish_to_undamped(const at::Tensor& h, double damping, const at::Tenso
   at::Tensor e = at::zeros_like(delta0);
   at::Tensor p = inverse_apply(res);
   at::Tensor rz = at::linalg_vecdot(res, p);
+  // The recurrence is fp64 throughout; a quarter of the tolerance leaves room for its drift from the true residual.
+  const double goal = kPolishRecurrenceMargin * tolerance;
   std::vector<at::Tensor> history;  // each step's recurrence residuals, per row
   for (int step = 0; step < max_steps; ++step) {
     const at::Tensor q = undamped_product(p);
@@ -132,8 +134,6 @@ Polished polish_to_undamped(const at::Tensor& h, double damping, const at::Tenso
     const at::Tensor alpha = at::where(pq > 0, rz / pq, at::zeros_like(pq)).unsqueeze(1);
     e.addcmul_(p, alpha);
     res.addcmul_(q, alpha, -1.0);
-    // The recurrence is fp64 throughout; a quarter of the tolerance leaves room for its drift from the true residual.
-    const double goal = kPolishRecurrenceMargin * tolerance;
     history.push_back(worst(res));
     if (!(history.back().max().item<double>() > goal)) break;
     if (step + 1 >= min_steps && !polish_may_reach(history, goal, max_steps)) break;

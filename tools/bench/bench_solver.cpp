@@ -608,8 +608,6 @@ json llama3_8b_h100_projection(const json& rates, const json& layers) {
           {"note", "assumes the H100 reaches the same fraction of its fp32 peak as this CPU did of its matmul rate"}};
 }
 
-}  // namespace
-
 // "passes": the masked-Cholesky preconditioner's two triangular passes (one CG iteration of the split form, one
 // product's flops) against one product [rows, n] x [n, n] in the same precision, on a random factor and a 50% mask.
 json pass_rates() {
@@ -622,33 +620,28 @@ json pass_rates() {
       const at::Tensor kept = (at::rand({rows, n}, opts) < 0.5).to(dtype);
       const at::Tensor p = at::randn({rows, n}, opts) * kept;
       const at::Tensor full = at::randn({n, n}, opts);
-      const auto best_of = [](int reps, const std::function<void()>& f) {
-        double best = 1e30;
-        for (int i = 0; i < reps; ++i) {
-          const auto t0 = std::chrono::steady_clock::now();
-          f();
-          best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-        }
-        return best;
-      };
-      const double t_gemm = best_of(5, [&] { (void)at::matmul(p, full).sum().item<double>(); });
-      const double t_passes = best_of(5, [&] {
-        at::Tensor sums;
-        (void)optima::solve_detail::masked_backward(l, p, kept, &sums);
-        (void)optima::solve_detail::masked_forward(l, at::Tensor(), sums, kept).sum().item<double>();
-      });
+      const double t_gemm = best_seconds([&] { (void)at::matmul(p, full).sum().item<double>(); }, 5);
+      const double t_passes = best_seconds(
+          [&] {
+            at::Tensor sums;
+            (void)optima::solve_detail::masked_backward(l, p, kept, &sums);
+            (void)optima::solve_detail::masked_forward(l, at::Tensor(), sums, kept).sum().item<double>();
+          },
+          5);
       out.push_back({{"rows", rows},
                      {"n", n},
                      {"dtype", dtype == at::kFloat ? "fp32" : "fp64"},
                      {"gemm_seconds", t_gemm},
                      {"passes_seconds", t_passes},
                      {"passes_in_products", t_passes / t_gemm}});
-      std::fprintf(stderr, "passes %ldx%ld %s: %.4f s, product %.4f s: %.2f products\n", (long)rows, (long)n,
-                   dtype == at::kFloat ? "fp32" : "fp64", t_passes, t_gemm, t_passes / t_gemm);
+      note(fmt::format("passes {}x{} {}: {:.4f} s, product {:.4f} s: {:.2f} products", rows, n,
+                       dtype == at::kFloat ? "fp32" : "fp64", t_passes, t_gemm, t_passes / t_gemm));
     }
   }
   return out;
 }
+
+}  // namespace
 
 int main(int argc, char** argv) {
   const char* threads = std::getenv("OPTIMA_BENCH_THREADS");

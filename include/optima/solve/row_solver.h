@@ -81,11 +81,11 @@ enum class SolvePrecision {
 // ordered before kept ones, hence the order. It needs the fewest iterations of all in fp64 (random OPT-125M fc2: 59-69,
 // 77-78 in the inputs' own order, against 132 for kLowRank; one row's preconditioned condition number 55,
 // against 1.9e6), but in fp32 its passes carry cond(H) · 2⁻²⁴ of error into C⁻¹ r (fc2: 85-100 iterations; q_proj and
-// fc1, whose true condition number is about 4e8 behind an estimate of 2e3, go to fp64), and on these 2-core machines a
-// pass runs at about 0.7 of the product rate (an fp32 iteration costs about 1.5 products, against 1.0-1.1 for
-// kLowRank). So kAuto uses it in fp32 only where H is ill-conditioned enough that it needs far fewer iterations than
-// kLowRank (fc2: 95-150 products against 116-174; bench/solver_cpu.json "real" and the README have the numbers). A
-// round that does not pay in fp64 hands over to kLowRank.
+// fc1, whose true condition number is about 4e8 behind an estimate of 2e3, go to fp64), and on these 2-core machines
+// its two passes cost 1.3-1.7 products in fp32 (bench/solver_cpu.json "passes"; an fp32 iteration about 2 with the rest
+// of CG's work, against 1.0-1.1 for kLowRank). So kAuto uses it in fp32 only where H is ill-conditioned enough that it
+// needs far fewer iterations than kLowRank (fc2: 95-150 products against 116-174; bench/solver_cpu.json "real" and the
+// README have the numbers). A round that does not pay in fp64 hands over to kLowRank.
 enum class IterativePreconditioner { kAuto, kPrunedSpace, kMaskedCholesky, kLowRank, kInverseBlock };
 
 struct RowSolveOptions {
