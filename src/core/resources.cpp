@@ -28,27 +28,54 @@ ResidentBytes resident_bytes() {
   return r;
 }
 
-void tune_allocator() {
-#if defined(__GLIBC__)
-  if (std::getenv("MALLOC_MMAP_THRESHOLD_") == nullptr) mallopt(M_MMAP_THRESHOLD, 256 * 1024);
-#endif
-}
-
 namespace {
 // Set for models of small blocks: their freed heap stays for the next block's tensors (see the header).
 bool keep_free_memory = false;
+// Whether tune_allocator() fixed the mmap threshold and it is still in force (what HeapReuseScope lifts).
+bool large_allocations_mapped = false;
+bool in_heap_reuse_scope = false;
+constexpr int kMappedThreshold = 256 * 1024;
+constexpr int kLargestMmapThreshold = 32 << 20;    // glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit machines
+constexpr int kDefaultTrimThreshold = 128 * 1024;  // glibc's DEFAULT_TRIM_THRESHOLD, in force after tune_allocator()
+constexpr int kKeptHeapTrimThreshold = 1 << 30;    // far above what the work of one scope frees at once
 }  // namespace
+
+void tune_allocator() {
+#if defined(__GLIBC__)
+  if (std::getenv("MALLOC_MMAP_THRESHOLD_") != nullptr) return;
+  mallopt(M_MMAP_THRESHOLD, kMappedThreshold);
+  large_allocations_mapped = true;
+#endif
+}
 
 void fit_allocator_to_block(int64_t block_weight_bytes) {
 #if defined(__GLIBC__)
   keep_free_memory = block_weight_bytes <= kSmallBlockBytes;
   if (block_weight_bytes > kSmallBlockBytes || std::getenv("MALLOC_MMAP_THRESHOLD_") != nullptr) return;
-  constexpr int kLargestMmapThreshold = 32 << 20;    // glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit machines
-  constexpr int kSmallModelTrimThreshold = 1 << 30;  // far above what such a model's batches ever free at once
   mallopt(M_MMAP_THRESHOLD, kLargestMmapThreshold);
-  mallopt(M_TRIM_THRESHOLD, kSmallModelTrimThreshold);
+  mallopt(M_TRIM_THRESHOLD, kKeptHeapTrimThreshold);  // far above what such a model's batches ever free at once
+  large_allocations_mapped = false;
 #else
   (void)block_weight_bytes;
+#endif
+}
+
+HeapReuseScope::HeapReuseScope() {
+#if defined(__GLIBC__)
+  if (!large_allocations_mapped || in_heap_reuse_scope) return;
+  mallopt(M_MMAP_THRESHOLD, kLargestMmapThreshold);
+  mallopt(M_TRIM_THRESHOLD, kKeptHeapTrimThreshold);
+  in_heap_reuse_scope = active_ = true;
+#endif
+}
+
+HeapReuseScope::~HeapReuseScope() {
+#if defined(__GLIBC__)
+  if (!active_) return;
+  mallopt(M_MMAP_THRESHOLD, kMappedThreshold);
+  mallopt(M_TRIM_THRESHOLD, kDefaultTrimThreshold);
+  malloc_trim(0);
+  in_heap_reuse_scope = false;
 #endif
 }
 

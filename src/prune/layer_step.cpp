@@ -64,6 +64,8 @@ LayerResult LayerPruner::prune(const at::Tensor& dense, const LayerStats& stats,
                                LayerReport& report) const {
   // Below about rows x cols² multiply-adds a layer's work is too small to share between threads (SerialScope).
   const SerialScope serial(dense.size(0) * dense.size(1) * dense.size(1) <= kSerialWorkLimit);
+  // The selectors and solvers allocate the same [rows, cols] temporaries step after step (HeapReuseScope).
+  const HeapReuseScope heap_reuse;
   auto t0 = SteadyClock::now();
   const Selection selection = in_layer(report.name, [&] { return selector_->select(dense, stats, target); });
   report.seconds_select = seconds_since(t0);

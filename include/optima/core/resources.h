@@ -33,6 +33,23 @@ void tune_allocator();
 // the heap fragments above to matter. Leaves a MALLOC_MMAP_THRESHOLD_ the user set alone.
 inline constexpr int64_t kSmallBlockBytes = 16ll << 20;
 void fit_allocator_to_block(int64_t block_weight_bytes);
+// While it lives, glibc keeps freed allocations of up to 32 MiB in the heap for the next ones (its largest mmap
+// threshold, a trim threshold of 1 GiB); when it ends, tune_allocator()'s settings come back and the free heap goes
+// back to the kernel (malloc_trim). For work that allocates the same large temporaries over and over, such as an
+// iterative solve's [rows, n] vectors every CG step: mapped afresh each time, their pages are faulted in and zeroed
+// again, and that made OPT-125M's fc2 solve take 1.4-1.5x its time (14.5-15.0 s against 9.9-10.7 s, 1.44 million
+// page faults against 0.6). Does nothing unless tune_allocator() fixed the threshold (not for small blocks, not when
+// the user set MALLOC_MMAP_THRESHOLD_) and inside another such scope. For one thread at a time.
+class HeapReuseScope {
+ public:
+  HeapReuseScope();
+  ~HeapReuseScope();
+  HeapReuseScope(const HeapReuseScope&) = delete;
+  HeapReuseScope& operator=(const HeapReuseScope&) = delete;
+
+ private:
+  bool active_ = false;
+};
 
 // Wall seconds since `start` on the steady clock (phase timings in reports).
 using SteadyClock = std::chrono::steady_clock;
