@@ -257,11 +257,11 @@ int64_t low_rank_size(int64_t n) {
 // row chunk (masked copies of v) took 4x longer and a tenth of the whole solve on OPT-125M's fc2. Blocks of K's rows
 // bound the memory of the outer products; each block covers its columns from the diagonal on, and the mirror fills
 // the rest (K is symmetric), which halves the work.
-at::Tensor row_woodbury_cores(const at::Tensor& v, const at::Tensor& kept, double& flops) {
+at::Tensor row_woodbury_cores(const at::Tensor& v, const at::Tensor& kept, int64_t setup_bytes, double& flops) {
   const int64_t n = v.size(0), k = v.size(1), rows = kept.size(0);
   const at::Tensor masks = kept.to(at::kDouble);
   at::Tensor cores = at::zeros({rows, k, k}, v.options());
-  const int64_t block = std::clamp<int64_t>(kSetupBytes / (8 * n * k), 1, k);
+  const int64_t block = std::clamp<int64_t>(std::min(kSetupBytes, setup_bytes) / (8 * n * k), 1, k);
   for (int64_t begin = 0; begin < k; begin += block) {
     const int64_t count = std::min(block, k - begin), width = k - begin;
     const at::Tensor outer = (v.narrow(1, begin, count).unsqueeze(2) * v.narrow(1, begin, width).unsqueeze(1));
@@ -283,7 +283,7 @@ at::Tensor row_woodbury_cores(const at::Tensor& v, const at::Tensor& kept, doubl
 // semi-definite), and Δ = diag(Ĥ − U Uᵀ) (floored) completes the diagonal. Restricting Δ + U Uᵀ to a row's kept
 // set is Δ_T + U_T U_Tᵀ, whose inverse Woodbury gives through the row's K = I + U_Tᵀ Δ_T⁻¹ U_T alone.
 Preconditioner low_rank_preconditioner(const at::Tensor& h, const at::Tensor& kept, at::ScalarType work,
-                                       double& flops) {
+                                       int64_t setup_bytes, double& flops) {
   const int64_t n = h.size(0), k = low_rank_size(n);
   const double fn = static_cast<double>(n), fk = static_cast<double>(k), rows = static_cast<double>(kept.size(0));
   const at::Tensor scale = h.diagonal().rsqrt();
@@ -302,7 +302,8 @@ Preconditioner low_rank_preconditioner(const at::Tensor& h, const at::Tensor& ke
   const at::Tensor delta = (1.0 - (u * u).sum(1)).clamp_min(kDeltaFloor);
   const at::Tensor inv_delta = 1.0 / delta;
   flops += 2.0 * fn * fn * fk * (kSubspaceSteps + 1);
-  const at::Tensor k_inv = at::linalg_inv(row_woodbury_cores(u * inv_delta.sqrt().unsqueeze(1), kept, flops));
+  const at::Tensor k_inv =
+      at::linalg_inv(row_woodbury_cores(u * inv_delta.sqrt().unsqueeze(1), kept, setup_bytes, flops));
   flops += rows * fk * fk * fk;
   return Preconditioner::low_rank(scale.to(work), u.to(work), inv_delta.to(work), k_inv.to(work));
 }
@@ -538,7 +539,7 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
 class CorrectionSolver {
  public:
   CorrectionSolver(const System& system, const at::Tensor& pruned, IterativePreconditioner kind, at::ScalarType work,
-                   CgState& state)
+                   int64_t setup_bytes, CgState& state)
       : work_(work),
         pruned_space_(kind == IterativePreconditioner::kPrunedSpace ||
                       (kind == IterativePreconditioner::kAuto && work == at::kDouble &&
@@ -569,7 +570,7 @@ class CorrectionSolver {
     } else if (masked) {
       prec_ = Preconditioner::masked_cholesky(l.to(work).contiguous());
     } else {
-      prec_ = low_rank_preconditioner(system.h, pruned.logical_not(), work, state.flops);
+      prec_ = low_rank_preconditioner(system.h, pruned.logical_not(), work, setup_bytes, state.flops);
     }
   }
 
@@ -641,47 +642,21 @@ class CorrectionSolver {
   Preconditioner prec_;
 };
 
-}  // namespace
-
-bool auto_uses_pruned_space(double condition_estimate) {
-  return condition_estimate >= kPrunedSpaceConditionMin && condition_estimate <= kPrunedSpaceConditionLimit;
+// Bytes one row holds at the iterative solver's peak, for the row chunks of --qp-memory: about 24 fp64 vectors of n
+// (the refinement's weights, masks, residuals and undo copies; CG's vectors in the working precision; the fp64
+// residual replacements' temporaries) and, with the low rank, its k x k Woodbury core and inverse.
+int64_t iterative_bytes_per_row(int64_t n) {
+  const int64_t k = low_rank_size(n);
+  return 8 * (24 * n + 2 * k * k);
 }
 
-bool auto_uses_masked_cholesky(double condition_estimate, int64_t inputs) {
-  return inputs >= kMaskedCholeskyMinInputs && condition_estimate >= kMaskedCholeskyConditionMin &&
-         condition_estimate <= kMaskedCholeskyConditionMax;
-}
-
-double cholesky_condition_estimate(const at::Tensor& l) {
-  if (l.numel() == 0) return 1.0;
-  const at::Tensor d = l.diagonal().to(at::kDouble).abs();
-  const double lo = d.min().item<double>(), hi = d.max().item<double>();
-  if (!(lo > 0) || !std::isfinite(hi)) return std::numeric_limits<double>::infinity();
-  return (hi / lo) * (hi / lo);
-}
-
-RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Tensor& pruned, const at::Tensor& hessian,
-                                    const at::Tensor& start, double tolerance, int64_t max_iterations,
-                                    const RowSolveOptions& options) {
-  solve_detail::validate_inputs(kWhere, dense_weight, pruned, hessian, start);
-  if (!start.defined()) fail_input(kWhere, "a start point must be given", "[out, in] weights", "none");
-  if (!(tolerance > 0)) fail_usage(fmt::format("{}: tolerance must be > 0, found {}", kWhere, tolerance));
-  if (max_iterations < 0) fail_usage(fmt::format("{}: max_iterations must be >= 0, found {}", kWhere, max_iterations));
-  if (!(options.damp >= 0)) fail_usage(fmt::format("{}: damping must be >= 0, found {}", kWhere, options.damp));
-  solve_detail::require_finite(kWhere, "weight", dense_weight);
-  solve_detail::require_finite(kWhere, "start", start);
-  const solve_detail::PreparedHessian prepared = solve_detail::prepare_hessian(kWhere, hessian);
-
+// One chunk of rows of solve_rows_iterative, against the layer's System: the fields of the result that depend on the
+// rows (weight, residuals, iterations, rounds, flops past the Cholesky of H).
+RowSolveResult solve_chunk(const System& system, const at::Tensor& dense_weight, const at::Tensor& pruned,
+                           const at::Tensor& start, double tolerance, int64_t max_iterations,
+                           const RowSolveOptions& options) {
   RowSolveResult result;
-  result.dead_inputs = prepared.dead_inputs;
-  result.mean_diag = prepared.mean_diag;
   const double n = static_cast<double>(dense_weight.size(1));
-  const System system = prepare_system(prepared, options);
-  result.damping = system.damping;
-  result.factor_damping = system.damping;
-  result.damping_retries = system.retries;
-  result.condition_estimate = system.condition;
-  result.factor_flops = n * n * n / 3;
   const at::Tensor& h = system.h;
   const at::Tensor w = dense_weight.to(at::kDouble);
   const at::Tensor kept = pruned.logical_not().to(at::kDouble);
@@ -704,8 +679,11 @@ RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Te
   bool work32 = fp32 && !result.fp64_predicted;
   CgState state;
   state.abandon_at = options.abandon_iterations;
-  state.flops += result.factor_flops + 2 * product_flops;  // Cholesky, H w, first residual
-  CorrectionSolver corrector(system, pruned, options.preconditioner, work32 ? at::kFloat : at::kDouble, state);
+  state.flops += 2 * product_flops;  // H w, first residual
+  // The low rank's setup products (row_woodbury_cores) take at most a quarter of the budget at a time.
+  const int64_t setup_bytes = std::max<int64_t>(options.memory_budget_bytes / 4, 1);
+  CorrectionSolver corrector(system, pruned, options.preconditioner, work32 ? at::kFloat : at::kDouble, setup_bytes,
+                             state);
   double previous = std::numeric_limits<double>::infinity();
   at::Tensor residual = rhs - at::matmul(x, h) * kept;
   // Before the last round of a formulation that may hand over (CorrectionSolver::handover), which may have to be
@@ -735,7 +713,8 @@ RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Te
         worst = previous;
       }
       previous = std::numeric_limits<double>::infinity();
-      corrector = CorrectionSolver(system, pruned, corrector.handover(), work32 ? at::kFloat : at::kDouble, state);
+      corrector =
+          CorrectionSolver(system, pruned, corrector.handover(), work32 ? at::kFloat : at::kDouble, setup_bytes, state);
     }
     if (!(rnorm > target).any().item<bool>()) break;
     result.refinement_steps = round + 1;
@@ -747,7 +726,7 @@ RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Te
     if (work32 && (!(contraction < kFp32Progress) || worst * std::pow(contraction, rounds_left) > tolerance)) {
       work32 = false;
       result.fp64_fallback_rows = w.size(0);
-      corrector = CorrectionSolver(system, pruned, options.preconditioner, at::kDouble, state);
+      corrector = CorrectionSolver(system, pruned, options.preconditioner, at::kDouble, setup_bytes, state);
     }
     previous = worst;
     last_round_undoable = may_hand_over();
@@ -790,6 +769,83 @@ RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Te
   result.iterations = state.iterations;
   result.flops = state.flops;
   result.weight = x.masked_fill(pruned, 0.0).to(dense_weight.scalar_type());
+  return result;
+}
+
+}  // namespace
+
+bool auto_uses_pruned_space(double condition_estimate) {
+  return condition_estimate >= kPrunedSpaceConditionMin && condition_estimate <= kPrunedSpaceConditionLimit;
+}
+
+bool auto_uses_masked_cholesky(double condition_estimate, int64_t inputs) {
+  return inputs >= kMaskedCholeskyMinInputs && condition_estimate >= kMaskedCholeskyConditionMin &&
+         condition_estimate <= kMaskedCholeskyConditionMax;
+}
+
+double cholesky_condition_estimate(const at::Tensor& l) {
+  if (l.numel() == 0) return 1.0;
+  const at::Tensor d = l.diagonal().to(at::kDouble).abs();
+  const double lo = d.min().item<double>(), hi = d.max().item<double>();
+  if (!(lo > 0) || !std::isfinite(hi)) return std::numeric_limits<double>::infinity();
+  return (hi / lo) * (hi / lo);
+}
+
+RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Tensor& pruned, const at::Tensor& hessian,
+                                    const at::Tensor& start, double tolerance, int64_t max_iterations,
+                                    const RowSolveOptions& options) {
+  solve_detail::validate_inputs(kWhere, dense_weight, pruned, hessian, start);
+  if (!start.defined()) fail_input(kWhere, "a start point must be given", "[out, in] weights", "none");
+  if (!(tolerance > 0)) fail_usage(fmt::format("{}: tolerance must be > 0, found {}", kWhere, tolerance));
+  if (max_iterations < 0) fail_usage(fmt::format("{}: max_iterations must be >= 0, found {}", kWhere, max_iterations));
+  if (!(options.damp >= 0)) fail_usage(fmt::format("{}: damping must be >= 0, found {}", kWhere, options.damp));
+  if (options.memory_budget_bytes <= 0)
+    fail_usage(fmt::format("{}: memory budget must be positive, found {}", kWhere, options.memory_budget_bytes));
+  solve_detail::require_finite(kWhere, "weight", dense_weight);
+  solve_detail::require_finite(kWhere, "start", start);
+  const solve_detail::PreparedHessian prepared = solve_detail::prepare_hessian(kWhere, hessian);
+  const System system = prepare_system(prepared, options);
+  const int64_t rows = dense_weight.size(0), n = dense_weight.size(1);
+  const double fn = static_cast<double>(n);
+
+  RowSolveResult result;
+  result.dead_inputs = prepared.dead_inputs;
+  result.mean_diag = prepared.mean_diag;
+  result.damping = system.damping;
+  result.factor_damping = system.damping;
+  result.damping_retries = system.retries;
+  result.condition_estimate = system.condition;
+  result.factor_flops = fn * fn * fn / 3;
+  result.flops = result.factor_flops;  // the Cholesky of H
+  result.chunks = 0;
+  // Row chunks within --qp-memory: each is solved on its own against the shared H.
+  const int64_t per_chunk =
+      std::max<int64_t>(1, std::min(rows, options.memory_budget_bytes / iterative_bytes_per_row(n)));
+  std::vector<at::Tensor> weights;
+  for (int64_t begin = 0; begin < std::max<int64_t>(rows, 1); begin += per_chunk) {
+    const int64_t count = std::min(per_chunk, rows - begin);
+    const RowSolveResult part =
+        solve_chunk(system, dense_weight.narrow(0, begin, count), pruned.narrow(0, begin, count),
+                    start.narrow(0, begin, count), tolerance, max_iterations, options);
+    ++result.chunks;
+    result.flops += part.flops;
+    result.iterations = std::max(result.iterations, part.iterations);
+    if (part.abandoned) {
+      result.abandoned = true;
+      result.converged = false;
+      return result;
+    }
+    result.fp64_predicted = result.fp64_predicted || part.fp64_predicted;
+    result.kkt_residual = std::max(result.kkt_residual, part.kkt_residual);
+    result.kkt_residual_undamped = std::max(result.kkt_residual_undamped, part.kkt_residual_undamped);
+    result.refinement_steps = std::max(result.refinement_steps, part.refinement_steps);
+    result.fp64_fallback_rows += part.fp64_fallback_rows;
+    result.pruned_space_rounds = std::max(result.pruned_space_rounds, part.pruned_space_rounds);
+    result.converged = result.converged && part.converged;
+    weights.push_back(part.weight);
+    if (rows == 0) break;
+  }
+  result.weight = weights.size() == 1 ? weights.front() : at::cat(weights, 0);
   return result;
 }
 

@@ -455,6 +455,37 @@ TEST_F(SolveTest, IterativeSolverMatchesTheClosedFormOnCorrelatedHessians) {
   }
 }
 
+// --qp-memory bounds the rows one CG runs on at once: a budget of a few rows splits the layer into chunks, each solved
+// against the shared H, in order, and the answer is still the closed form for every row.
+TEST_F(SolveTest, IterativeSolverSplitsTheRowsWithinTheMemoryBudget) {
+  const int64_t out = 40, n = 128;
+  const at::Tensor h = gram_hessian(n, 4 * n);
+  const at::Tensor w = at::randn({out, n}, kF64);
+  const at::Tensor mask = matrix_threshold_mask(w, 0.5);
+  const at::Tensor exact = reference(w, mask, h);
+  RowSolveOptions options;
+  options.precision = SolvePrecision::kFloat32Refined;
+  const RowSolveResult whole =
+      solve_rows_iterative(w, mask, h, w.masked_fill(mask, 0), kDefaultQpTolerance, kDefaultQpMaxIterations, options);
+  EXPECT_EQ(whole.chunks, 1);
+  // About 16 rows' worth (8 · (24 n + 2 k²) bytes a row, k = 32 here: row_solver_iterative.cpp): 16 + 16 + 8 rows.
+  options.memory_budget_bytes = 16 * 8 * (24 * n + 2 * 32 * 32);
+  const RowSolveResult split =
+      solve_rows_iterative(w, mask, h, w.masked_fill(mask, 0), kDefaultQpTolerance, kDefaultQpMaxIterations, options);
+  EXPECT_EQ(split.chunks, 3);
+  EXPECT_TRUE(split.converged);
+  EXPECT_LE(split.kkt_residual_undamped, kDefaultQpTolerance);
+  EXPECT_GT(split.iterations, 0);
+  expect_closed_form_answer(split, w, mask, h, exact, 1e-8);
+  // A budget below one row still solves one row at a time.
+  options.memory_budget_bytes = 1;
+  const RowSolveResult single = solve_rows_iterative(w.narrow(0, 0, 3), mask.narrow(0, 0, 3), h,
+                                                     w.narrow(0, 0, 3).masked_fill(mask.narrow(0, 0, 3), 0),
+                                                     kDefaultQpTolerance, kDefaultQpMaxIterations, options);
+  EXPECT_EQ(single.chunks, 3);
+  expect_closed_form_answer(single, w.narrow(0, 0, 3), mask.narrow(0, 0, 3), h, exact.narrow(0, 0, 3), 1e-8);
+}
+
 // Dead inputs (H_jj = 0) leave H singular as given; the dead-input rule makes it definite, so no damping is used and
 // the answer is the closed form on the fixed H. A rank-deficient H is singular: damped, and exact for that damping.
 TEST_F(SolveTest, IterativeSolverOnSingularHessians) {

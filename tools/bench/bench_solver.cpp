@@ -422,6 +422,12 @@ bool wanted(const char* variable, const std::string& name) {
   return false;
 }
 
+// OPTIMA_BENCH_TOL=X: the solvers' KKT tolerance (--qp-tol), kDefaultQpTolerance when unset.
+double bench_tolerance() {
+  const char* text = std::getenv("OPTIMA_BENCH_TOL");
+  return text != nullptr ? std::strtod(text, nullptr) : optima::kDefaultQpTolerance;
+}
+
 json solver_real(const std::vector<std::string>& args) {
   const auto done = [](const at::Tensor& t) { (void)t.sum().item<double>(); };
   // Hessian site -> the layers that read it, by the suffix of their weight's name (OPT and LLaMA names).
@@ -431,6 +437,7 @@ json solver_real(const std::vector<std::string>& args) {
       {"mlp_in", {"fc1.weight", "mlp.gate_proj.weight"}},
       {"mlp_hidden", {"fc2.weight", "mlp.down_proj.weight"}}};
   const int64_t exact_rows_wide = 96;
+  const double tolerance = bench_tolerance();
   json out = json::array();
   for (size_t g = 0; g + 2 < args.size(); g += 3) {
     const std::string& hessian_dir = args[g];
@@ -516,12 +523,13 @@ json solver_real(const std::vector<std::string>& args) {
         for (const Variant& v : variants) {
           if (!wanted("OPTIMA_BENCH_VARIANTS", v.name)) continue;
           optima::RowSolveOptions options;
+          options.undamped_tolerance = tolerance;
           options.precision = v.precision;
           options.preconditioner = v.kind;
           RowSolveResult r;
           const double t = seconds_of([&] {
-            r = optima::solve_rows_iterative(w, sel.pruned, h, sel.weight, optima::kDefaultQpTolerance,
-                                             optima::kDefaultQpMaxIterations, options);
+            r = optima::solve_rows_iterative(w, sel.pruned, h, sel.weight, tolerance, optima::kDefaultQpMaxIterations,
+                                             options);
             done(r.weight);
           });
           e[v.name] = record(r, t, t, rows);
@@ -529,11 +537,12 @@ json solver_real(const std::vector<std::string>& args) {
         if (wanted("OPTIMA_BENCH_VARIANTS", "auto")) {
           // --qp-solver auto as the prune runs it: the predicted solver, a CG given up past its break-even.
           optima::RowSolveOptions options;
+          options.undamped_tolerance = tolerance;
           options.precision = optima::SolvePrecision::kFloat32Refined;
           RowSolveResult r;
           const double t = seconds_of([&] {
-            r = optima::solve_rows_auto(w, sel.pruned, h, sel.weight, optima::kDefaultQpTolerance,
-                                        optima::kDefaultQpMaxIterations, options, predicted);
+            r = optima::solve_rows_auto(w, sel.pruned, h, sel.weight, tolerance, optima::kDefaultQpMaxIterations,
+                                        options, predicted);
             done(r.weight);
           });
           e["auto"] = record(r, t, t, rows);
@@ -547,7 +556,7 @@ json solver_real(const std::vector<std::string>& args) {
           const int64_t timed = n >= 2048 ? std::min(rows, exact_rows_wide) : rows;
           optima::RowSolveOptions options;
           options.precision = optima::SolvePrecision::kFloat32Refined;
-          if (std::string(name) == "exact_damped") options.undamped_tolerance = 0;
+          options.undamped_tolerance = std::string(name) == "exact_damped" ? 0 : tolerance;
           RowSolveResult x;
           const double te = seconds_of([&] {
             x = optima::solve_rows_exact(w.narrow(0, 0, timed), sel.pruned.narrow(0, 0, timed), h, options);

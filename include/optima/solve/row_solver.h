@@ -92,8 +92,9 @@ struct RowSolveOptions {
   SolvePrecision precision = SolvePrecision::kFloat64;
   // Relative damping: damp · mean(diag H) is added to diag H (after dead inputs are fixed) before solving.
   double damp = kDefaultRowSolveDamp;
-  // Bounds the bytes of one chunk's gathered systems and factors (and its row-sized work tensors). At least one
-  // row is solved at a time whatever the budget.
+  // Bounds the bytes of one chunk's gathered systems and factors (and its row-sized work tensors); for the iterative
+  // solver, of the rows one CG runs on at once (about 8 · (24 n + 2 k²) bytes a row). At least one row is solved at
+  // a time whatever the budget.
   int64_t memory_budget_bytes = 1LL << 30;
   // Exact solver: refinement corrections per chunk. Iterative solver with kFloat32Refined: outer corrections.
   // A correction costs three products with the shared [n, n] matrices and one solve with the chunk's factors, far
@@ -138,7 +139,7 @@ struct RowSolveResult {
   double flops = 0;                  // estimated flops: factorizations, triangular solves, matrix products
   double factor_flops = 0;           // the factorizations' share of `flops` (m³/3 per system, n³ for H⁻¹)
   double inverse_seconds = 0;        // wall time of the layer-wide Cholesky and H⁻¹ (exact solver, last attempt)
-  int64_t chunks = 0;                // batches of gathered systems (exact solver)
+  int64_t chunks = 0;                // batches of gathered systems (exact), row chunks of the memory budget (CG)
   int64_t rows_via_inverse = 0;      // rows solved as G_SS z = w_S (|S| <= |T|)
   int64_t rows_via_kept = 0;         // rows solved as H_TT x = H_TS w_S (|S| > |T|)
   int64_t refinement_steps = 0;      // largest number of corrections any chunk needed (exact); outer steps (CG)
