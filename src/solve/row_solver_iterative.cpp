@@ -207,7 +207,7 @@ class Preconditioner {
     at::Tensor sums;
     at::Tensor y = solve_detail::masked_backward(l_, p, kept, &sums);
     at::Tensor q = solve_detail::masked_forward(l_, at::Tensor(), sums, kept);
-    q.mul_(kept).mul_(-1.0).add_(p);
+    at::addcmul_out(q, p, q, kept, -1.0);  // q = p − kept ∘ q in one pass over [rows, n]
     return {std::move(q), std::move(y)};
   }
   // Flops of one application to `rows` rows (split form: of split_apply, two passes over L's lower half).
@@ -516,12 +516,17 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
     const at::Tensor alpha = at::where(active & (pq > 0), rz / pq, at::zeros_like(pq)).unsqueeze(1);
     x.addcmul_(step, alpha);
     r.addcmul_(q, alpha, -1.0);
-    z = prec.apply(r, m);
+    // Split: CG runs on the preconditioned system itself, z = r; p = r + β p is then updated in place, one pass
+    // with no copy of r (each pass over [rows, n] costs about 2% of an iteration at OPT-125M's fc2).
+    if (!split) z = prec.apply(r, m);
     state.flops += (split ? 0.0 : 2.0 * fn * fn * static_cast<double>(live)) + prec.flops(live, n);
     ++state.iterations;
-    const at::Tensor rz_next = at::linalg_vecdot(r, z);
+    const at::Tensor rz_next = at::linalg_vecdot(r, split ? r : z);
     const at::Tensor beta = at::where(active & (rz > 0), rz_next / rz, at::zeros_like(rz)).unsqueeze(1);
-    p = z.addcmul_(p, beta);  // z is not used again before the next application makes a new one
+    if (split)
+      at::addcmul_out(p, r, p, beta);
+    else
+      p = z.addcmul_(p, beta);  // z is not used again before the next application makes a new one
     rz = rz_next;
   }
   e.index_copy_(0, rows, x);
