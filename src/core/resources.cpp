@@ -37,7 +37,15 @@ bool in_heap_reuse_scope = false;
 constexpr int kMappedThreshold = 256 * 1024;
 constexpr int kLargestMmapThreshold = 32 << 20;    // glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit machines
 constexpr int kDefaultTrimThreshold = 128 * 1024;  // glibc's DEFAULT_TRIM_THRESHOLD, in force after tune_allocator()
-constexpr int kKeptHeapTrimThreshold = 1 << 30;    // far above what the work of one scope frees at once
+constexpr int kKeptHeapTrimThreshold = 1 << 30;    // far above what a small model's batches or one scope free at once
+
+#if defined(__GLIBC__)
+// Freed allocations up to glibc's largest mmap threshold stay in the heap, trimmed only past kKeptHeapTrimThreshold.
+void keep_freed_heap() {
+  mallopt(M_MMAP_THRESHOLD, kLargestMmapThreshold);
+  mallopt(M_TRIM_THRESHOLD, kKeptHeapTrimThreshold);
+}
+#endif
 }  // namespace
 
 void tune_allocator() {
@@ -52,8 +60,7 @@ void fit_allocator_to_block(int64_t block_weight_bytes) {
 #if defined(__GLIBC__)
   keep_free_memory = block_weight_bytes <= kSmallBlockBytes;
   if (block_weight_bytes > kSmallBlockBytes || std::getenv("MALLOC_MMAP_THRESHOLD_") != nullptr) return;
-  mallopt(M_MMAP_THRESHOLD, kLargestMmapThreshold);
-  mallopt(M_TRIM_THRESHOLD, kKeptHeapTrimThreshold);  // far above what such a model's batches ever free at once
+  keep_freed_heap();
   large_allocations_mapped = false;
 #else
   (void)block_weight_bytes;
@@ -63,8 +70,7 @@ void fit_allocator_to_block(int64_t block_weight_bytes) {
 HeapReuseScope::HeapReuseScope() {
 #if defined(__GLIBC__)
   if (!large_allocations_mapped || in_heap_reuse_scope) return;
-  mallopt(M_MMAP_THRESHOLD, kLargestMmapThreshold);
-  mallopt(M_TRIM_THRESHOLD, kKeptHeapTrimThreshold);
+  keep_freed_heap();
   in_heap_reuse_scope = active_ = true;
 #endif
 }

@@ -337,9 +337,7 @@ std::vector<Chunk> plan_chunks(const at::Tensor& pruned, const RowSolveOptions& 
 RowSolveResult solve_rows_exact(const at::Tensor& dense_weight, const at::Tensor& pruned, const at::Tensor& hessian,
                                 const RowSolveOptions& options) {
   solve_detail::validate_inputs(kWhere, dense_weight, pruned, hessian, at::Tensor());
-  if (!(options.damp >= 0)) fail_usage(fmt::format("{}: damping must be >= 0, found {}", kWhere, options.damp));
-  if (options.memory_budget_bytes <= 0)
-    fail_usage(fmt::format("{}: memory budget must be positive, found {}", kWhere, options.memory_budget_bytes));
+  solve_detail::validate_options(kWhere, options.damp, options.memory_budget_bytes);
   solve_detail::require_finite(kWhere, "weight", dense_weight);
   const solve_detail::PreparedHessian prepared = solve_detail::prepare_hessian(kWhere, hessian);
   const bool fp32 = options.precision == SolvePrecision::kFloat32Refined;

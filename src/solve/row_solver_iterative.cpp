@@ -803,9 +803,7 @@ RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Te
   if (!start.defined()) fail_input(kWhere, "a start point must be given", "[out, in] weights", "none");
   if (!(tolerance > 0)) fail_usage(fmt::format("{}: tolerance must be > 0, found {}", kWhere, tolerance));
   if (max_iterations < 0) fail_usage(fmt::format("{}: max_iterations must be >= 0, found {}", kWhere, max_iterations));
-  if (!(options.damp >= 0)) fail_usage(fmt::format("{}: damping must be >= 0, found {}", kWhere, options.damp));
-  if (options.memory_budget_bytes <= 0)
-    fail_usage(fmt::format("{}: memory budget must be positive, found {}", kWhere, options.memory_budget_bytes));
+  solve_detail::validate_options(kWhere, options.damp, options.memory_budget_bytes);
   solve_detail::require_finite(kWhere, "weight", dense_weight);
   solve_detail::require_finite(kWhere, "start", start);
   const solve_detail::PreparedHessian prepared = solve_detail::prepare_hessian(kWhere, hessian);
@@ -822,16 +820,17 @@ RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Te
   result.condition_estimate = system.condition;
   result.factor_flops = fn * fn * fn / 3;
   result.flops = result.factor_flops;  // the Cholesky of H
-  result.chunks = 0;
   // Row chunks within --qp-memory: each is solved on its own against the shared H.
   const int64_t per_chunk =
       std::max<int64_t>(1, std::min(rows, options.memory_budget_bytes / iterative_bytes_per_row(n)));
   std::vector<at::Tensor> weights;
-  for (int64_t begin = 0; begin < std::max<int64_t>(rows, 1); begin += per_chunk) {
+  int64_t begin = 0;
+  do {  // once at least: an empty layer is one empty chunk
     const int64_t count = std::min(per_chunk, rows - begin);
     const RowSolveResult part =
         solve_chunk(system, dense_weight.narrow(0, begin, count), pruned.narrow(0, begin, count),
                     start.narrow(0, begin, count), tolerance, max_iterations, options);
+    begin += count;
     ++result.chunks;
     result.flops += part.flops;
     result.iterations = std::max(result.iterations, part.iterations);
@@ -848,8 +847,7 @@ RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Te
     result.pruned_space_rounds = std::max(result.pruned_space_rounds, part.pruned_space_rounds);
     result.converged = result.converged && part.converged;
     weights.push_back(part.weight);
-    if (rows == 0) break;
-  }
+  } while (begin < rows);
   result.weight = weights.size() == 1 ? weights.front() : at::cat(weights, 0);
   return result;
 }

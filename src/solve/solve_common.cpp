@@ -74,6 +74,12 @@ void validate_inputs(std::string_view where, const at::Tensor& dense_weight, con
   (void)out;
 }
 
+void validate_options(std::string_view where, double damp, int64_t memory_budget_bytes) {
+  if (!(damp >= 0)) fail_usage(fmt::format("{}: damping must be >= 0, found {}", where, damp));
+  if (memory_budget_bytes <= 0)
+    fail_usage(fmt::format("{}: memory budget must be positive, found {}", where, memory_budget_bytes));
+}
+
 void require_finite(std::string_view where, std::string_view what, const at::Tensor& t) {
   if (t.numel() == 0) return;
   if (!all_finite(t))

@@ -22,6 +22,9 @@ std::string dtype_of(const at::Tensor& t);
 void validate_inputs(std::string_view where, const at::Tensor& dense_weight, const at::Tensor& pruned,
                      const at::Tensor& hessian, const at::Tensor& start);
 
+// Throws kUsage, naming `where`, unless the damping is >= 0 and the memory budget positive (options of either solver).
+void validate_options(std::string_view where, double damp, int64_t memory_budget_bytes);
+
 // Throws kNumeric naming `what` when `t` holds a NaN or an infinity.
 void require_finite(std::string_view where, std::string_view what, const at::Tensor& t);
 
