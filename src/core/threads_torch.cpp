@@ -17,10 +17,13 @@ void apply_threads(const ThreadChoice& choice) {
   } catch (const std::exception&) {
   }
   const char* policy = std::getenv("OMP_WAIT_POLICY");
+  const char* spin = std::getenv("GOMP_SPINCOUNT");
   spdlog::info("{} thread{} ({}); OpenMP wait policy {}", choice.threads, choice.threads == 1 ? "" : "s", choice.rule,
-               policy == nullptr              ? "the runtime's default"
-               : passive_wait_set_by_optima() ? "PASSIVE (optima's default; set OMP_WAIT_POLICY to change it)"
-                                              : fmt::format("{} (OMP_WAIT_POLICY)", policy));
+               policy == nullptr ? "the runtime's default"
+               : passive_wait_set_by_optima()
+                   ? fmt::format("PASSIVE after {} spins (optima's default; set OMP_WAIT_POLICY to change it)",
+                                 spin != nullptr ? spin : "0")
+                   : fmt::format("{} (OMP_WAIT_POLICY)", policy));
 }
 
 SerialScope::SerialScope(bool serial) {

@@ -26,8 +26,7 @@ constexpr int64_t kBlock = 128;
 
 // Rows are solved kLanes at a time, each step a vector operation across the rows: within a row every step depends
 // on the one before, and a dot product along the row would not vectorize without reassociating its sum.
-// 16 lanes are two AVX registers of floats (four of doubles), and the forward sums run in two interleaved chains of
-// j, so that several fused multiply-adds are in flight at once rather than each waiting for the one before.
+// 16 lanes are two AVX registers of floats (four of doubles); the sums run in several chains (dot_lanes).
 constexpr int64_t kLanes = 16;
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
@@ -78,11 +77,35 @@ OPTIMA_INLINE T entry(const T* a, int64_t stride, int64_t r, int64_t i) {
   return a != nullptr ? a[r * stride + i] : T(0);
 }
 
+// Σ_c coeffs[c] · vecs[c] over `count` vectors of kLanes (vecs [count][kLanes]) into sum [kLanes]. The sums run in
+// independent chains of c, enough of them that fused multiply-adds are in flight back to back rather than each
+// waiting for the one before (4 cycles apiece): 8 vector registers of accumulators in all, 4 chains of floats (2
+// vectors per chain), 2 of doubles (4 per chain).
 template <typename T>
-OPTIMA_INLINE void forward_rows(const MaskedBlock<T>& b) {
+OPTIMA_INLINE void dot_lanes(const T* coeffs, const T* vecs, int64_t count, T* sum) {
   using L = Lanes<T>;
   using V = typename L::V;
-  constexpr int64_t kV = L::kVectors, kW = L::kWidth;
+  constexpr int64_t kV = L::kVectors, kW = L::kWidth, kChains = 8 / kV;
+  V acc[kChains][kV];
+  for (int64_t c = 0; c < kChains; ++c)
+    for (int64_t v = 0; v < kV; ++v) acc[c][v] = V{};
+  int64_t j = 0;
+  for (; j + kChains <= count; j += kChains)
+    for (int64_t c = 0; c < kChains; ++c) {
+      const V lc = L::splat(coeffs[j + c]);
+      for (int64_t v = 0; v < kV; ++v) acc[c][v] += lc * L::load(vecs + (j + c) * kLanes + v * kW);
+    }
+  for (int64_t c = 0; j < count; ++j, ++c) {
+    const V lc = L::splat(coeffs[j]);
+    for (int64_t v = 0; v < kV; ++v) acc[c][v] += lc * L::load(vecs + j * kLanes + v * kW);
+  }
+  for (int64_t c = 1; c < kChains; ++c)
+    for (int64_t v = 0; v < kV; ++v) acc[0][v] += acc[c][v];
+  for (int64_t v = 0; v < kV; ++v) L::store(sum + v * kW, acc[0][v]);
+}
+
+template <typename T>
+OPTIMA_INLINE void forward_rows(const MaskedBlock<T>& b) {
   // z of kLanes rows, [b][kLanes]: the vectors the sums run over. The block's other inputs are read where needed,
   // once per input and row; only z is reused (b/2 times on average).
   std::vector<T> z(static_cast<size_t>(b.size * kLanes));
@@ -90,24 +113,8 @@ OPTIMA_INLINE void forward_rows(const MaskedBlock<T>& b) {
     const int64_t lanes = std::min(kLanes, b.rows - first);
     for (int64_t i = 0; i < b.size; ++i) {
       const T* li = b.l + i * b.ld;
-      const T* zs = z.data();
-      // Σ_{j<i} L_ij z_j, the even and the odd j in separate chains.
-      V even[kV], odd[kV];
-      for (int64_t v = 0; v < kV; ++v) even[v] = odd[v] = V{};
-      int64_t j = 0;
-      for (; j + 1 < i; j += 2) {
-        const V l0 = L::splat(li[j]), l1 = L::splat(li[j + 1]);
-        for (int64_t v = 0; v < kV; ++v) {
-          even[v] += l0 * L::load(zs + j * kLanes + v * kW);
-          odd[v] += l1 * L::load(zs + (j + 1) * kLanes + v * kW);
-        }
-      }
-      if (j < i) {
-        const V l0 = L::splat(li[j]);
-        for (int64_t v = 0; v < kV; ++v) even[v] += l0 * L::load(zs + j * kLanes + v * kW);
-      }
-      T sum[kLanes] = {};
-      for (int64_t v = 0; v < kV; ++v) L::store(sum + v * kW, even[v] + odd[v]);
+      T sum[kLanes];
+      dot_lanes(li, z.data(), i, sum);  // Σ_{j<i} L_ij z_j
       T* zi = z.data() + i * kLanes;
       const T inv = T(1) / li[i];
       for (int64_t l = 0; l < lanes; ++l) {
@@ -125,35 +132,28 @@ OPTIMA_INLINE void forward_rows(const MaskedBlock<T>& b) {
 
 template <typename T>
 OPTIMA_INLINE void backward_rows(const MaskedBlock<T>& b) {
-  using L = Lanes<T>;
-  using V = typename L::V;
-  constexpr int64_t kV = L::kVectors, kW = L::kWidth;
-  // t of kLanes rows, [b][kLanes]: the later inputs' shares, updated as each x_i becomes known.
-  std::vector<T> t(static_cast<size_t>(b.size * kLanes));
+  // The block of L transposed, [b][b]: row i holds L_ji for j > i, so that each t_i = Σ_{j>i} L_ji x_j is a sum
+  // along a contiguous row, as in the forward pass (b² copies against rows · b² / 2 multiply-adds).
+  std::vector<T> lt(static_cast<size_t>(b.size * b.size));
+  for (int64_t j = 0; j < b.size; ++j)
+    for (int64_t i = 0; i < j; ++i) lt[i * b.size + j] = b.l[j * b.ld + i];
+  // x of kLanes rows, [b][kLanes].
+  std::vector<T> x(static_cast<size_t>(b.size * kLanes));
   for (int64_t first = 0; first < b.rows; first += kLanes) {
     const int64_t lanes = std::min(kLanes, b.rows - first);
-    std::fill(t.begin(), t.end(), T(0));
-    // Descending: once x_i is known, its share L_ij x_i of every earlier t_j is added (row i of L is contiguous).
-    // The updates of different j are independent, so they overlap without separate chains.
     for (int64_t i = b.size - 1; i >= 0; --i) {
-      const T* li = b.l + i * b.ld;
-      T* ti = t.data() + i * kLanes;
-      T xi[kLanes] = {};
-      const T inv = T(1) / li[i];
+      T sum[kLanes];
+      dot_lanes(lt.data() + i * b.size + i + 1, x.data() + (i + 1) * kLanes, b.size - 1 - i, sum);
+      T* xi = x.data() + i * kLanes;
+      const T lii = b.l[i * b.ld + i], inv = T(1) / lii;
       for (int64_t l = 0; l < lanes; ++l) {
         const int64_t r = first + l;
-        const T sum = b.off[r * b.size + i] + ti[l];
-        xi[l] = b.kept[r * b.stride + i] != T(0) ? (entry(b.rhs, b.stride, r, i) - sum) * inv : T(0);
+        const T t = b.off[r * b.size + i] + sum[l];
+        xi[l] = b.kept[r * b.stride + i] != T(0) ? (entry(b.rhs, b.stride, r, i) - t) * inv : T(0);
         b.out[r * b.stride + i] = xi[l];
-        if (b.sums != nullptr) b.sums[r * b.stride + i] = sum + li[i] * xi[l];  // (Lᵀ x)_i
+        if (b.sums != nullptr) b.sums[r * b.stride + i] = t + lii * xi[l];  // (Lᵀ x)_i
       }
-      V xv[kV];
-      for (int64_t v = 0; v < kV; ++v) xv[v] = L::load(xi + v * kW);
-      for (int64_t j = 0; j < i; ++j) {
-        const V lij = L::splat(li[j]);
-        T* tj = t.data() + j * kLanes;
-        for (int64_t v = 0; v < kV; ++v) L::store(tj + v * kW, L::load(tj + v * kW) + lij * xv[v]);
-      }
+      for (int64_t l = lanes; l < kLanes; ++l) xi[l] = T(0);
     }
   }
 }
@@ -266,19 +266,26 @@ void pass(const at::Tensor& l, const at::Tensor& rhs, const at::Tensor& given, c
 }
 
 // On the CPU each thread runs whole passes over its own rows, its products single-threaded: a pass split by blocks
-// instead switches between the products' threads and the diagonal blocks' 2 n / b times, and on this kind of machine
-// the threads' waits at those switches took a third of the time. On CUDA one pass covers every row.
+// instead switches between the products' threads and the diagonal blocks' 2 n / b times, and runs the diagonal
+// blocks on one thread (at::parallel_for runs on the caller alone in sources built without OpenMP, as optima's are):
+// on fc2 of a random OPT-125M-shaped model the other thread waited through a third of the solve. On CUDA one pass
+// covers every row.
 void run_pass(const at::Tensor& l, const at::Tensor& rhs, const at::Tensor& given, const at::Tensor& kept,
               at::Tensor& out, at::Tensor* sums, bool backward) {
-  if (l.is_cuda()) {
+  const int64_t rows = kept.size(0);
+  const int64_t slices = l.is_cuda() ? 1 : std::clamp<int64_t>(rows / (2 * kLanes), 1, at::get_num_threads());
+  if (slices == 1) {
     pass(l, rhs, given, kept, out, sums, backward);
     return;
   }
+  // Whole groups of lanes per slice, the last one taking what is left.
+  const int64_t per_slice = (rows + slices * kLanes - 1) / (slices * kLanes) * kLanes;
   const auto slice = [](const at::Tensor& t, int64_t begin, int64_t count) {
     return t.defined() ? t.narrow(0, begin, count) : t;
   };
-  at::parallel_for(0, kept.size(0), 2 * kLanes, [&](int64_t begin, int64_t end) {
-    const int64_t count = end - begin;
+  for_each_slice(/*cpu=*/true, slices, [&](int64_t index) {
+    const int64_t begin = std::min(rows, index * per_slice), count = std::min(per_slice, rows - begin);
+    if (count == 0) return;
     at::Tensor out_rows = out.narrow(0, begin, count);
     at::Tensor sums_rows = sums != nullptr ? sums->narrow(0, begin, count) : at::Tensor();
     pass(l, slice(rhs, begin, count), slice(given, begin, count), kept.narrow(0, begin, count), out_rows,

@@ -219,8 +219,9 @@ class Preconditioner {
     const double k = static_cast<double>(u_.size(1));
     return 4.0 * r * fn * k + 2.0 * r * k * k;
   }
-  // r is supported on each row's active set (CG keeps it there), which the products below rely on.
-  at::Tensor apply(const at::Tensor& r, const at::Tensor& kept) const {
+  // r is supported on each row's active set (CG keeps it there), which the products below rely on. `rows`: which of
+  // the rows the preconditioner holds state for r's rows are (undefined: all of them, in order).
+  at::Tensor apply(const at::Tensor& r, const at::Tensor& kept, const at::Tensor& rows = at::Tensor()) const {
     // Split: CG runs on the preconditioned system itself. A copy, as pcg updates z in place.
     if (l_.defined()) return r.clone();
     if (inv_diag_.defined()) return r * inv_diag_ * kept;
@@ -228,7 +229,8 @@ class Preconditioner {
     // M_T = S⁻¹ (Δ_T + U_T U_Tᵀ) S⁻¹ with S = diag(H)^(-1/2); M_T⁻¹ = S (Δ⁻¹ − Δ⁻¹ U_T K⁻¹ U_Tᵀ Δ⁻¹) S with
     // K = I + U_Tᵀ Δ_T⁻¹ U_T (per row, inverted at setup). K⁻¹ is symmetric, so it multiplies c as a row vector:
     // that batched product runs 2-3x faster than the column form on CPU. The rest is two passes over [rows, n].
-    const at::Tensor c = at::bmm(at::matmul(r * scaled_inv_delta_, u_).unsqueeze(1), k_inv_).squeeze(1);
+    const at::Tensor k_inv = rows.defined() ? k_inv_.index_select(0, rows) : k_inv_;
+    const at::Tensor c = at::bmm(at::matmul(r * scaled_inv_delta_, u_).unsqueeze(1), k_inv).squeeze(1);
     at::Tensor z = at::matmul(c, u_.t());
     z.mul_(scaled_inv_delta_).mul_(kept).mul_(-1.0);
     return z.addcmul_(r, outer_scale_);
@@ -428,17 +430,16 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
                      true_norm.clamp_min(std::numeric_limits<double>::min()))
                         .to(t.scalar_type()));
     }
-    z = prec.apply(r, m);
-    rz = at::linalg_vecdot(r, z);
+    // Only the replaced rows' preconditioned residuals and r · z change (fresh is their r now).
+    const at::Tensor z_due = prec.apply(fresh, m_due, due);
+    rz.index_copy_(0, due, at::linalg_vecdot(fresh, z_due));
     // A row whose recurrence had drifted from its true residual (one that looked converged, whose recurrence went
     // on falling in fp32 while the true residual did not), or that diverged, restarts from its true residual: its
     // search direction would take a step orders of magnitude off.
-    at::Tensor restart = at::zeros({live}, rnorm_replaced.options().dtype(at::kBool));
-    restart.index_copy_(
-        0, due,
-        worse | (at::linalg_vector_norm(fresh - recurrence, 2, {1}).to(at::kDouble) > kDriftRestart * tracked_norm));
-    p = at::where(restart.unsqueeze(1), z, p);
-    state.flops += 2.0 * fn * fn * static_cast<double>(due.size(0)) + (split ? 0.0 : prec.flops(live, n));
+    const at::Tensor restart =
+        worse | (at::linalg_vector_norm(fresh - recurrence, 2, {1}).to(at::kDouble) > kDriftRestart * tracked_norm);
+    p.index_copy_(0, due, at::where(restart.unsqueeze(1), z_due, p.index_select(0, due)));
+    state.flops += 2.0 * fn * fn * static_cast<double>(due.size(0)) + (split ? 0.0 : prec.flops(due.size(0), n));
     return stop;
   };
   for (int64_t it = 0; it < budget; ++it) {

@@ -45,12 +45,14 @@ ThreadChoice choose_threads(const ThreadSources& sources, int requested);
 // the environment.
 ThreadSources read_thread_sources();
 
-// Makes OpenMP threads sleep between parallel regions (OMP_WAIT_POLICY=PASSIVE) unless the user set a policy:
-// libgomp's default spins for about 3 ms after each region, which on a busy or small machine takes the CPU from
-// the thread with work (a stories260k evaluation took 8-17 s with 2 spinning threads, 2 s passive).
+// Makes OpenMP threads sleep between parallel regions (OMP_WAIT_POLICY=PASSIVE) after a short spin (GOMP_SPINCOUNT=
+// 10000, about 0.1 ms, unless the user set a spin count) unless the user set a policy: libgomp's default spins for
+// about 3 ms after each region, which on a busy or small machine takes the CPU from the thread with work (a
+// stories260k evaluation took 8-17 s with 2 spinning threads, 2 s passive), and none at all makes every region of a
+// solver iteration wait for a futex wake-up (threads.cpp has the figures).
 // libgomp reads the variable in its initialiser, before main(), and a setenv() even in the executable's
 // .preinit_array is lost (glibc's own initialiser, which runs next, resets `environ` to the original array), so
-// this re-executes the binary (/proc/self/exe, same pid and arguments) with the variable added: it costs one more
+// this re-executes the binary (/proc/self/exe, same pid and arguments) with the variables added: it costs one more
 // dynamic load (about 0.05 s of CPU), none of LibTorch's initialisers. The optima binary calls it from its
 // .preinit_array with the arguments and environment it gets; it returns when the user set a policy, after the
 // re-execution, or when execve fails (the runtime's default then stays). Uses only the C library.
