@@ -49,6 +49,13 @@ fi
 # --- clang-tidy --------------------------------------------------------------------------------------------------
 if wanted tidy; then
   t1=$(date +%s)
+  # at::parallel_for is a header template whose parallel branch exists only under OpenMP, which optima's sources are
+  # built without: there it runs every item on the calling thread (the masked-Cholesky passes had run their diagonal
+  # blocks on one thread that way). optima's kernels use parallel_ranges or for_each_slice instead.
+  if grep -rnE 'at::parallel_(for|reduce)[[:space:]]*\(' "$repo/src" "$repo/include" "$repo/tools"; then
+    log "at::parallel_for/parallel_reduce runs serially in optima's sources: use parallel_ranges (core/parallel.h)"
+    exit 1
+  fi
   python3 "$repo/scripts/tidy.py" --build "$build" -j "$OPTIMA_JOBS"
   done_step "$t1" "clang-tidy"
 fi
