@@ -35,21 +35,21 @@ constexpr double kFp32Progress = 0.1;
 // preconditioner needs fewer iterations (see IterativePreconditioner).
 constexpr double kPrunedSpaceConditionMin = 1e5;
 constexpr double kPrunedSpaceConditionLimit = 1e9;
-// kAuto's fp32 rounds use the masked Cholesky from this condition estimate on: measured on the real Hessians of a
-// random OPT-125M-shaped model on C4 (SparseGPT masks, bench/solver_cpu.json "real"), fc2 (estimate 1e7) took 85-100
-// iterations and 95-150 products against 156-163 and 116-174 with the low rank, and the layers below (q_proj and fc1 at
-// 2e3, whose true condition number of about 4e8 fp32 passes cannot hold; out_proj at 2e5, 594-630 iterations in fp64)
-// cost 1.5-2x more with it.
-constexpr double kMaskedCholeskyConditionMin = 1e6;
-// Its fp32 passes hold far past the estimates that send other fp32 work to fp64 directly (predict_fp64, 1e8): the
-// fc2 Hessians of blocks 6-11 of that model, estimates 1e8 to 1e11, converged in fp32 in 90-101 iterations with no
-// fp64 round, 13-15 s a layer against 17-25 s in fp64 (the pruned space or the low rank). Up to the estimate above
-// which the iterative solver damps H as singular, then; a round that does not pay goes to fp64 as anywhere.
+// kAuto's fp32 rounds use the masked Cholesky on wide layers up to the estimate above which the iterative solver
+// damps H as singular. Its fp32 passes hold far past the estimates that send other fp32 work to fp64 directly
+// (predict_fp64, 1e8): the fc2 Hessians of blocks 6-11 of a random OPT-125M-shaped model on C4, estimates 1e8 to 1e11,
+// converged in fp32 in 90-101 iterations with no fp64 round, 13-15 s a layer against 17-25 s in fp64 (the pruned space
+// or the low rank); a round that does not pay goes to fp64 as anywhere. Nor does it need an ill-conditioned H: at
+// estimates of 15 to 1e5 it took fewer iterations and less time than the low rank on every wide layer measured
+// (128-window Hessians of that model, fc2 of blocks 0-2, estimates 37 / 9e4 / 1.2e5: 35 / 46 / 53 iterations, 5.3 / 7.2
+// / 7.4 s, against 48 / 74 / 90, 7.4 / 9.3 / 12.4 s; a random LLaMA-7B-shaped block, 1024 rows: q_proj, estimate 15,
+// 42 iterations and 14.1 s against 56 and 17.5 s; down_proj, 71, 21 and 95.9 s against 38 and 100.1 s).
 constexpr double kMaskedCholeskyConditionMax = kSingularCondition;
-// And only on wide layers: a pass's row-by-row part (tiles, diagonal blocks) and its thin products weigh more the
+// Only on wide layers, though: a pass's row-by-row part (tiles, diagonal blocks) and its thin products weigh more the
 // narrower the layer. On opt-small's fc2 (1024 inputs, 256 rows, estimate 4e6) an fp32 iteration cost about 7
 // products, and auto with it took 392-553 GEMM-equivalents against 214-299 for the exact solver (which auto had
-// reached before, after giving the low rank's CG up); at 3072 inputs about 1.5.
+// reached before, after giving the low rank's CG up); at 3072 inputs about 1.5. On the 768-input layers of the
+// OPT-125M-shaped model (q_proj and fc1, estimate 2e3; out_proj, 2e5) it cost 1.5-2x more than the low rank.
 constexpr int64_t kMaskedCholeskyMinInputs = 2048;
 // A pruned-space round stops after 2 n + this many iterations (see CorrectionSolver::correct).
 constexpr int64_t kPrunedSpaceExtraIterations = 50;
@@ -321,6 +321,14 @@ struct Fp64System {
   at::Tensor h, rhs, mask;
 };
 
+// What an fp32 CG with reliable updates knows at its end of the fp64 residual rhs − (H e)_T of the e it returns:
+// `residual` [rows, n] holds it for the rows whose `known` is set, those whose last replacement came after their last
+// step (every row a split CG confirmed). The caller need not compute those again: at OPT-125M's fc2 that residual is
+// an fp64 product over all rows, 0.17 s of a 7 s layer.
+struct KnownResidual {
+  at::Tensor residual, known;
+};
+
 // Preconditioned CG for (H e)_T = rhs_T with e_S = 0, every row at once, in h's dtype (any symmetric positive
 // definite matrix and any per-row active set: the pruned-space formulation runs it on G with the pruned set). Starts
 // from e = 0 and stops when each row's residual norm is at most target[r] or the iteration budget runs out. Converged
@@ -333,11 +341,14 @@ struct Fp64System {
 // fc2 against 132 in fp64 (145-159 with reliable updates).
 at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, const at::Tensor& kept,
                const at::Tensor& target, int64_t budget, CgState& state, const ResidualMap& map = {},
-               const Fp64System* fp64 = nullptr) {
+               const Fp64System* fp64 = nullptr, KnownResidual* known = nullptr) {
   const int64_t n = h.size(0);
   const double fn = static_cast<double>(n);
   at::Tensor e = at::zeros_like(rhs);
   at::Tensor e64 = fp64 != nullptr ? at::zeros_like(fp64->rhs) : at::Tensor();  // e up to the last replacement
+  // The fp64 residual of e64 (that of e64 = 0 to begin with): for the caller (KnownResidual), and for rows that go back
+  // to their last replaced point.
+  at::Tensor residual64 = fp64 != nullptr ? fp64->rhs.clone() : at::Tensor();
   // The rows still iterating (indices into the batch) and their state.
   at::Tensor rows = at::arange(rhs.size(0), rhs.options().dtype(at::kLong));
   // A split preconditioner (masked Cholesky) runs CG on C⁻¹ H_TT C⁻ᵀ: r, p and the targets t are then in its
@@ -405,18 +416,22 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
     const bool stop = diverged_again.any().item<bool>() || stalled.any().item<bool>();
     const at::Tensor accepted_e = at::where(worse.unsqueeze(1), old_e, candidate);
     if (worse.any().item<bool>()) {
-      true_residual = at::where(worse.unsqueeze(1), rhs_due - at::matmul(old_e, fp64->h) * mask_due, true_residual);
-      true_norm = at::where(worse, rnorm_replaced.index_select(0, due), true_norm);
-      state.flops += 2.0 * fn * fn * static_cast<double>(due.size(0));
+      // Those rows go back to their last replaced point, whose residual is on record.
+      const at::Tensor back = worse.nonzero().squeeze(1);
+      const at::Tensor old_residual = residual64.index_select(0, batch_rows.index_select(0, back));
+      true_residual.index_copy_(0, back, old_residual);
+      true_norm.index_copy_(0, back, rnorm_replaced.index_select(0, due.index_select(0, back)));
       if (split) {
-        fresh = to_tracked(true_residual);
+        fresh.index_copy_(0, back, prec.to_split(old_residual.to(r.scalar_type()), m_due.index_select(0, back)));
         tracked_norm = at::linalg_vector_norm(fresh, 2, {1}).to(at::kDouble);
+        state.flops += fn * fn * static_cast<double>(back.size(0));
       } else {
-        fresh = true_residual.to(r.scalar_type());
+        fresh.index_copy_(0, back, old_residual.to(r.scalar_type()));
         tracked_norm = true_norm;
       }
     }
     e64.index_copy_(0, batch_rows, accepted_e);
+    residual64.index_copy_(0, batch_rows, true_residual);
     x.index_fill_(0, due, 0.0);
     diverged.index_copy_(0, due, worse);
     r.index_copy_(0, due, fresh);
@@ -531,6 +546,7 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
     rz = rz_next;
   }
   e.index_copy_(0, rows, x);
+  if (known != nullptr && residual64.defined()) *known = {residual64, e.eq(0).all(1)};
   return fp64 != nullptr ? e64 + e.to(at::kDouble) : e;
 }
 
@@ -591,16 +607,22 @@ class CorrectionSolver {
   }
 
   // e [rows, n] (kept entries only) for the fp64 residual ρ_T; rows at most `target` get e = 0, the others aim at
-  // max(target, reduction · |ρ|), within `budget` CG iterations.
+  // max(target, reduction · |ρ|), within `budget` CG iterations. `known`, if given, receives the fp64 residual ρ − (H e)_T
+  // where the CG knows it (undefined where it knows none).
   at::Tensor correct(const at::Tensor& residual, const at::Tensor& rnorm, const at::Tensor& target, double reduction,
-                     int64_t budget, CgState& state) const {
+                     int64_t budget, CgState& state, KnownResidual* known = nullptr) const {
+    if (known != nullptr) *known = {};
     if (!pruned_space_ && (work_ == at::kFloat || prec_.split())) {
       // Reliable updates: the fp32 CG aims at the tolerance itself, against fp64 residuals (a split preconditioner's
       // CG tracks C⁻¹ r, so it checks the true residual the same way in fp64 too).
       const at::Tensor ordered = order_.defined() ? residual.index_select(1, order_) : residual;
       const Fp64System system{h64_, ordered, kept64_};
-      const at::Tensor e = pcg(op_, prec_, ordered.to(work_), active_, target.to(work_), budget, state, {}, &system);
-      return order_.defined() ? e.index_select(1, at::argsort(order_)) : e;
+      const at::Tensor e =
+          pcg(op_, prec_, ordered.to(work_), active_, target.to(work_), budget, state, {}, &system, known);
+      if (!order_.defined()) return e;
+      const at::Tensor inverse = at::argsort(order_);
+      if (known != nullptr) known->residual = known->residual.index_select(1, inverse);
+      return e.index_select(1, inverse);
     }
     const at::Tensor rho = residual.to(work_);
     const at::Tensor asked = at::maximum(target / rnorm.clamp_min(1e-300), at::full_like(rnorm, reduction));
@@ -654,6 +676,26 @@ class CorrectionSolver {
 int64_t iterative_bytes_per_row(int64_t n) {
   const int64_t k = low_rank_size(n);
   return 8 * (24 * n + 2 * k * k);
+}
+
+// The fp64 residual (H (w − x))_T = rhs − (H x)_T after a round, taken from the CG where it knows it (KnownResidual)
+// and computed for the other rows.
+at::Tensor next_residual(const at::Tensor& rhs, const at::Tensor& x, const at::Tensor& h, const at::Tensor& kept,
+                         const KnownResidual& known, CgState& state) {
+  const double row_product = 2.0 * static_cast<double>(h.size(0) * h.size(0));
+  if (!known.residual.defined()) {
+    state.flops += row_product * static_cast<double>(x.size(0));
+    return rhs - at::matmul(x, h) * kept;
+  }
+  const at::Tensor unknown = known.known.logical_not().nonzero().squeeze(1);
+  at::Tensor residual = known.residual;
+  if (unknown.numel() > 0) {
+    const at::Tensor computed =
+        rhs.index_select(0, unknown) - at::matmul(x.index_select(0, unknown), h) * kept.index_select(0, unknown);
+    residual.index_copy_(0, unknown, computed);
+    state.flops += row_product * static_cast<double>(unknown.numel());
+  }
+  return residual;
 }
 
 // One chunk of rows of solve_rows_iterative, against the layer's System: the fields of the result that depend on the
@@ -743,8 +785,9 @@ RowSolveResult solve_chunk(const System& system, const at::Tensor& dense_weight,
     }
     if (corrector.pruned_space()) ++result.pruned_space_rounds;
     const double reduction = work32 ? kInnerReductionFp32 : kInnerReductionFp64;
+    KnownResidual known;
     const at::Tensor e =
-        corrector.correct(residual, rnorm, target, reduction, max_iterations - state.iterations, state);
+        corrector.correct(residual, rnorm, target, reduction, max_iterations - state.iterations, state, &known);
     if (state.abandoned) {
       result.abandoned = true;
       result.converged = false;
@@ -753,8 +796,7 @@ RowSolveResult solve_chunk(const System& system, const at::Tensor& dense_weight,
       return result;
     }
     x = x + e.to(at::kDouble) * kept;
-    residual = rhs - at::matmul(x, h) * kept;
-    state.flops += product_flops;
+    residual = next_residual(rhs, x, h, kept, known, state);
   }
   result.kkt_residual = solve_detail::relative_residual(residual, hw_t_norm).max().item<double>();
   // A last round that made things worse (the loop ended before it could be undone) is undone here.
@@ -785,8 +827,7 @@ bool auto_uses_pruned_space(double condition_estimate) {
 }
 
 bool auto_uses_masked_cholesky(double condition_estimate, int64_t inputs) {
-  return inputs >= kMaskedCholeskyMinInputs && condition_estimate >= kMaskedCholeskyConditionMin &&
-         condition_estimate <= kMaskedCholeskyConditionMax;
+  return inputs >= kMaskedCholeskyMinInputs && condition_estimate <= kMaskedCholeskyConditionMax;
 }
 
 double cholesky_condition_estimate(const at::Tensor& l) {

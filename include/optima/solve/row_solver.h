@@ -61,8 +61,8 @@ enum class SolvePrecision {
 // G_SS μ = (G ρ)_S with G = H⁻¹, preconditioned by diag(G); one product with G per iteration. kLowRank and
 // kInverseBlock run CG on the kept-set system H_TT e = ρ_T: with Woodbury on a low-rank-plus-diagonal model of H
 // restricted to T (a few thin products per iteration), or with G_TT (one more full product per iteration).
-// kAuto (default): in fp32, kMaskedCholesky on layers of at least 2048 inputs whose H's condition estimate lies between
-// 1e6 and 1e12 (auto_uses_masked_cholesky, below; its fp32 passes are tried even past the estimates that send other
+// kAuto (default): in fp32, kMaskedCholesky on layers of at least 2048 inputs whose H's condition estimate is at most
+// 1e12 (auto_uses_masked_cholesky, below; its fp32 passes are tried even past the estimates that send other
 // fp32 work to fp64 directly), kLowRank elsewhere; in fp64, kPrunedSpace where H's condition estimate lies between 1e5
 // and 1e9 (auto_uses_pruned_space; rounds that stop paying hand over to kLowRank, undone when they made things worse),
 // kLowRank elsewhere. Measured in fp64 on real Hessians (bench/solver_cpu.json, "real", iterations): the pruned space
