@@ -607,8 +607,8 @@ class CorrectionSolver {
   }
 
   // e [rows, n] (kept entries only) for the fp64 residual ρ_T; rows at most `target` get e = 0, the others aim at
-  // max(target, reduction · |ρ|), within `budget` CG iterations. `known`, if given, receives the fp64 residual ρ − (H e)_T
-  // where the CG knows it (undefined where it knows none).
+  // max(target, reduction · |ρ|), within `budget` CG iterations. `known`, if given, receives the fp64 residual
+  // ρ − (H e)_T where the CG knows it (undefined where it knows none).
   at::Tensor correct(const at::Tensor& residual, const at::Tensor& rnorm, const at::Tensor& target, double reduction,
                      int64_t budget, CgState& state, KnownResidual* known = nullptr) const {
     if (known != nullptr) *known = {};
@@ -713,7 +713,8 @@ RowSolveResult solve_chunk(const System& system, const at::Tensor& dense_weight,
   // Optimality: (H ŵ)_T = (H w)_T with ŵ_S = 0. |(H w)_T| only scales each row's tolerance and the reported residual,
   // which an fp32 product holds to about 1e-6 of themselves at half the cost of an fp64 one (0.075 s at OPT-125M's
   // fc2); the residuals themselves, (H (w − x))_T, are fp64 products.
-  const at::Tensor hw_t = (at::matmul(dense_weight.to(at::kFloat), h.to(at::kFloat)) * kept.to(at::kFloat)).to(at::kDouble);
+  const at::Tensor hw_t =
+      (at::matmul(dense_weight.to(at::kFloat), h.to(at::kFloat)) * kept.to(at::kFloat)).to(at::kDouble);
   const at::Tensor hw_t_norm = at::linalg_vector_norm(hw_t, 2, {1});
   const at::Tensor target = hw_t_norm * tolerance;
   // Rows with nothing pruned are solved by w itself; the others start from the given point.
