@@ -617,8 +617,7 @@ class CorrectionSolver {
       // CG tracks C⁻¹ r, so it checks the true residual the same way in fp64 too).
       const at::Tensor ordered = order_.defined() ? residual.index_select(1, order_) : residual;
       const Fp64System system{h64_, ordered, kept64_};
-      const at::Tensor e =
-          pcg(op_, prec_, ordered.to(work_), active_, target.to(work_), budget, state, {}, &system, known);
+      at::Tensor e = pcg(op_, prec_, ordered.to(work_), active_, target.to(work_), budget, state, {}, &system, known);
       if (!order_.defined()) return e;
       const at::Tensor inverse = at::argsort(order_);
       if (known != nullptr) known->residual = known->residual.index_select(1, inverse);
