@@ -508,8 +508,8 @@ json solver_real(const std::vector<std::string>& args) {
           optima::IterativePreconditioner kind;
           optima::SolvePrecision precision;
         };
-        // The default (kAuto: in fp32 the kept-space low rank, or the masked Cholesky on layers of 2048 inputs or more
-        // where H's condition estimate is at least 1e6; in fp64 the pruned space where it is ill-conditioned), the
+        // The default (kAuto: in fp32 the masked Cholesky on layers of 2048 inputs or more, the kept-space low rank on
+        // narrower ones; in fp64 the pruned space where H is ill-conditioned), the
         // masked Cholesky in both precisions, the pruned space in both precisions, and the kept-space low rank in fp64
         // (what an fp64 round would run without the pruned space).
         const std::vector<Variant> variants = {
