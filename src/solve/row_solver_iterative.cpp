@@ -119,12 +119,31 @@ bool should_abandon(const CgState& state, int64_t it, const at::Tensor& r, const
 
 // The matrix the rows solve with.
 struct System {
-  at::Tensor h;  // fp64: undamped H unless it is singular
-  at::Tensor l;  // its Cholesky factor (for G = H⁻¹, when the preconditioner needs it)
+  at::Tensor h;      // fp64: undamped H unless it is singular
+  at::Tensor l;      // its Cholesky factor, of H in the inputs' order `order` where that is defined
+  at::Tensor order;  // masked Cholesky: the input order of l (masked_cholesky_order); undefined: the given order
+  at::Tensor h_ordered;  // H in that order (where it is defined), which the masked Cholesky's fp64 residuals use
   double damping = 0;
-  double condition = 0;
+  double condition = 0;  // cholesky_condition_estimate(l)
   int64_t retries = 0;
 };
+
+// The Cholesky factor of H in the given input order (G = H⁻¹ needs it): the system's own, or one more factorization
+// where the system's is in the masked Cholesky's order (only when a masked-Cholesky layer hands over to another
+// formulation).
+at::Tensor natural_factor(const System& system) {
+  return system.order.defined() ? at::linalg_cholesky(system.h) : system.l;
+}
+
+// The masked Cholesky leaves out L_TS L_TSᵀ, and L_TS only holds entries of pruned inputs ordered before kept ones
+// (L is lower triangular): with the inputs pruned in the fewest rows first, less of H_TT is left out. The kept space's
+// system is then solved in that order (CorrectionSolver permutes H, the masks, residuals and corrections). Measured in
+// fp64 on the fc2 Hessian of a random OPT-125M-shaped model (SparseGPT masks): 58-59 iterations against 69-70 at
+// 50%, 51-52 against 70 at 2:4; the reverse order gave 68-73. Clustering the rows by their masks, one factor per
+// cluster, gave 57 / 50 / 42 with 4 / 16 / 64 clusters: not worth their factors.
+at::Tensor masked_cholesky_order(const at::Tensor& pruned) {
+  return at::argsort(pruned.to(at::kFloat).sum(0), /*stable=*/true);
+}
 
 // Whether this preconditioner setting means the masked Cholesky for `system`: asked for by name, or kAuto's choice
 // for its fp32 rounds (auto_uses_masked_cholesky).
@@ -133,8 +152,38 @@ bool masked_cholesky_for(IterativePreconditioner kind, const System& system) {
          (kind == IterativePreconditioner::kAuto && auto_uses_masked_cholesky(system.condition, system.h.size(0)));
 }
 
-System prepare_system(const solve_detail::PreparedHessian& prepared, const RowSolveOptions& options) {
+// Whether the layer's fp32 rounds will run the masked Cholesky whatever H's condition (short of singular): asked for
+// by name, or kAuto on a layer of kMaskedCholeskyMinInputs inputs or more (auto_uses_masked_cholesky).
+bool plans_masked_cholesky(const RowSolveOptions& options, int64_t inputs) {
+  return options.preconditioner == IterativePreconditioner::kMaskedCholesky ||
+         (options.preconditioner == IterativePreconditioner::kAuto &&
+          options.precision == SolvePrecision::kFloat32Refined && inputs >= kMaskedCholeskyMinInputs);
+}
+static_assert(kMaskedCholeskyConditionMax >= kSingularCondition,
+              "plans_masked_cholesky assumes every definite H of a wide layer gets the masked Cholesky");
+
+// H's Cholesky factor and condition estimate, damped where H is singular. A layer that will run the masked Cholesky
+// is factored in that preconditioner's input order (masked_cholesky_order of `pruned` [rows, n]) straight away, and its
+// condition estimated from that factor: factoring H in the given order only for the estimate, and again in the
+// masked order, cost 0.2-0.3 s a layer at OPT-125M's fc2 (n = 3072). The estimate is a lower bound on cond(H) in
+// either order. A singular H (or one the reordered factorization finds so) takes the given order, as before.
+System prepare_system(const solve_detail::PreparedHessian& prepared, const at::Tensor& pruned,
+                      const RowSolveOptions& options) {
   System s;
+  if (plans_masked_cholesky(options, prepared.h.size(0))) {
+    at::Tensor order = masked_cholesky_order(pruned);
+    at::Tensor h_ordered = prepared.h.index_select(0, order).index_select(1, order);
+    auto [lo, info] = at::linalg_cholesky_ex(h_ordered);
+    s.condition =
+        info.item<int64_t>() == 0 ? cholesky_condition_estimate(lo) : std::numeric_limits<double>::infinity();
+    if (s.condition <= kSingularCondition) {
+      s.h = prepared.h;
+      s.l = std::move(lo);
+      s.order = std::move(order);
+      s.h_ordered = std::move(h_ordered);
+      return s;
+    }
+  }
   auto [l, info] = at::linalg_cholesky_ex(prepared.h);
   s.condition = info.item<int64_t>() == 0 ? cholesky_condition_estimate(l) : std::numeric_limits<double>::infinity();
   if (s.condition <= kSingularCondition) {
@@ -329,8 +378,9 @@ struct KnownResidual {
   at::Tensor residual, known;
 };
 
-// Preconditioned CG for (H e)_T = rhs_T with e_S = 0, every row at once, in h's dtype (any symmetric positive
-// definite matrix and any per-row active set: the pruned-space formulation runs it on G with the pruned set). Starts
+// Preconditioned CG for (H e)_T = rhs_T with e_S = 0, every row at once, in rhs's dtype (any symmetric positive
+// definite matrix and any per-row active set: the pruned-space formulation runs it on G with the pruned set; a split
+// preconditioner applies the matrix itself, and h is then not used and may be undefined). Starts
 // from e = 0 and stops when each row's residual norm is at most target[r] or the iteration budget runs out. Converged
 // rows leave the batch; their e is final.
 // With `fp64` (an fp32 CG), e is accumulated in fp64 and each row's recurrence residual, which drifts from the true
@@ -342,7 +392,7 @@ struct KnownResidual {
 at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, const at::Tensor& kept,
                const at::Tensor& target, int64_t budget, CgState& state, const ResidualMap& map = {},
                const Fp64System* fp64 = nullptr, KnownResidual* known = nullptr) {
-  const int64_t n = h.size(0);
+  const int64_t n = rhs.size(1);
   const double fn = static_cast<double>(n);
   at::Tensor e = at::zeros_like(rhs);
   at::Tensor e64 = fp64 != nullptr ? at::zeros_like(fp64->rhs) : at::Tensor();  // e up to the last replacement
@@ -569,7 +619,7 @@ class CorrectionSolver {
     const double n = static_cast<double>(system.h.size(0));
     kept_ = pruned.logical_not().to(work);
     if (pruned_space_) {
-      const at::Tensor g = at::cholesky_inverse(system.l);
+      const at::Tensor g = at::cholesky_inverse(natural_factor(system));
       state.flops += 2.0 * n * n * n / 3;
       op_ = g.to(work);
       h_ = system.h.to(work);
@@ -581,13 +631,13 @@ class CorrectionSolver {
     kept64_ = pruned.logical_not().to(at::kDouble);
     const bool masked =
         masked_cholesky_for(kind, system) && (kind == IterativePreconditioner::kMaskedCholesky || work == at::kFloat);
-    at::Tensor l = system.l;
-    if (masked) reorder_for_masked_cholesky(pruned, l, state);
-    op_ = h64_.to(work);
+    at::Tensor l = masked ? masked_factor(system, pruned, state) : at::Tensor();
+    // The split CG never multiplies by H itself (its passes run over the factor).
+    if (!masked) op_ = h64_.to(work);
     kept_ = kept64_.to(work);
     active_ = kept_;
     if (kind == IterativePreconditioner::kInverseBlock) {
-      prec_ = Preconditioner::inverse_block(at::cholesky_inverse(system.l).to(work));
+      prec_ = Preconditioner::inverse_block(at::cholesky_inverse(natural_factor(system)).to(work));
       state.flops += n * n * n;
     } else if (masked) {
       prec_ = Preconditioner::masked_cholesky(l.to(work).contiguous());
@@ -647,24 +697,26 @@ class CorrectionSolver {
   at::Tensor h64_, kept64_;  // kept space: the fp64 system behind fp32 work (reliable updates)
   at::Tensor order_;         // masked Cholesky: the inputs' order of the system above (undefined: as given)
 
-  // The masked Cholesky leaves out L_TS L_TSᵀ, and L_TS only holds entries of pruned inputs ordered before kept ones
-  // (L is lower triangular): with the inputs pruned in the fewest rows first, less of H_TT is left out. The kept
-  // space's system is then solved in that order (h64_, kept64_ and l permuted; correct() maps residuals and
-  // corrections). Measured in fp64 on the fc2 Hessian of a random OPT-125M-shaped model (SparseGPT masks): 58-59
-  // iterations against 69-70 at 50%, 51-52 against 70 at 2:4; the reverse order gave 68-73. Clustering the rows by
-  // their masks, one factor per cluster, gave 57 / 50 / 42 with 4 / 16 / 64 clusters: not worth their factors.
-  void reorder_for_masked_cholesky(const at::Tensor& pruned, at::Tensor& l, CgState& state) {
-    at::Tensor order = at::argsort(pruned.to(at::kFloat).sum(0), /*stable=*/true);
-    at::Tensor h = h64_.index_select(0, order).index_select(1, order);
-    auto [lo, info] = at::linalg_cholesky_ex(h);
-    // Definite as given, definite permuted, up to round-off: where that fails, the given order.
-    if (info.item<int64_t>() != 0) return;
-    const double n = static_cast<double>(h.size(0));
-    state.flops += n * n * n / 3;
-    order_ = std::move(order);
+  // H's factor in the masked Cholesky's input order: the system's own (prepare_system), or, where the system is in
+  // the given order (a layer that planned no masked Cholesky, or a singular one), a factor of H permuted here; where
+  // that fails, the given order. The kept space's system is then solved in that order (h64_ and kept64_ permuted;
+  // correct() maps residuals and corrections).
+  at::Tensor masked_factor(const System& system, const at::Tensor& pruned, CgState& state) {
+    at::Tensor order = system.order, l = system.l, h = system.h_ordered;
+    if (!order.defined()) {
+      order = masked_cholesky_order(pruned);
+      h = h64_.index_select(0, order).index_select(1, order);
+      auto [lo, info] = at::linalg_cholesky_ex(h);
+      // Definite as given, definite permuted, up to round-off: where that fails, the given order.
+      if (info.item<int64_t>() != 0) return l;
+      const double n = static_cast<double>(h64_.size(0));
+      state.flops += n * n * n / 3;
+      l = std::move(lo);
+    }
     h64_ = std::move(h);
-    kept64_ = kept64_.index_select(1, order_);
-    l = std::move(lo);
+    kept64_ = kept64_.index_select(1, order);
+    order_ = std::move(order);
+    return l;
   }
   Preconditioner prec_;
 };
@@ -850,7 +902,7 @@ RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Te
   solve_detail::require_finite(kWhere, "weight", dense_weight);
   solve_detail::require_finite(kWhere, "start", start);
   const solve_detail::PreparedHessian prepared = solve_detail::prepare_hessian(kWhere, hessian);
-  const System system = prepare_system(prepared, options);
+  const System system = prepare_system(prepared, pruned, options);
   const int64_t rows = dense_weight.size(0), n = dense_weight.size(1);
   const double fn = static_cast<double>(n);
 
