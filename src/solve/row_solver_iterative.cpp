@@ -119,9 +119,9 @@ bool should_abandon(const CgState& state, int64_t it, const at::Tensor& r, const
 
 // The matrix the rows solve with.
 struct System {
-  at::Tensor h;      // fp64: undamped H unless it is singular
-  at::Tensor l;      // its Cholesky factor, of H in the inputs' order `order` where that is defined
-  at::Tensor order;  // masked Cholesky: the input order of l (masked_cholesky_order); undefined: the given order
+  at::Tensor h;          // fp64: undamped H unless it is singular
+  at::Tensor l;          // its Cholesky factor, of H in the inputs' order `order` where that is defined
+  at::Tensor order;      // masked Cholesky: the input order of l (masked_cholesky_order); undefined: the given order
   at::Tensor h_ordered;  // H in that order (where it is defined), which the masked Cholesky's fp64 residuals use
   double damping = 0;
   double condition = 0;  // cholesky_condition_estimate(l)
@@ -174,8 +174,7 @@ System prepare_system(const solve_detail::PreparedHessian& prepared, const at::T
     at::Tensor order = masked_cholesky_order(pruned);
     at::Tensor h_ordered = prepared.h.index_select(0, order).index_select(1, order);
     auto [lo, info] = at::linalg_cholesky_ex(h_ordered);
-    s.condition =
-        info.item<int64_t>() == 0 ? cholesky_condition_estimate(lo) : std::numeric_limits<double>::infinity();
+    s.condition = info.item<int64_t>() == 0 ? cholesky_condition_estimate(lo) : std::numeric_limits<double>::infinity();
     if (s.condition <= kSingularCondition) {
       s.h = prepared.h;
       s.l = std::move(lo);
