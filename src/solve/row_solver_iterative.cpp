@@ -152,15 +152,14 @@ bool masked_cholesky_for(IterativePreconditioner kind, const System& system) {
          (kind == IterativePreconditioner::kAuto && auto_uses_masked_cholesky(system.condition, system.h.size(0)));
 }
 
-// Whether the layer's fp32 rounds will run the masked Cholesky whatever H's condition (short of singular): asked for
-// by name, or kAuto on a layer of kMaskedCholeskyMinInputs inputs or more (auto_uses_masked_cholesky).
+// Whether the layer's fp32 rounds will run the masked Cholesky whatever H's condition short of singular: asked for
+// by name, or kAuto's choice (auto_uses_masked_cholesky) even at the largest estimate that is not singular.
 bool plans_masked_cholesky(const RowSolveOptions& options, int64_t inputs) {
   return options.preconditioner == IterativePreconditioner::kMaskedCholesky ||
          (options.preconditioner == IterativePreconditioner::kAuto &&
-          options.precision == SolvePrecision::kFloat32Refined && inputs >= kMaskedCholeskyMinInputs);
+          options.precision == SolvePrecision::kFloat32Refined &&
+          auto_uses_masked_cholesky(kSingularCondition, inputs));
 }
-static_assert(kMaskedCholeskyConditionMax >= kSingularCondition,
-              "plans_masked_cholesky assumes every definite H of a wide layer gets the masked Cholesky");
 
 // H's Cholesky factor and condition estimate, damped where H is singular. A layer that will run the masked Cholesky
 // is factored in that preconditioner's input order (masked_cholesky_order of `pruned` [rows, n]) straight away, and its

@@ -172,12 +172,11 @@ RowSolveResult solve_rows_exact(const at::Tensor& dense_weight, const at::Tensor
 // The system is the UNDAMPED H (dead inputs fixed as in the exact solver) whenever its Cholesky succeeds with a
 // condition estimate (cholesky_condition_estimate; on a layer that runs the masked Cholesky, of H's factor in that
 // preconditioner's input order, a lower bound on cond(H) as much as the given order's) of at most kSingularCondition;
-// only a singular H is damped by
-// `options.damp` · mean(diag H) (raised tenfold, as the exact solver does, while the factorization fails). Stops
-// when every row's relative KKT residual is at most `tolerance` or after `max_iterations` iterations in all (then
-// `converged` is false). kFloat32Refined: fp32 CG solves correction equations whose right-hand sides are fp64
-// residuals (at most max_refinement_steps + 1 rounds), unless the condition estimate predicts fp32 cannot hold the
-// layer (predict_fp64), when it runs in fp64 directly. kFloat64: fp64 throughout.
+// only a singular H is damped by `options.damp` · mean(diag H) (raised tenfold, as the exact solver does, while the
+// factorization fails). Stops when every row's relative KKT residual is at most `tolerance` or after
+// `max_iterations` iterations in all (then `converged` is false). kFloat32Refined: fp32 CG solves correction equations
+// whose right-hand sides are fp64 residuals (at most max_refinement_steps + 1 rounds), unless the condition estimate
+// predicts fp32 cannot hold the layer (predict_fp64), when it runs in fp64 directly. kFloat64: fp64 throughout.
 RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Tensor& pruned, const at::Tensor& hessian,
                                     const at::Tensor& start, double tolerance, int64_t max_iterations,
                                     const RowSolveOptions& options = {});
