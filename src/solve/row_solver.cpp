@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -87,20 +88,24 @@ struct Polished {
   at::Tensor delta;     // [b, n]: the polished δ for rows that reached the tolerance, the damped one elsewhere
   at::Tensor reached;   // bool [b]
   at::Tensor residual;  // [b]: the undamped relative residual of the polished δ (of `delta` where reached)
+  int64_t steps = 0;    // CG steps taken
 };
 
 // M⁻¹ρ for residuals ρ [b, n] supported on each row's kept set, with M the chunk's damped H_TT (its factors).
 using InverseApply = std::function<at::Tensor(const at::Tensor&)>;
 
 // Whether some row above `goal` may still reach it within `max_steps` in all, judged by each row's fall over the
-// last kPolishRateWindow steps (`history`: each step's [b] relative residuals).
+// last kPolishRateWindow steps, or since the first while there are fewer (`history`: each step's [b] relative
+// residuals).
 bool polish_may_reach(const std::vector<at::Tensor>& history, double goal, int max_steps) {
   const size_t steps = history.size();
   const at::Tensor& now = history.back();
-  if (steps <= static_cast<size_t>(kPolishRateWindow)) return (now > goal).any().item<bool>();
-  const at::Tensor fall = now / history[steps - 1 - kPolishRateWindow];
+  if (steps < 2) return (now > goal).any().item<bool>();
+  // The fall over the window, or since the first step while there are fewer.
+  const size_t window = std::min(steps - 1, static_cast<size_t>(kPolishRateWindow));
+  const at::Tensor fall = now / history[steps - 1 - window];
   const at::Tensor steps_needed =
-      at::log(goal / now) / at::log(fall) * kPolishRateWindow;  // positive where falling toward the goal
+      at::log(goal / now) / at::log(fall) * static_cast<double>(window);  // positive where falling toward the goal
   const at::Tensor hopeful =
       (now > goal) & (fall < 1) & (steps_needed <= static_cast<double>(max_steps) - static_cast<double>(steps));
   return hopeful.any().item<bool>();
@@ -128,7 +133,9 @@ Polished polish_to_undamped(const at::Tensor& h, double damping, const at::Tenso
   // The recurrence is fp64 throughout; a quarter of the tolerance leaves room for its drift from the true residual.
   const double goal = kPolishRecurrenceMargin * tolerance;
   std::vector<at::Tensor> history;  // each step's recurrence residuals, per row
+  int64_t steps = 0;
   for (int step = 0; step < max_steps; ++step) {
+    ++steps;
     const at::Tensor q = undamped_product(p);
     const at::Tensor pq = at::linalg_vecdot(p, q);
     const at::Tensor alpha = at::where(pq > 0, rz / pq, at::zeros_like(pq)).unsqueeze(1);
@@ -148,6 +155,7 @@ Polished polish_to_undamped(const at::Tensor& h, double damping, const at::Tenso
   out.residual = worst(undamped_product(candidate));
   out.reached = out.residual <= tolerance;
   out.delta = at::where(out.reached.unsqueeze(1), candidate, delta0);
+  out.steps = steps;
   return out;
 }
 
@@ -240,6 +248,36 @@ ChunkOutcome solve_chunk(const Layer& layer, const Chunk& chunk, bool fp32, cons
   const at::Tensor hw_t = at::matmul(w, layer.h) * kept_d;
   const at::Tensor hw_t_norm = at::linalg_vector_norm(hw_t, 2, {1});
   result.flops += product_flops;
+  // Against the undamped H₀ = H − damping·I: (H₀ δ)_T = ρ_T − damping·δ_T, (H₀ w)_T = (H w)_T − damping·w_T.
+  const at::Tensor hw0_t_norm =
+      layer.damping == 0 ? hw_t_norm : at::linalg_vector_norm(hw_t - layer.damping * w * kept_d, 2, {1});
+  if (layer.polish) {
+    // Rows that will be polished need the damped optimum only as the polishing's start, and the polishing's CG,
+    // preconditioned with the same factors, takes the first solve's error out together with the damping's: on the
+    // out_proj of OPT-125M-shaped models (fp32 factors) in 5 steps, where refining to the damped optimum and
+    // polishing from there took 8, 12-14% less time. fp32 factors that do not get every row there within
+    // max_refinement_steps (judged by the rows' fall from the second step on) are too inexact for this H: the
+    // caller solves the chunk again in fp64, as it does where their refinement stalls (on OPT-125M's fc1, whose H
+    // fp32 cannot hold, they took 16 steps against 8 in fp64). In fp64, a chunk where some row does not get there is
+    // refined and polished as below.
+    const at::Tensor rho = at::matmul(delta, layer.h) * kept_d;
+    result.flops += product_flops;
+    const int max_steps = fp32 ? options.max_refinement_steps : kPolishStepFactor * options.max_refinement_steps;
+    const Polished direct =
+        polish_to_undamped(layer.h, layer.damping, kept_d, delta, rho - layer.damping * delta * kept_d, hw0_t_norm,
+                           options.undamped_tolerance, fp32 ? 2 : options.max_refinement_steps, max_steps,
+                           inverse_apply, product_flops, result);
+    outcome.steps = direct.steps;
+    if (direct.reached.all().item<bool>()) {
+      outcome.kkt = outcome.kkt_undamped = outcome.refined = direct.residual.max().item<double>();
+      out.index_copy_(0, rows, (w + direct.delta).masked_fill_(pruned, 0.0).to(out.scalar_type()));
+      return outcome;
+    }
+    if (fp32) {
+      outcome.refined = std::numeric_limits<double>::infinity();
+      return outcome;
+    }
+  }
   const double target = refine_target(layer, options);
   at::Tensor best_delta, best_rho;
   double best = 0;
@@ -268,9 +306,6 @@ ChunkOutcome solve_chunk(const Layer& layer, const Chunk& chunk, bool fp32, cons
     outcome.factored = false;
     return outcome;
   }
-  // Against the undamped H₀ = H − damping·I: (H₀ δ)_T = ρ_T − damping·δ_T, (H₀ w)_T = (H w)_T − damping·w_T.
-  const at::Tensor hw0_t_norm =
-      layer.damping == 0 ? hw_t_norm : at::linalg_vector_norm(hw_t - layer.damping * w * kept_d, 2, {1});
   const at::Tensor damped_residual = solve_detail::relative_residual(best_rho, hw_t_norm);
   at::Tensor solved_residual = damped_residual;  // of the problem each row's answer solves
   const at::Tensor undamped_rho = best_rho - layer.damping * delta * kept_d;

@@ -25,9 +25,12 @@
 //   the layer's later chunks, without an fp32 attempt (the conditioning is the layer's); all count in
 //   `fp64_fallback_rows`.
 // - Where H as stated is definite (Cholesky condition estimate at most kSingularCondition, the iterative solver's
-//   rule), the damping only keeps the factorizations safe: each row's damped optimum is then polished to H's own
-//   (polish_to_undamped in row_solver.cpp) until its undamped relative KKT residual is `undamped_tolerance`; rows
-//   that do not get there keep the damped optimum and are counted in `damped_rows`.
+//   rule), the damping only keeps the factorizations safe: each row is then polished to H's own optimum
+//   (polish_to_undamped in row_solver.cpp) until its undamped relative KKT residual is `undamped_tolerance`. The
+//   polishing, a CG preconditioned with the chunk's factors, starts from the first solve and takes its error out
+//   with the damping's; only a chunk where some row does not get there is refined to the damped optimum and
+//   polished from that, and rows that still do not get there keep the damped optimum and are counted in
+//   `damped_rows`.
 // - A failed fp64 factorization (H, or a chunk's systems) raises the damping tenfold (starting from
 //   1e-10 · mean(diag H) when it was zero) and solves the layer again, at most `max_damping_retries` times and
 //   never past 1e-2 · mean(diag H) (SparseGPT's damping); each retry is counted in the result. Past that, or on
@@ -142,7 +145,8 @@ struct RowSolveResult {
   int64_t chunks = 0;                // batches of gathered systems (exact), row chunks of the memory budget (CG)
   int64_t rows_via_inverse = 0;      // rows solved as G_SS z = w_S (|S| <= |T|)
   int64_t rows_via_kept = 0;         // rows solved as H_TT x = H_TS w_S (|S| > |T|)
-  int64_t refinement_steps = 0;      // largest number of corrections any chunk needed (exact); outer steps (CG)
+  int64_t refinement_steps = 0;      // largest number of corrections any chunk needed (exact: refinement steps, or
+                                     // polishing steps where it started from the first solve); outer steps (CG)
   int64_t fp64_fallback_rows = 0;    // kFloat32Refined: rows solved in fp64 after an fp32 attempt of the layer failed
   int64_t iterations = 0;            // CG iterations (iterative solver): each is two products over the active rows
   int64_t pruned_space_rounds = 0;   // iterative solver: correction rounds kept from the pruned-space formulation
