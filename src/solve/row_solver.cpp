@@ -254,12 +254,13 @@ ChunkOutcome solve_chunk(const Layer& layer, const Chunk& chunk, bool fp32, cons
   if (layer.polish) {
     // Rows that will be polished need the damped optimum only as the polishing's start, and the polishing's CG,
     // preconditioned with the same factors, takes the first solve's error out together with the damping's: on the
-    // out_proj of OPT-125M-shaped models (fp32 factors) in 5 steps, where refining to the damped optimum and
-    // polishing from there took 8, 12-14% less time. fp32 factors that do not get every row there within
-    // max_refinement_steps (judged by the rows' fall from the second step on) are too inexact for this H: the
-    // caller solves the chunk again in fp64, as it does where their refinement stalls (on OPT-125M's fc1, whose H
-    // fp32 cannot hold, they took 16 steps against 8 in fp64). In fp64, a chunk where some row does not get there is
-    // refined and polished as below.
+    // out_proj of a random OPT-125M-shaped model (fp32 factors) in at most 5 steps, where refining to the damped
+    // optimum (1-4 corrections, mostly 3) and polishing from there (1-3 steps) took up to 7; 11-14% less time.
+    // fp32 factors that do not get every row there within max_refinement_steps (judged by the rows' fall from the
+    // second step on) are too inexact for this H: the caller solves the chunk again in fp64, as it does where their
+    // refinement stalls (on that model's fc1, whose H fp32 cannot hold, the chunk had taken 16 steps in fp32 without
+    // that limit, against 8 in fp64). In fp64, a chunk where some row does not get there is refined and polished as
+    // below.
     const at::Tensor rho = at::matmul(delta, layer.h) * kept_d;
     result.flops += product_flops;
     const int max_steps = fp32 ? options.max_refinement_steps : kPolishStepFactor * options.max_refinement_steps;
