@@ -88,7 +88,7 @@ struct Polished {
   at::Tensor delta;     // [b, n]: the polished δ for rows that reached the tolerance, the damped one elsewhere
   at::Tensor reached;   // bool [b]
   at::Tensor residual;  // [b]: the undamped relative residual of the polished δ (of `delta` where reached)
-  int64_t steps = 0;    // CG steps taken
+  int64_t steps = 0;    // CG steps taken (the history's length)
 };
 
 // M⁻¹ρ for residuals ρ [b, n] supported on each row's kept set, with M the chunk's damped H_TT (its factors).
@@ -133,9 +133,7 @@ Polished polish_to_undamped(const at::Tensor& h, double damping, const at::Tenso
   // The recurrence is fp64 throughout; a quarter of the tolerance leaves room for its drift from the true residual.
   const double goal = kPolishRecurrenceMargin * tolerance;
   std::vector<at::Tensor> history;  // each step's recurrence residuals, per row
-  int64_t steps = 0;
   for (int step = 0; step < max_steps; ++step) {
-    ++steps;
     const at::Tensor q = undamped_product(p);
     const at::Tensor pq = at::linalg_vecdot(p, q);
     const at::Tensor alpha = at::where(pq > 0, rz / pq, at::zeros_like(pq)).unsqueeze(1);
@@ -155,7 +153,7 @@ Polished polish_to_undamped(const at::Tensor& h, double damping, const at::Tenso
   out.residual = worst(undamped_product(candidate));
   out.reached = out.residual <= tolerance;
   out.delta = at::where(out.reached.unsqueeze(1), candidate, delta0);
-  out.steps = steps;
+  out.steps = static_cast<int64_t>(history.size());  // one entry per step taken
   return out;
 }
 
@@ -251,6 +249,10 @@ ChunkOutcome solve_chunk(const Layer& layer, const Chunk& chunk, bool fp32, cons
   // Against the undamped H₀ = H − damping·I: (H₀ δ)_T = ρ_T − damping·δ_T, (H₀ w)_T = (H w)_T − damping·w_T.
   const at::Tensor hw0_t_norm =
       layer.damping == 0 ? hw_t_norm : at::linalg_vector_norm(hw_t - layer.damping * w * kept_d, 2, {1});
+  // The chunk's answer ŵ = w + δ, pruned entries exactly 0, into `out`.
+  const auto write_answer = [&](const at::Tensor& answer_delta) {
+    out.index_copy_(0, rows, (w + answer_delta).masked_fill_(pruned, 0.0).to(out.scalar_type()));
+  };
   if (layer.polish) {
     // Rows that will be polished need the damped optimum only as the polishing's start, and the polishing's CG,
     // preconditioned with the same factors, takes the first solve's error out together with the damping's: on the
@@ -271,7 +273,7 @@ ChunkOutcome solve_chunk(const Layer& layer, const Chunk& chunk, bool fp32, cons
     outcome.steps = direct.steps;
     if (direct.reached.all().item<bool>()) {
       outcome.kkt = outcome.kkt_undamped = outcome.refined = direct.residual.max().item<double>();
-      out.index_copy_(0, rows, (w + direct.delta).masked_fill_(pruned, 0.0).to(out.scalar_type()));
+      write_answer(direct.delta);
       return outcome;
     }
     if (fp32) {
@@ -325,7 +327,7 @@ ChunkOutcome solve_chunk(const Layer& layer, const Chunk& chunk, bool fp32, cons
   }
   outcome.kkt = solved_residual.max().item<double>();
   outcome.kkt_undamped = undamped_residual.max().item<double>();
-  out.index_copy_(0, rows, (w + delta).masked_fill_(pruned, 0.0).to(out.scalar_type()));
+  write_answer(delta);
   return outcome;
 }
 
