@@ -26,7 +26,8 @@ at::Tensor masked_backward(const at::Tensor& l, const at::Tensor& rhs, const at:
                            at::Tensor* sums = nullptr);
 
 // One diagonal block of a pass, for every row. Row-major [rows, ·] arrays with `stride` elements between rows,
-// pointing at the block's first column; `off` [rows, b] (stride b) holds the products with the blocks already done.
+// pointing at the block's first column; `off` [rows, b] (`off_stride` elements between rows) holds the products with
+// the blocks already done.
 // Forward (lower, i ascending): t = off_i + Σ_{j<i} L_ij z_j; z_i = kept_i ? (rhs_i − t) / L_ii : given_i.
 // Backward (Lᵀ, i descending): t = off_i + Σ_{j>i} L_ji x_j; x_i = kept_i ? (rhs_i − t) / L_ii : 0;
 // sums_i = t + L_ii x_i.
@@ -38,6 +39,7 @@ struct MaskedBlock {
   int64_t rows = 0;
   int64_t stride = 0;
   const T* off = nullptr;
+  int64_t off_stride = 0;
   const T* rhs = nullptr;    // may be null: 0
   const T* given = nullptr;  // may be null: 0
   const T* kept = nullptr;

@@ -23,10 +23,12 @@ namespace {
 // multiply-adds at b = 64. On 2 cores, two passes at n = 3072 took 1.3 products at 128 against 1.5-1.6 at 64 and
 // 256 (bench_solver "passes").
 constexpr int64_t kBlock = 128;
+// Inputs per span of the products with the blocks done (see pass); a multiple of kBlock.
+constexpr int64_t kSpan = 512;
 
 // Rows are solved kLanes at a time, each step a vector operation across the rows: within a row every step depends
 // on the one before, and a dot product along the row would not vectorize without reassociating its sum.
-// 16 lanes are two AVX registers of floats (four of doubles); the sums run in several chains (dot_lanes).
+// 16 lanes are two AVX registers of floats (four of doubles); the sums run in several chains (dot_group).
 constexpr int64_t kLanes = 16;
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
@@ -39,7 +41,7 @@ constexpr int64_t kLanes = 16;
 
 // The lanes as vectors of 32 bytes (GCC/Clang vector extensions): AVX registers in the AVX2 build of the kernels
 // below, pairs of SSE registers in the baseline one. Loads and stores go through memcpy (unaligned moves), as the
-// row buffers are only as aligned as std::vector makes them.
+// tiles are only as aligned as std::vector makes them.
 // The helpers below pass vectors by value but are always inlined, so the calling convention GCC warns about
 // (AVX vectors returned from code built without AVX) never applies. (For the rest of the file: GCC reports it where
 // the templates are instantiated, at its end.)
@@ -62,6 +64,8 @@ struct Lanes {
   using V = typename Vector32<T>::type;
   static constexpr int64_t kWidth = static_cast<int64_t>(32 / sizeof(T));
   static constexpr int64_t kVectors = kLanes / kWidth;
+  // Inputs whose sums run together (dot_group): kGroup x kVectors accumulators, 8 vector registers.
+  static constexpr int64_t kGroup = 8 / kVectors;
   static OPTIMA_INLINE V load(const T* p) {
     V v;
     std::memcpy(&v, p, sizeof(V));
@@ -71,90 +75,167 @@ struct Lanes {
   static OPTIMA_INLINE V splat(T x) { return V{} + x; }
 };
 
-// Row r's value of input i of the block in a row-major [rows, ·] array (0 where the array is absent).
+// acc[g] = Σ_{j in [begin, end)} coeffs[g][j] · vecs[j] for the kGroup inputs of a group at once (vecs
+// [·][kLanes], lane-major): each vector loaded serves kGroup multiply-adds, and the kGroup x kVectors sums are
+// independent chains that keep fused multiply-adds in flight back to back (8 vector registers of accumulators).
 template <typename T>
-OPTIMA_INLINE T entry(const T* a, int64_t stride, int64_t r, int64_t i) {
-  return a != nullptr ? a[r * stride + i] : T(0);
-}
-
-// Σ_c coeffs[c] · vecs[c] over `count` vectors of kLanes (vecs [count][kLanes]) into sum [kLanes]. The sums run in
-// independent chains of c, enough of them that fused multiply-adds are in flight back to back rather than each
-// waiting for the one before (4 cycles apiece): 8 vector registers of accumulators in all, 4 chains of floats (2
-// vectors per chain), 2 of doubles (4 per chain).
-template <typename T>
-OPTIMA_INLINE void dot_lanes(const T* coeffs, const T* vecs, int64_t count, T* sum) {
+OPTIMA_INLINE void dot_group(const T* const* coeffs, const T* vecs, int64_t begin, int64_t end,
+                             typename Lanes<T>::V (*acc)[Lanes<T>::kVectors]) {
   using L = Lanes<T>;
   using V = typename L::V;
-  constexpr int64_t kV = L::kVectors, kW = L::kWidth, kChains = 8 / kV;
-  V acc[kChains][kV];
-  for (int64_t c = 0; c < kChains; ++c)
-    for (int64_t v = 0; v < kV; ++v) acc[c][v] = V{};
-  int64_t j = 0;
-  for (; j + kChains <= count; j += kChains)
-    for (int64_t c = 0; c < kChains; ++c) {
-      const V lc = L::splat(coeffs[j + c]);
-      for (int64_t v = 0; v < kV; ++v) acc[c][v] += lc * L::load(vecs + (j + c) * kLanes + v * kW);
+  constexpr int64_t kV = L::kVectors, kW = L::kWidth, kG = L::kGroup;
+  for (int64_t g = 0; g < kG; ++g)
+    for (int64_t v = 0; v < kV; ++v) acc[g][v] = V{};
+  for (int64_t j = begin; j < end; ++j) {
+    V x[kV];
+    for (int64_t v = 0; v < kV; ++v) x[v] = L::load(vecs + j * kLanes + v * kW);
+    for (int64_t g = 0; g < kG; ++g) {
+      const V c = L::splat(coeffs[g][j]);
+      for (int64_t v = 0; v < kV; ++v) acc[g][v] += c * x[v];
     }
-  for (int64_t c = 0; j < count; ++j, ++c) {
-    const V lc = L::splat(coeffs[j]);
-    for (int64_t v = 0; v < kV; ++v) acc[c][v] += lc * L::load(vecs + j * kLanes + v * kW);
   }
-  for (int64_t c = 1; c < kChains; ++c)
-    for (int64_t v = 0; v < kV; ++v) acc[0][v] += acc[c][v];
-  for (int64_t v = 0; v < kV; ++v) L::store(sum + v * kW, acc[0][v]);
+}
+
+// Lane-major tiles [b][kLanes] of one group of rows: the block's entries of each row, turned so that one input's
+// values for the group are adjacent and every step is a few vector operations. Each row's entries are read in one
+// run. Before, each step read one entry from each of the group's rows, n entries apart, and ran its epilogue lane by
+// lane: the diagonal blocks of two fp32 passes over 768 x 3072 took 0.048 s on one thread, with these tiles and
+// dot_group 0.026 s. Inside the passes that gain needs the prefetching below as well (prefetch_share).
+template <typename T>
+class GroupTiles {
+ public:
+  explicit GroupTiles(int64_t size, int64_t tiles) : size_(size), data_(static_cast<size_t>(tiles * size * kLanes)) {}
+  T* tile(int64_t index) { return data_.data() + index * size_ * kLanes; }
+  // Rows first.. of a row-major array (row length `stride`, or 0 everywhere when a is null) into tile `index`; the
+  // lanes past the last row repeat it (they are solved and dropped).
+  void turn_in(int64_t index, const T* a, int64_t stride, int64_t first, int64_t lanes) {
+    T* t = tile(index);
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const T* row = a != nullptr ? a + (first + std::min(l, lanes - 1)) * stride : nullptr;
+      for (int64_t i = 0; i < size_; ++i) t[i * kLanes + l] = row != nullptr ? row[i] : T(0);
+    }
+  }
+  // The share of step i (of size_) in fetching rows next.. of a row-major array ahead of their turn_in: the rows are
+  // read in runs of size_ entries, n apart, which the hardware prefetchers follow poorly, and by then the products of
+  // the pass have evicted them from the caches. Timed inside the passes (fc2-sized, 2 threads), the diagonal blocks
+  // took as long with the tiles alone as before them, and a third less with this.
+  void prefetch_share(const T* a, int64_t stride, int64_t next, int64_t rows, int64_t i) const {
+    constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(T));
+    const int64_t per_row = (size_ + kLine - 1) / kLine, lines = kLanes * per_row;
+    if (a == nullptr) return;
+    for (int64_t k = i * lines / size_; k < (i + 1) * lines / size_; ++k) {
+      const int64_t row = next + k / per_row;
+      if (row < rows) __builtin_prefetch(a + row * stride + (k % per_row) * kLine);
+    }
+  }
+  void turn_out(int64_t index, T* a, int64_t stride, int64_t first, int64_t lanes) {
+    const T* t = tile(index);
+    for (int64_t l = 0; l < lanes; ++l) {
+      T* row = a + (first + l) * stride;
+      for (int64_t i = 0; i < size_; ++i) row[i] = t[i * kLanes + l];
+    }
+  }
+
+ private:
+  int64_t size_;
+  std::vector<T> data_;
+};
+
+// One input's step for the group, as vector operations on the tiles at offset o = i · kLanes:
+// t = off + sum; value = kept ? (rhs − t) · inv : fallback (0 where fallback is null). Returns t's vectors in `t`.
+template <typename T>
+OPTIMA_INLINE void solve_input(const typename Lanes<T>::V* sum, const T* off, const T* rhs, const T* kept,
+                               const T* fallback, T inv, T* value, typename Lanes<T>::V* t) {
+  using L = Lanes<T>;
+  using V = typename L::V;
+  for (int64_t v = 0; v < L::kVectors; ++v) {
+    const int64_t o = v * L::kWidth;
+    t[v] = L::load(off + o) + sum[v];
+    const V solved = (L::load(rhs + o) - t[v]) * L::splat(inv);
+    const V other = fallback != nullptr ? L::load(fallback + o) : V{};
+    L::store(value + o, L::load(kept + o) != V{} ? solved : other);
+  }
 }
 
 template <typename T>
 OPTIMA_INLINE void forward_rows(const MaskedBlock<T>& b) {
-  // z of kLanes rows, [b][kLanes]: the vectors the sums run over. The block's other inputs are read where needed,
-  // once per input and row; only z is reused (b/2 times on average).
-  std::vector<T> z(static_cast<size_t>(b.size * kLanes));
+  using L = Lanes<T>;
+  using V = typename L::V;
+  constexpr int64_t kV = L::kVectors, kW = L::kWidth, kG = L::kGroup;
+  enum { kZ, kOff, kKept, kRhs, kGiven, kTiles };
+  GroupTiles<T> tiles(b.size, kTiles);
+  T* z = tiles.tile(kZ);  // the vectors the sums run over
   for (int64_t first = 0; first < b.rows; first += kLanes) {
     const int64_t lanes = std::min(kLanes, b.rows - first);
-    for (int64_t i = 0; i < b.size; ++i) {
-      const T* li = b.l + i * b.ld;
-      T sum[kLanes];
-      dot_lanes(li, z.data(), i, sum);  // Σ_{j<i} L_ij z_j
-      T* zi = z.data() + i * kLanes;
-      const T inv = T(1) / li[i];
-      for (int64_t l = 0; l < lanes; ++l) {
-        const int64_t r = first + l;
-        const T t = b.off[r * b.size + i] + sum[l];
-        const T value = b.kept[r * b.stride + i] != T(0) ? (entry(b.rhs, b.stride, r, i) - t) * inv
-                                                         : entry(b.given, b.stride, r, i);
-        zi[l] = value;
-        b.out[r * b.stride + i] = value;
+    tiles.turn_in(kOff, b.off, b.off_stride, first, lanes);
+    tiles.turn_in(kKept, b.kept, b.stride, first, lanes);
+    tiles.turn_in(kRhs, b.rhs, b.stride, first, lanes);
+    tiles.turn_in(kGiven, b.given, b.stride, first, lanes);
+    for (int64_t i0 = 0; i0 < b.size; i0 += kG) {
+      // The group's rows of L; past the block's end, its last row (read, never used).
+      const T* rows_of_l[kG];
+      for (int64_t g = 0; g < kG; ++g) rows_of_l[g] = b.l + std::min(i0 + g, b.size - 1) * b.ld;
+      V acc[kG][kV];
+      dot_group<T>(rows_of_l, z, 0, i0, acc);  // Σ_{j<i0} L_ij z_j
+      for (int64_t g = 0; g < std::min(kG, b.size - i0); ++g) {
+        const int64_t i = i0 + g, o = i * kLanes;
+        for (int64_t j = i0; j < i; ++j) {  // the rest of Σ_{j<i} L_ij z_j
+          const V c = L::splat(rows_of_l[g][j]);
+          for (int64_t v = 0; v < kV; ++v) acc[g][v] += c * L::load(z + j * kLanes + v * kW);
+        }
+        V t[kV];
+        solve_input<T>(acc[g], tiles.tile(kOff) + o, tiles.tile(kRhs) + o, tiles.tile(kKept) + o,
+                       tiles.tile(kGiven) + o, T(1) / rows_of_l[g][i], z + o, t);
+        for (const T* a : {b.kept, b.rhs, b.given}) tiles.prefetch_share(a, b.stride, first + kLanes, b.rows, i);
       }
-      for (int64_t l = lanes; l < kLanes; ++l) zi[l] = T(0);
     }
+    tiles.turn_out(kZ, b.out, b.stride, first, lanes);
   }
 }
 
 template <typename T>
 OPTIMA_INLINE void backward_rows(const MaskedBlock<T>& b) {
+  using L = Lanes<T>;
+  using V = typename L::V;
+  constexpr int64_t kV = L::kVectors, kW = L::kWidth, kG = L::kGroup;
   // The block of L transposed, [b][b]: row i holds L_ji for j > i, so that each t_i = Σ_{j>i} L_ji x_j is a sum
   // along a contiguous row, as in the forward pass (b² copies against rows · b² / 2 multiply-adds).
   std::vector<T> lt(static_cast<size_t>(b.size * b.size));
   for (int64_t j = 0; j < b.size; ++j)
     for (int64_t i = 0; i < j; ++i) lt[i * b.size + j] = b.l[j * b.ld + i];
-  // x of kLanes rows, [b][kLanes].
-  std::vector<T> x(static_cast<size_t>(b.size * kLanes));
+  enum { kX, kSums, kOff, kKept, kRhs, kTiles };
+  GroupTiles<T> tiles(b.size, kTiles);
+  T* x = tiles.tile(kX);
   for (int64_t first = 0; first < b.rows; first += kLanes) {
     const int64_t lanes = std::min(kLanes, b.rows - first);
-    for (int64_t i = b.size - 1; i >= 0; --i) {
-      T sum[kLanes];
-      dot_lanes(lt.data() + i * b.size + i + 1, x.data() + (i + 1) * kLanes, b.size - 1 - i, sum);
-      T* xi = x.data() + i * kLanes;
-      const T lii = b.l[i * b.ld + i], inv = T(1) / lii;
-      for (int64_t l = 0; l < lanes; ++l) {
-        const int64_t r = first + l;
-        const T t = b.off[r * b.size + i] + sum[l];
-        xi[l] = b.kept[r * b.stride + i] != T(0) ? (entry(b.rhs, b.stride, r, i) - t) * inv : T(0);
-        b.out[r * b.stride + i] = xi[l];
-        if (b.sums != nullptr) b.sums[r * b.stride + i] = t + lii * xi[l];  // (Lᵀ x)_i
+    tiles.turn_in(kOff, b.off, b.off_stride, first, lanes);
+    tiles.turn_in(kKept, b.kept, b.stride, first, lanes);
+    tiles.turn_in(kRhs, b.rhs, b.stride, first, lanes);
+    // Groups of inputs [i0, end), from the last; within a group, i descending.
+    for (int64_t end = b.size; end > 0; end -= kG) {
+      const int64_t i0 = std::max<int64_t>(0, end - kG);
+      const T* rows_of_lt[kG];
+      for (int64_t g = 0; g < kG; ++g) rows_of_lt[g] = lt.data() + std::max(end - 1 - g, i0) * b.size;
+      V acc[kG][kV];
+      dot_group<T>(rows_of_lt, x, end, b.size, acc);  // Σ_{j≥end} L_ji x_j
+      for (int64_t g = 0; g < end - i0; ++g) {
+        const int64_t i = end - 1 - g, o = i * kLanes;
+        for (int64_t j = i + 1; j < end; ++j) {  // the rest of Σ_{j>i} L_ji x_j
+          const V c = L::splat(rows_of_lt[g][j]);
+          for (int64_t v = 0; v < kV; ++v) acc[g][v] += c * L::load(x + j * kLanes + v * kW);
+        }
+        const T lii = b.l[i * b.ld + i];
+        V t[kV];
+        solve_input<T>(acc[g], tiles.tile(kOff) + o, tiles.tile(kRhs) + o, tiles.tile(kKept) + o, nullptr, T(1) / lii,
+                       x + o, t);
+        for (const T* a : {b.kept, b.rhs}) tiles.prefetch_share(a, b.stride, first + kLanes, b.rows, i);
+        if (b.sums != nullptr)
+          for (int64_t v = 0; v < kV; ++v)  // (Lᵀ x)_i
+            L::store(tiles.tile(kSums) + o + v * kW, t[v] + L::splat(lii) * L::load(x + o + v * kW));
       }
-      for (int64_t l = lanes; l < kLanes; ++l) xi[l] = T(0);
     }
+    tiles.turn_out(kX, b.out, b.stride, first, lanes);
+    if (b.sums != nullptr) tiles.turn_out(kSums, b.sums, b.stride, first, lanes);
   }
 }
 
@@ -212,6 +293,7 @@ MaskedBlock<T> block_at(const at::Tensor& l, int64_t s, int64_t size, const at::
   b.rows = kept.size(0);
   b.stride = n;
   b.off = off.data_ptr<T>();
+  b.off_stride = off.stride(0);
   b.rhs = rhs.defined() ? rhs.data_ptr<T>() + s : nullptr;
   b.given = given.defined() ? given.data_ptr<T>() + s : nullptr;
   b.kept = kept.data_ptr<T>() + s;
@@ -231,37 +313,51 @@ void run_block(const at::Tensor& l, int64_t s, int64_t size, const at::Tensor& o
   });
 }
 
-// A whole pass, block by block, over the row tensors as given (on the CPU, one thread's share of the rows).
+// A whole pass, block by block, over the row tensors as given (on the CPU, one thread's share of the rows). Each
+// block's products with the blocks done ([rows, b]: the inputs solved so far times L's block row, or column) are
+// taken in two parts: one product per span of kSpan inputs with everything before the span, then, within the span,
+// with the span's blocks done. The inputs solved so far are the operand a product packs afresh each time; per block
+// they were packed n / 256 times a pass on average, per span a quarter as often.
 void pass(const at::Tensor& l, const at::Tensor& rhs, const at::Tensor& given, const at::Tensor& kept, at::Tensor& out,
           at::Tensor* sums, bool backward) {
   const int64_t n = l.size(0), rows = kept.size(0);
-  at::Tensor off = at::empty({rows, std::min(kBlock, n)}, kept.options());
-  const auto block_off = [&](int64_t size) {
-    return size == off.size(1) ? off : at::empty({rows, size}, kept.options());
-  };
+  at::Tensor span_off = at::empty({rows, std::min(kSpan, n)}, kept.options());
   if (!backward) {
-    for (int64_t s = 0; s < n; s += kBlock) {
-      const int64_t size = std::min(kBlock, n - s);
-      at::Tensor earlier = block_off(size);
-      // The earlier blocks' share: z[:, :s] L[s:s+size, :s]ᵀ.
-      if (s == 0)
+    for (int64_t span = 0; span < n; span += kSpan) {
+      const int64_t span_size = std::min(kSpan, n - span);
+      at::Tensor earlier = span_off.narrow(1, 0, span_size);
+      // The earlier spans' share: z[:, :span] L[span:span+size, :span]ᵀ.
+      if (span == 0)
         earlier.zero_();
       else
-        at::mm_out(earlier, out.narrow(1, 0, s), l.narrow(0, s, size).narrow(1, 0, s).t());
-      run_block(l, s, size, earlier, rhs, given, kept, out, nullptr, /*backward=*/false);
+        at::mm_out(earlier, out.narrow(1, 0, span), l.narrow(0, span, span_size).narrow(1, 0, span).t());
+      for (int64_t s = span; s < span + span_size; s += kBlock) {
+        const int64_t size = std::min(kBlock, span + span_size - s);
+        at::Tensor off = earlier.narrow(1, s - span, size);
+        // The span's earlier blocks: z[:, span:s] L[s:s+size, span:s]ᵀ.
+        if (s > span) off.addmm_(out.narrow(1, span, s - span), l.narrow(0, s, size).narrow(1, span, s - span).t());
+        run_block(l, s, size, off, rhs, given, kept, out, nullptr, /*backward=*/false);
+      }
     }
     return;
   }
-  // Blocks from the last; the first block takes what is left over, so the others are whole.
-  for (int64_t e = n; e > 0; e -= kBlock) {
-    const int64_t s = std::max<int64_t>(0, e - kBlock), size = e - s;
-    at::Tensor later = block_off(size);
-    // The later blocks' share: x[:, e:] L[e:, s:e].
-    if (e == n)
+  // Spans and blocks from the last; the first of each takes what is left over, so the others are whole.
+  for (int64_t span_end = n; span_end > 0; span_end -= kSpan) {
+    const int64_t span = std::max<int64_t>(0, span_end - kSpan), span_size = span_end - span;
+    at::Tensor later = span_off.narrow(1, 0, span_size);
+    // The later spans' share: x[:, span_end:] L[span_end:, span:span_end].
+    if (span_end == n)
       later.zero_();
     else
-      at::mm_out(later, out.narrow(1, e, n - e), l.narrow(0, e, n - e).narrow(1, s, size));
-    run_block(l, s, size, later, rhs, at::Tensor(), kept, out, sums, /*backward=*/true);
+      at::mm_out(later, out.narrow(1, span_end, n - span_end),
+                 l.narrow(0, span_end, n - span_end).narrow(1, span, span_size));
+    for (int64_t e = span_end; e > span; e -= kBlock) {
+      const int64_t s = std::max(span, e - kBlock), size = e - s;
+      at::Tensor off = later.narrow(1, s - span, size);
+      // The span's later blocks: x[:, e:span_end] L[e:span_end, s:e].
+      if (e < span_end) off.addmm_(out.narrow(1, e, span_end - e), l.narrow(0, e, span_end - e).narrow(1, s, size));
+      run_block(l, s, size, off, rhs, at::Tensor(), kept, out, sums, /*backward=*/true);
+    }
   }
 }
 

@@ -18,7 +18,7 @@ template <typename T>
 __global__ void forward_kernel(MaskedBlock<T> b) {
   const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= b.rows) return;
-  const T* off = b.off + r * b.size;
+  const T* off = b.off + r * b.off_stride;
   const T* kept = b.kept + r * b.stride;
   T* z = b.out + r * b.stride;
   for (int64_t i = 0; i < b.size; ++i) {
@@ -37,7 +37,7 @@ template <typename T>
 __global__ void backward_kernel(MaskedBlock<T> b) {
   const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= b.rows) return;
-  const T* off = b.off + r * b.size;
+  const T* off = b.off + r * b.off_stride;
   const T* kept = b.kept + r * b.stride;
   T* x = b.out + r * b.stride;
   T* t = b.sums + r * b.stride;

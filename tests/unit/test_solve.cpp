@@ -981,13 +981,16 @@ at::Tensor masks_with_extremes(int64_t rows, int64_t n) {
 
 TEST_F(SolveTest, MaskedCholeskyPassesMatchPerRowTriangularSolves) {
   // Rows in one thread's pass (fewer than two groups of lanes each: 45, 37, 9, 3) and split among 3 threads (150:
-  // 64 + 64 + 22, 70: 48 + 22), lanes left over; n = 300: two whole blocks and a partial one.
+  // 64 + 64 + 22, 70: 48 + 22), lanes left over; n = 300: two whole blocks and a partial one; n = 700: a whole span
+  // of 4 blocks and a partial one, whose blocks' products with the span's blocks done are taken apart from the
+  // products with the spans done.
   // Both builds of the CPU kernel: the AVX2 one (where this CPU has it) and the baseline one.
   const int threads = at::get_num_threads();
   at::set_num_threads(3);
   for (auto build : {solve_detail::MaskedKernelBuild::kBest, solve_detail::MaskedKernelBuild::kBaseline}) {
     solve_detail::set_masked_kernel_build(build);
-    for (auto [rows, n] : {std::pair<int64_t, int64_t>{45, 150}, {37, 300}, {9, 64}, {3, 5}, {150, 300}, {70, 150}}) {
+    for (auto [rows, n] :
+         {std::pair<int64_t, int64_t>{45, 150}, {37, 300}, {9, 64}, {3, 5}, {150, 300}, {70, 150}, {40, 700}}) {
       const at::Tensor l64 = at::linalg_cholesky(gram_hessian(n, 3 * n));
       const at::Tensor kept = masks_with_extremes(rows, n);
       SCOPED_TRACE(::testing::Message() << "n " << n
