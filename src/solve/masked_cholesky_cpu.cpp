@@ -96,6 +96,17 @@ OPTIMA_INLINE void dot_group(const T* const* coeffs, const T* vecs, int64_t begi
   }
 }
 
+// acc += Σ_{j in [begin, end)} coeffs[j] · vecs[j] for one input: the terms of its sum within its own group, which
+// depend on the inputs solved just before it.
+template <typename T>
+OPTIMA_INLINE void dot_add(const T* coeffs, const T* vecs, int64_t begin, int64_t end, typename Lanes<T>::V* acc) {
+  using L = Lanes<T>;
+  for (int64_t j = begin; j < end; ++j) {
+    const typename L::V c = L::splat(coeffs[j]);
+    for (int64_t v = 0; v < L::kVectors; ++v) acc[v] += c * L::load(vecs + j * kLanes + v * L::kWidth);
+  }
+}
+
 // Lane-major tiles [b][kLanes] of one group of rows: the block's entries of each row, turned so that one input's
 // values for the group are adjacent and every step is a few vector operations. Each row's entries are read in one
 // run. Before, each step read one entry from each of the group's rows, n entries apart, and ran its epilogue lane by
@@ -161,7 +172,7 @@ template <typename T>
 OPTIMA_INLINE void forward_rows(const MaskedBlock<T>& b) {
   using L = Lanes<T>;
   using V = typename L::V;
-  constexpr int64_t kV = L::kVectors, kW = L::kWidth, kG = L::kGroup;
+  constexpr int64_t kV = L::kVectors, kG = L::kGroup;
   enum { kZ, kOff, kKept, kRhs, kGiven, kTiles };
   GroupTiles<T> tiles(b.size, kTiles);
   T* z = tiles.tile(kZ);  // the vectors the sums run over
@@ -179,10 +190,7 @@ OPTIMA_INLINE void forward_rows(const MaskedBlock<T>& b) {
       dot_group<T>(rows_of_l, z, 0, i0, acc);  // Σ_{j<i0} L_ij z_j
       for (int64_t g = 0; g < std::min(kG, b.size - i0); ++g) {
         const int64_t i = i0 + g, o = i * kLanes;
-        for (int64_t j = i0; j < i; ++j) {  // the rest of Σ_{j<i} L_ij z_j
-          const V c = L::splat(rows_of_l[g][j]);
-          for (int64_t v = 0; v < kV; ++v) acc[g][v] += c * L::load(z + j * kLanes + v * kW);
-        }
+        dot_add<T>(rows_of_l[g], z, i0, i, acc[g]);  // the rest of Σ_{j<i} L_ij z_j
         V t[kV];
         solve_input<T>(acc[g], tiles.tile(kOff) + o, tiles.tile(kRhs) + o, tiles.tile(kKept) + o,
                        tiles.tile(kGiven) + o, T(1) / rows_of_l[g][i], z + o, t);
@@ -220,10 +228,7 @@ OPTIMA_INLINE void backward_rows(const MaskedBlock<T>& b) {
       dot_group<T>(rows_of_lt, x, end, b.size, acc);  // Σ_{j≥end} L_ji x_j
       for (int64_t g = 0; g < end - i0; ++g) {
         const int64_t i = end - 1 - g, o = i * kLanes;
-        for (int64_t j = i + 1; j < end; ++j) {  // the rest of Σ_{j>i} L_ji x_j
-          const V c = L::splat(rows_of_lt[g][j]);
-          for (int64_t v = 0; v < kV; ++v) acc[g][v] += c * L::load(x + j * kLanes + v * kW);
-        }
+        dot_add<T>(rows_of_lt[g], x, i + 1, end, acc[g]);  // the rest of Σ_{j>i} L_ji x_j
         const T lii = b.l[i * b.ld + i];
         V t[kV];
         solve_input<T>(acc[g], tiles.tile(kOff) + o, tiles.tile(kRhs) + o, tiles.tile(kKept) + o, nullptr, T(1) / lii,
