@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <fstream>
 #include <functional>
 #include <mutex>
@@ -361,29 +362,31 @@ TEST(Attention, SlidingWindowWithGroupedHeadsMatchesFloat64) {
 
 // parallel_ranges (the attention kernel's and the solver gathers' loop) with three threads: every item exactly once,
 // whatever the count and grain, from more than one thread when there is enough work; a failing item's exception
-// reaches the caller.
+// reaches the caller. Where more than one thread is expected, a piece waits for a second thread to arrive instead of
+// sleeping for a while: on a busy machine the caller could otherwise take every piece before a helper starts.
 TEST(ParallelRanges, EveryItemOnceAndErrorsPropagate) {
   const int previous = at::get_num_threads();
   at::set_num_threads(3);
   for (const int64_t count : {int64_t{1}, int64_t{2}, int64_t{7}, int64_t{64}, int64_t{1000}}) {
     for (const int64_t grain : {int64_t{1}, int64_t{5}, int64_t{64}}) {
+      const bool expect_several = count / grain >= 3 && count >= 64;
       std::vector<std::atomic<int>> seen(static_cast<size_t>(count));
       std::mutex mutex;
+      std::condition_variable arrived;
       std::set<std::thread::id> workers;
       parallel_ranges(count, grain, [&](int64_t begin, int64_t end) {
         ASSERT_LT(begin, end);
         for (int64_t i = begin; i < end; ++i) seen[static_cast<size_t>(i)].fetch_add(1);
-        const std::lock_guard<std::mutex> lock(mutex);
+        std::unique_lock<std::mutex> lock(mutex);
         workers.insert(std::this_thread::get_id());
-        std::this_thread::sleep_for(std::chrono::microseconds(200));  // so that one thread cannot take every piece
+        arrived.notify_all();
+        // A generous bound (a helper starts in microseconds), so that a parallel_ranges that never starts one fails
+        // instead of hanging.
+        if (expect_several) arrived.wait_for(lock, std::chrono::seconds(10), [&] { return workers.size() > 1; });
       });
       for (int64_t i = 0; i < count; ++i) EXPECT_EQ(seen[static_cast<size_t>(i)].load(), 1) << count << " " << i;
-      if (count / grain >= 3 && count >= 64) {
-        EXPECT_GT(workers.size(), 1u) << count << " items, grain " << grain;
-      }
-      if (count / grain < 2) {
-        EXPECT_EQ(workers.size(), 1u) << count << " items, grain " << grain;
-      }
+      if (expect_several) EXPECT_GT(workers.size(), 1u) << count << " items, grain " << grain;
+      if (count / grain < 2) EXPECT_EQ(workers.size(), 1u) << count << " items, grain " << grain;
     }
   }
   EXPECT_THROW(parallel_ranges(100, 1,
