@@ -17,6 +17,7 @@
 #include "optima/core/error.h"
 #include "optima/solve/row_solver.h"
 #include "solve_common.h"
+#include "split_cg.h"
 
 namespace optima {
 
@@ -242,7 +243,7 @@ class Preconditioner {
   }
   // L_TT L_TTᵀ, with L H's Cholesky factor restricted to each row's kept set (masked_cholesky.h), applied as a split
   // preconditioner: CG runs on C⁻¹ H_TT C⁻ᵀ = I + B Bᵀ (C = L_TT, B = C⁻¹ L_TS) with residuals C⁻¹ r, and the two
-  // passes that apply that operator are all an iteration costs (see split_apply): no product with H.
+  // passes that apply that operator are all an iteration costs (see split_passes): no product with H.
   static Preconditioner masked_cholesky(at::Tensor l) {
     Preconditioner p;
     p.l_ = std::move(l);
@@ -253,17 +254,17 @@ class Preconditioner {
   at::Tensor to_split(const at::Tensor& r, const at::Tensor& kept) const {
     return solve_detail::masked_forward(l_, r, at::Tensor(), kept);
   }
-  // Split form: (I + B Bᵀ) p and C⁻ᵀ p, the step in the original unknowns. The backward pass solves C ᵀ y = p and
-  // yields L_TSᵀ y on the pruned entries on the way; the forward pass, with those held on the pruned entries,
-  // gives −C⁻¹ L_TS (L_TSᵀ y) on the kept ones.
-  std::pair<at::Tensor, at::Tensor> split_apply(const at::Tensor& p, const at::Tensor& kept) const {
+  // Split form: the two passes of (I + B Bᵀ) p, f and C⁻ᵀ p = y, the step in the original unknowns; (I + B Bᵀ) p is
+  // p − kept ∘ f, which split_cg_step forms on the way. The backward pass solves C ᵀ y = p and yields L_TSᵀ y on the
+  // pruned entries on the way; the forward pass, with those held on the pruned entries, gives f = −C⁻¹ L_TS (L_TSᵀ y)
+  // on the kept ones.
+  std::pair<at::Tensor, at::Tensor> split_passes(const at::Tensor& p, const at::Tensor& kept) const {
     at::Tensor sums;
     at::Tensor y = solve_detail::masked_backward(l_, p, kept, &sums);
-    at::Tensor q = solve_detail::masked_forward(l_, at::Tensor(), sums, kept);
-    at::addcmul_out(q, p, q, kept, -1.0);  // q = p − kept ∘ q in one pass over [rows, n]
-    return {std::move(q), std::move(y)};
+    at::Tensor f = solve_detail::masked_forward(l_, at::Tensor(), sums, kept);
+    return {std::move(f), std::move(y)};
   }
-  // Flops of one application to `rows` rows (split form: of split_apply, two passes over L's lower half).
+  // Flops of one application to `rows` rows (split form: of split_passes, two passes over L's lower half).
   double flops(int64_t rows, int64_t n) const {
     const double r = static_cast<double>(rows), fn = static_cast<double>(n);
     if (inv_diag_.defined()) return 2.0 * r * fn;
@@ -524,7 +525,8 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
   };
   for (int64_t it = 0; it < budget; ++it) {
     if (fp64 != nullptr) {
-      const at::Tensor rnorm = at::linalg_vector_norm(r, 2, {1});
+      // Split: rz is r · r.
+      const at::Tensor rnorm = split ? rz.sqrt() : at::linalg_vector_norm(r, 2, {1});
       active = rnorm > t;
       // Rows whose recurrence fell kReliableUpdateReduction since their last replacement are due; they are replaced
       // together once a quarter of the active rows are (or one has fallen far past it), and every live row before
@@ -545,7 +547,7 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
           (active & ((fallen < kReliableUpdateUrgent) | grown)).any().item<bool>() || unconfirmed.any().item<bool>();
       if (active_count == 0 || (due_count > 0 && (4 * due_count >= active_count || urgent))) {
         const bool stop = replace_residuals(due_mask.nonzero().squeeze(1));
-        active = at::linalg_vector_norm(r, 2, {1}) > t;
+        active = (split ? rz.sqrt() : at::linalg_vector_norm(r, 2, {1})) > t;
         if (stop) break;
       }
     } else if (!map.matrix.defined()) {
@@ -584,30 +586,30 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
       prec.select(keep);
       live = count;
     }
-    // In place where the state allows: each pass over [rows, n] costs about 1% of the product at OPT-125M's fc2.
-    at::Tensor q, step;
     if (split) {
-      std::tie(q, step) = prec.split_apply(p, m);
-    } else {
-      q = at::matmul(p, h);
-      q.mul_(m);
-      step = p;
+      // The passes, then the rest of the iteration in one sweep per row (split_cg.h): as separate passes over
+      // [rows, n] it took about a tenth of an iteration at OPT-125M's fc2.
+      const auto [f, y] = prec.split_passes(p, m);
+      solve_detail::SplitCgState cg{p, r, x, rz};
+      solve_detail::split_cg_step(cg, f, y, m, active);
+      rz = cg.rz;
+      state.flops += prec.flops(live, n);
+      ++state.iterations;
+      continue;
     }
+    // In place where the state allows: each pass over [rows, n] costs about 1% of the product at OPT-125M's fc2.
+    at::Tensor q = at::matmul(p, h);
+    q.mul_(m);
     const at::Tensor pq = at::linalg_vecdot(p, q);
     const at::Tensor alpha = at::where(active & (pq > 0), rz / pq, at::zeros_like(pq)).unsqueeze(1);
-    x.addcmul_(step, alpha);
+    x.addcmul_(p, alpha);
     r.addcmul_(q, alpha, -1.0);
-    // Split: CG runs on the preconditioned system itself, z = r; p = r + β p is then updated in place, one pass
-    // with no copy of r (each pass over [rows, n] costs about 2% of an iteration at OPT-125M's fc2).
-    if (!split) z = prec.apply(r, m);
-    state.flops += (split ? 0.0 : 2.0 * fn * fn * static_cast<double>(live)) + prec.flops(live, n);
+    z = prec.apply(r, m);
+    state.flops += 2.0 * fn * fn * static_cast<double>(live) + prec.flops(live, n);
     ++state.iterations;
-    const at::Tensor rz_next = at::linalg_vecdot(r, split ? r : z);
+    const at::Tensor rz_next = at::linalg_vecdot(r, z);
     const at::Tensor beta = at::where(active & (rz > 0), rz_next / rz, at::zeros_like(rz)).unsqueeze(1);
-    if (split)
-      at::addcmul_out(p, r, p, beta);
-    else
-      p = z.addcmul_(p, beta);  // z is not used again before the next application makes a new one
+    p = z.addcmul_(p, beta);  // z is not used again before the next application makes a new one
     rz = rz_next;
   }
   e.index_copy_(0, rows, x);

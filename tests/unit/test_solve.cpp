@@ -14,6 +14,7 @@
 #include "optima/solve/row_solver.h"
 #include "solve/gather_systems.h"
 #include "solve/masked_cholesky.h"
+#include "solve/split_cg.h"
 #include "test_util.h"
 
 namespace optima {
@@ -1004,6 +1005,70 @@ TEST_F(SolveTest, MaskedCholeskyPassesMatchPerRowTriangularSolves) {
   at::set_num_threads(threads);
 }
 
+// One split-CG step (the CPU kernel, and the ATen composition other devices run) against its formula in float64
+// on the same inputs, row by row: rows that are inactive, whose p · q is not positive (p = 0) or whose r · r is 0;
+// lengths with and without a remainder past the kernel's 8 chains; rows split among 3 threads.
+solve_detail::SplitCgState split_cg_formula(const solve_detail::SplitCgState& in, const at::Tensor& f,
+                                            const at::Tensor& y, const at::Tensor& kept, const at::Tensor& active) {
+  // Copies: .to() returns the tensor itself where it is float64 already.
+  solve_detail::SplitCgState out{in.p.to(kF64).clone(), in.r.to(kF64).clone(), in.x.to(kF64).clone(),
+                                 in.rz.to(kF64).clone()};
+  const at::Tensor f64 = f.to(kF64), y64 = y.to(kF64), kept64 = kept.to(kF64);
+  for (int64_t i = 0; i < in.p.size(0); ++i) {
+    const at::Tensor q = out.p[i] - kept64[i] * f64[i];
+    const double pq = out.p[i].dot(q).item<double>(), rz = out.rz[i].item<double>();
+    const bool on = active[i].item<bool>();
+    const double alpha = on && pq > 0 ? rz / pq : 0.0;
+    out.x[i] += alpha * y64[i];
+    out.r[i] -= alpha * q;
+    const double rr = out.r[i].dot(out.r[i]).item<double>();
+    const double beta = on && rz > 0 ? rr / rz : 0.0;
+    out.p[i] = out.r[i] + beta * out.p[i];
+    out.rz[i] = rr;
+  }
+  return out;
+}
+
+TEST_F(SolveTest, SplitCgStepMatchesItsFormulaInFloat64) {
+  const int threads = at::get_num_threads();
+  at::set_num_threads(3);
+  for (const at::ScalarType type : {at::kFloat, at::kDouble})
+    for (const int64_t n : {int64_t{5}, int64_t{37}, int64_t{300}}) {
+      const int64_t rows = 50;
+      const auto options = at::TensorOptions().dtype(type);
+      const at::Tensor p = at::randn({rows, n}, options), r = at::randn({rows, n}, options);
+      p[3].zero_();  // p · q = 0: no step
+      r[4].zero_();  // r · r = 0
+      const at::Tensor rz = at::linalg_vecdot(r, r);
+      const at::Tensor active = at::rand({rows}) > 0.3;
+      active[3] = true;
+      active[4] = true;
+      const at::Tensor x = at::randn({rows, n}, options), f = at::randn({rows, n}, options),
+                       y = at::randn({rows, n}, options), kept = (at::rand({rows, n}) > 0.5).to(type);
+      const solve_detail::SplitCgState in{p, r, x, rz};
+      const solve_detail::SplitCgState want = split_cg_formula(in, f, y, kept, active);
+      const double tolerance = type == at::kFloat ? 1e-5 : 1e-12;
+      for (const bool kernel : {true, false}) {
+        SCOPED_TRACE(::testing::Message() << c10::toString(type) << " n " << n << (kernel ? " kernel" : " ATen"));
+        solve_detail::SplitCgState got{p.clone(), r.clone(), x.clone(), rz.clone()};
+        if (kernel)
+          solve_detail::split_cg_step(got, f, y, kept, active);
+        else
+          solve_detail::split_cg_step_reference(got, f, y, kept, active);
+        EXPECT_LE(rel_diff(got.p.to(kF64), want.p), tolerance);
+        EXPECT_LE(rel_diff(got.r.to(kF64), want.r), tolerance);
+        EXPECT_LE(rel_diff(got.x.to(kF64), want.x), tolerance);
+        EXPECT_LE(rel_diff(got.rz.to(kF64), want.rz), tolerance);
+        // The rows that took no step kept x and r, and start again from p = r.
+        // Row 3 took no step (p · q = 0): x and r as they were, and p = r.
+        EXPECT_TRUE(at::equal(got.x[3], x[3]));
+        EXPECT_TRUE(at::equal(got.r[3], r[3]));
+        EXPECT_TRUE(at::equal(got.p[3], got.r[3]));
+      }
+    }
+  at::set_num_threads(threads);
+}
+
 // The CUDA twins of the gather and masked-pass kernels and the whole solver on CUDA give the CPU's answers.
 TEST_F(SolveTest, CudaMatchesCpu) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
@@ -1019,6 +1084,20 @@ TEST_F(SolveTest, CudaMatchesCpu) {
     const at::Tensor kept = masks_with_extremes(40, 200);
     expect_masked_passes_match(l64, kept, at::kDouble, at::kCUDA, 1e-11);
     expect_masked_passes_match(l64, kept, at::kFloat, at::kCUDA, 1e-3);
+  }
+  {
+    // The split-CG step on CUDA (the ATen composition) against the CPU kernel.
+    const at::Tensor p = at::randn({40, 200}), r = at::randn({40, 200}), x = at::randn({40, 200}),
+                     f = at::randn({40, 200}), y = at::randn({40, 200}),
+                     kept = (at::rand({40, 200}) > 0.5).to(at::kFloat);
+    const at::Tensor active = at::rand({40}) > 0.2;
+    solve_detail::SplitCgState cpu{p.clone(), r.clone(), x.clone(), at::linalg_vecdot(r, r)};
+    solve_detail::SplitCgState cuda{p.cuda(), r.cuda(), x.cuda(), at::linalg_vecdot(r, r).cuda()};
+    solve_detail::split_cg_step(cpu, f, y, kept, active);
+    solve_detail::split_cg_step(cuda, f.cuda(), y.cuda(), kept.cuda(), active.cuda());
+    EXPECT_LE(rel_diff(cuda.p.cpu().to(kF64), cpu.p.to(kF64)), 1e-5);
+    EXPECT_LE(rel_diff(cuda.x.cpu().to(kF64), cpu.x.to(kF64)), 1e-5);
+    EXPECT_LE(rel_diff(cuda.rz.cpu().to(kF64), cpu.rz.to(kF64)), 1e-5);
   }
   const int64_t out = 96, n = 256;
   const at::Tensor h = gram_hessian(n, 4 * n);
