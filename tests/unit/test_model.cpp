@@ -385,8 +385,12 @@ TEST(ParallelRanges, EveryItemOnceAndErrorsPropagate) {
         if (expect_several) arrived.wait_for(lock, std::chrono::seconds(10), [&] { return workers.size() > 1; });
       });
       for (int64_t i = 0; i < count; ++i) EXPECT_EQ(seen[static_cast<size_t>(i)].load(), 1) << count << " " << i;
-      if (expect_several) EXPECT_GT(workers.size(), 1u) << count << " items, grain " << grain;
-      if (count / grain < 2) EXPECT_EQ(workers.size(), 1u) << count << " items, grain " << grain;
+      if (expect_several) {
+        EXPECT_GT(workers.size(), 1u) << count << " items, grain " << grain;
+      }
+      if (count / grain < 2) {
+        EXPECT_EQ(workers.size(), 1u) << count << " items, grain " << grain;
+      }
     }
   }
   EXPECT_THROW(parallel_ranges(100, 1,
