@@ -523,10 +523,11 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
     state.flops += 2.0 * fn * fn * static_cast<double>(due.size(0)) + (split ? 0.0 : prec.flops(due.size(0), n));
     return stop;
   };
+  // The norms of the tracked residuals (split: rz is r · r).
+  const auto residual_norms = [&] { return split ? rz.sqrt() : at::linalg_vector_norm(r, 2, {1}); };
   for (int64_t it = 0; it < budget; ++it) {
     if (fp64 != nullptr) {
-      // Split: rz is r · r.
-      const at::Tensor rnorm = split ? rz.sqrt() : at::linalg_vector_norm(r, 2, {1});
+      const at::Tensor rnorm = residual_norms();
       active = rnorm > t;
       // Rows whose recurrence fell kReliableUpdateReduction since their last replacement are due; they are replaced
       // together once a quarter of the active rows are (or one has fallen far past it), and every live row before
@@ -547,7 +548,7 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
           (active & ((fallen < kReliableUpdateUrgent) | grown)).any().item<bool>() || unconfirmed.any().item<bool>();
       if (active_count == 0 || (due_count > 0 && (4 * due_count >= active_count || urgent))) {
         const bool stop = replace_residuals(due_mask.nonzero().squeeze(1));
-        active = (split ? rz.sqrt() : at::linalg_vector_norm(r, 2, {1})) > t;
+        active = residual_norms() > t;
         if (stop) break;
       }
     } else if (!map.matrix.defined()) {

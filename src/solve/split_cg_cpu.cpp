@@ -19,39 +19,29 @@ constexpr int64_t kRowsPerPiece = 8;
 constexpr int kChains = 8;
 
 // The three sweeps of one row, in cache after the first: p · q; then x, r and r · r; then p. Dot products accumulate
-// in double whatever T is.
+// in double whatever T is, in kChains partial sums (the last n mod kChains entries in the first).
 template <typename T>
 void step_row(int64_t n, T* p, T* r, T* x, T& rz, const T* f, const T* y, const T* kept, bool active) {
-  double chains[kChains] = {};
-  int64_t j = 0;
-  for (; j + kChains <= n; j += kChains)
-    for (int k = 0; k < kChains; ++k) {
-      const T q = p[j + k] - kept[j + k] * f[j + k];
-      chains[k] += static_cast<double>(p[j + k]) * static_cast<double>(q);
-    }
-  for (; j < n; ++j) chains[0] += static_cast<double>(p[j]) * static_cast<double>(p[j] - kept[j] * f[j]);
-  double pq = 0;
-  for (const double c : chains) pq += c;
+  const auto sweep = [n](const auto& term) {
+    double chains[kChains] = {};
+    int64_t j = 0;
+    for (; j + kChains <= n; j += kChains)
+      for (int k = 0; k < kChains; ++k) chains[k] += term(j + k);
+    for (; j < n; ++j) chains[0] += term(j);
+    double sum = 0;
+    for (const double c : chains) sum += c;
+    return sum;
+  };
+  const auto q = [&](int64_t j) { return p[j] - kept[j] * f[j]; };
+  const double pq = sweep([&](int64_t j) { return static_cast<double>(p[j]) * static_cast<double>(q(j)); });
   const T alpha = active && pq > 0 ? static_cast<T>(static_cast<double>(rz) / pq) : T(0);
-
-  double sums[kChains] = {};
-  j = 0;
-  for (; j + kChains <= n; j += kChains)
-    for (int k = 0; k < kChains; ++k) {
-      const T q = p[j + k] - kept[j + k] * f[j + k];
-      x[j + k] += alpha * y[j + k];
-      r[j + k] -= alpha * q;
-      sums[k] += static_cast<double>(r[j + k]) * static_cast<double>(r[j + k]);
-    }
-  for (; j < n; ++j) {
+  const double rr = sweep([&](int64_t j) {
     x[j] += alpha * y[j];
-    r[j] -= alpha * (p[j] - kept[j] * f[j]);
-    sums[0] += static_cast<double>(r[j]) * static_cast<double>(r[j]);
-  }
-  double rr = 0;
-  for (const double s : sums) rr += s;
+    r[j] -= alpha * q(j);
+    return static_cast<double>(r[j]) * static_cast<double>(r[j]);
+  });
   const T beta = active && rz > 0 ? static_cast<T>(rr / static_cast<double>(rz)) : T(0);
-  for (j = 0; j < n; ++j) p[j] = r[j] + beta * p[j];
+  for (int64_t j = 0; j < n; ++j) p[j] = r[j] + beta * p[j];
   rz = static_cast<T>(rr);
 }
 
