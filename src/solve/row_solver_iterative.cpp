@@ -118,23 +118,19 @@ bool should_abandon(const CgState& state, int64_t it, const at::Tensor& r, const
   return static_cast<double>(state.iterations - it) + worst > static_cast<double>(state.abandon_at);
 }
 
-// The matrix the rows solve with.
+// The matrix the rows solve with, in the inputs' order `order`: a layer that runs the masked Cholesky is solved with
+// its inputs in that preconditioner's order (masked_cholesky_order) from start to end, its weights and masks permuted
+// on the way in and out (solve_rows_iterative), so that H is prepared and factored once, in that order.
 struct System {
-  at::Tensor h;          // fp64: undamped H unless it is singular
-  at::Tensor l;          // its Cholesky factor, of H in the inputs' order `order` where that is defined
-  at::Tensor order;      // masked Cholesky: the input order of l (masked_cholesky_order); undefined: the given order
-  at::Tensor h_ordered;  // H in that order (where it is defined), which the masked Cholesky's fp64 residuals use
+  at::Tensor h;      // fp64: undamped H unless it is singular
+  at::Tensor l;      // its Cholesky factor
+  at::Tensor order;  // the inputs' order of h and l; undefined: as given
   double damping = 0;
   double condition = 0;  // cholesky_condition_estimate(l)
   int64_t retries = 0;
+  double mean_diag = 0;  // of the prepared H (solve_detail::PreparedHessian)
+  int64_t dead_inputs = 0;
 };
-
-// The Cholesky factor of H in the given input order (G = H⁻¹ needs it): the system's own, or one more factorization
-// where the system's is in the masked Cholesky's order (only when a masked-Cholesky layer hands over to another
-// formulation).
-at::Tensor natural_factor(const System& system) {
-  return system.order.defined() ? at::linalg_cholesky(system.h) : system.l;
-}
 
 // The masked Cholesky leaves out L_TS L_TSᵀ, and L_TS only holds entries of pruned inputs ordered before kept ones
 // (L is lower triangular): with the inputs pruned in the fewest rows first, less of H_TT is left out. The kept space's
@@ -150,6 +146,12 @@ at::Tensor masked_cholesky_order(const at::Tensor& pruned) {
 // long (0.12 s against 0.06 s at n = 3072 in fp64, the column gather reading across rows).
 at::Tensor permute_symmetric(const at::Tensor& h, const at::Tensor& order) {
   return at::index(h, {order.unsqueeze(1), order.unsqueeze(0)});
+}
+
+// The Cholesky factor of `h` and its condition estimate (infinite where h is not positive definite).
+std::pair<at::Tensor, double> factor_with_condition(const at::Tensor& h) {
+  auto [l, ok] = solve_detail::cholesky_factor(h);
+  return {l, ok ? cholesky_condition_estimate(l) : std::numeric_limits<double>::infinity()};
 }
 
 // Whether this preconditioner setting means the masked Cholesky for `system`: asked for by name, or kAuto's choice
@@ -168,41 +170,39 @@ bool plans_masked_cholesky(const RowSolveOptions& options, int64_t inputs) {
           auto_uses_masked_cholesky(kSingularCondition, inputs));
 }
 
-// H's Cholesky factor and condition estimate, damped where H is singular. A layer that will run the masked Cholesky
-// is factored in that preconditioner's input order (masked_cholesky_order of `pruned` [rows, n]) straight away, and its
-// condition estimated from that factor: factoring H in the given order only for the estimate, and again in the
-// masked order, cost 0.2-0.3 s a layer at OPT-125M's fc2 (n = 3072). The estimate is a lower bound on cond(H) in
-// either order. A singular H (or one the reordered factorization finds so) takes the given order, as before.
-System prepare_system(const solve_detail::PreparedHessian& prepared, const at::Tensor& pruned,
-                      const RowSolveOptions& options) {
+// H prepared (solve_detail::prepare_hessian), its Cholesky factor and condition estimate, damped where H is singular.
+// A layer that will run the masked Cholesky is prepared and factored in that preconditioner's input order
+// (masked_cholesky_order of `pruned` [rows, n]) straight away, and its condition estimated from that factor: preparing
+// and factoring H in the given order as well cost 0.3-0.5 s a layer at OPT-125M's fc2 (n = 3072), a twentieth of its
+// solve. The estimate is a lower bound on cond(H) in either order. A singular H (or one the reordered factorization
+// finds so) takes the given order, as before.
+System prepare_system(const at::Tensor& hessian, const at::Tensor& pruned, const RowSolveOptions& options) {
   System s;
-  if (plans_masked_cholesky(options, prepared.h.size(0))) {
+  const auto take = [&s](const solve_detail::PreparedHessian& prepared) {
+    s.h = prepared.h;
+    s.mean_diag = prepared.mean_diag;
+    s.dead_inputs = prepared.dead_inputs;
+  };
+  if (plans_masked_cholesky(options, hessian.size(0))) {
     at::Tensor order = masked_cholesky_order(pruned);
-    at::Tensor h_ordered = permute_symmetric(prepared.h, order);
-    auto [lo, info] = at::linalg_cholesky_ex(h_ordered);
-    s.condition = info.item<int64_t>() == 0 ? cholesky_condition_estimate(lo) : std::numeric_limits<double>::infinity();
+    take(solve_detail::prepare_hessian(kWhere, hessian, order));
+    std::tie(s.l, s.condition) = factor_with_condition(s.h);
     if (s.condition <= kSingularCondition) {
-      s.h = prepared.h;
-      s.l = std::move(lo);
       s.order = std::move(order);
-      s.h_ordered = std::move(h_ordered);
       return s;
     }
   }
-  auto [l, info] = at::linalg_cholesky_ex(prepared.h);
-  s.condition = info.item<int64_t>() == 0 ? cholesky_condition_estimate(l) : std::numeric_limits<double>::infinity();
-  if (s.condition <= kSingularCondition) {
-    s.h = prepared.h;
-    s.l = l;
-    return s;
-  }
+  take(solve_detail::prepare_hessian(kWhere, hessian));
+  std::tie(s.l, s.condition) = factor_with_condition(s.h);
+  if (s.condition <= kSingularCondition) return s;
   // Singular (or nearly so): the damped problem, as the exact solver solves it.
-  double damping = options.damp * prepared.mean_diag;
+  const at::Tensor undamped = s.h;
+  double damping = options.damp * s.mean_diag;
   for (int attempt = 0;; ++attempt) {
-    at::Tensor h = prepared.h.clone();
+    at::Tensor h = undamped.clone();
     h.diagonal().add_(damping);
-    auto [ld, infod] = at::linalg_cholesky_ex(h);
-    if (infod.item<int64_t>() == 0) {
+    auto [ld, ok] = solve_detail::cholesky_factor(h);
+    if (ok) {
       s.h = h;
       s.l = ld;
       s.damping = damping;
@@ -210,8 +210,7 @@ System prepare_system(const solve_detail::PreparedHessian& prepared, const at::T
       s.retries = attempt;
       return s;
     }
-    damping =
-        solve_detail::next_retry_damping(kWhere, damping, attempt, options.max_damping_retries, prepared.mean_diag);
+    damping = solve_detail::next_retry_damping(kWhere, damping, attempt, options.max_damping_retries, s.mean_diag);
   }
 }
 
@@ -637,7 +636,7 @@ class CorrectionSolver {
     const double n = static_cast<double>(system.h.size(0));
     kept_ = pruned.logical_not().to(work);
     if (pruned_space_) {
-      const at::Tensor g = at::cholesky_inverse(natural_factor(system));
+      const at::Tensor g = at::cholesky_inverse(system.l);
       state.flops += 2.0 * n * n * n / 3;
       op_ = g.to(work);
       h_ = system.h.to(work);
@@ -655,7 +654,7 @@ class CorrectionSolver {
     kept_ = kept64_.to(work);
     active_ = kept_;
     if (kind == IterativePreconditioner::kInverseBlock) {
-      prec_ = Preconditioner::inverse_block(at::cholesky_inverse(natural_factor(system)).to(work));
+      prec_ = Preconditioner::inverse_block(at::cholesky_inverse(system.l).to(work));
       state.flops += n * n * n;
     } else if (masked) {
       prec_ = Preconditioner::masked_cholesky(l.to(work).contiguous());
@@ -715,25 +714,22 @@ class CorrectionSolver {
   at::Tensor h64_, kept64_;  // kept space: the fp64 system behind fp32 work (reliable updates)
   at::Tensor order_;         // masked Cholesky: the inputs' order of the system above (undefined: as given)
 
-  // H's factor in the masked Cholesky's input order: the system's own (prepare_system), or, where the system is in
-  // the given order (a layer that planned no masked Cholesky, or a singular one), a factor of H permuted here; where
-  // that fails, the given order. The kept space's system is then solved in that order (h64_ and kept64_ permuted;
-  // correct() maps residuals and corrections).
+  // H's factor in the masked Cholesky's input order: the system's own where prepare_system posed it in that order,
+  // or, where the system is in the given order (a layer that planned no masked Cholesky, or a singular one), a factor
+  // of H permuted here; where that fails, the given order. The kept space's system is then solved in that order (h64_
+  // and kept64_ permuted; correct() maps residuals and corrections).
   at::Tensor masked_factor(const System& system, const at::Tensor& pruned, CgState& state) {
-    at::Tensor order = system.order, l = system.l, h = system.h_ordered;
-    if (!order.defined()) {
-      order = masked_cholesky_order(pruned);
-      h = permute_symmetric(h64_, order);
-      auto [lo, info] = at::linalg_cholesky_ex(h);
-      // Definite as given, definite permuted, up to round-off: where that fails, the given order.
-      if (info.item<int64_t>() != 0) return l;
-      const double n = static_cast<double>(h64_.size(0));
-      state.flops += n * n * n / 3;
-      l = std::move(lo);
-    }
+    if (system.order.defined()) return system.l;
+    const at::Tensor order = masked_cholesky_order(pruned);
+    at::Tensor h = permute_symmetric(h64_, order);
+    auto [l, ok] = solve_detail::cholesky_factor(h);
+    // Definite as given, definite permuted, up to round-off: where that fails, the given order.
+    if (!ok) return system.l;
+    const double n = static_cast<double>(h64_.size(0));
+    state.flops += n * n * n / 3;
     h64_ = std::move(h);
     kept64_ = kept64_.index_select(1, order);
-    order_ = std::move(order);
+    order_ = order;
     return l;
   }
   Preconditioner prec_;
@@ -919,14 +915,19 @@ RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Te
   solve_detail::validate_options(kWhere, options.damp, options.memory_budget_bytes);
   solve_detail::require_finite(kWhere, "weight", dense_weight);
   solve_detail::require_finite(kWhere, "start", start);
-  const solve_detail::PreparedHessian prepared = solve_detail::prepare_hessian(kWhere, hessian);
-  const System system = prepare_system(prepared, pruned, options);
+  const System system = prepare_system(hessian, pruned, options);
   const int64_t rows = dense_weight.size(0), n = dense_weight.size(1);
   const double fn = static_cast<double>(n);
+  // The rows' inputs in the system's order.
+  const auto in_order = [&system](const at::Tensor& t) {
+    return system.order.defined() ? t.index_select(1, system.order) : t;
+  };
+  const at::Tensor weight_ordered = in_order(dense_weight), pruned_ordered = in_order(pruned),
+                   start_ordered = in_order(start);
 
   RowSolveResult result;
-  result.dead_inputs = prepared.dead_inputs;
-  result.mean_diag = prepared.mean_diag;
+  result.dead_inputs = system.dead_inputs;
+  result.mean_diag = system.mean_diag;
   result.damping = system.damping;
   result.factor_damping = system.damping;
   result.damping_retries = system.retries;
@@ -941,8 +942,8 @@ RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Te
   do {  // once at least: an empty layer is one empty chunk
     const int64_t count = std::min(per_chunk, rows - begin);
     const RowSolveResult part =
-        solve_chunk(system, dense_weight.narrow(0, begin, count), pruned.narrow(0, begin, count),
-                    start.narrow(0, begin, count), tolerance, max_iterations, options);
+        solve_chunk(system, weight_ordered.narrow(0, begin, count), pruned_ordered.narrow(0, begin, count),
+                    start_ordered.narrow(0, begin, count), tolerance, max_iterations, options);
     begin += count;
     ++result.chunks;
     result.flops += part.flops;
@@ -962,6 +963,7 @@ RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Te
     weights.push_back(part.weight);
   } while (begin < rows);
   result.weight = weights.size() == 1 ? weights.front() : at::cat(weights, 0);
+  if (system.order.defined()) result.weight = result.weight.index_select(1, at::argsort(system.order));
   return result;
 }
 

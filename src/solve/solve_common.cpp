@@ -18,6 +18,7 @@
 #include "optima/core/error.h"
 #include "optima/core/finite.h"
 #include "optima/solve/row_solver.h"
+#include "symmetrize.h"
 
 // LAPACK's Cholesky factorization and solve (LP64), as LibTorch's CPU library exports them from the BLAS/LAPACK it
 // bundles. Weak: a LibTorch that exports none leaves them null, and the solver uses ATen's own path instead.
@@ -87,12 +88,10 @@ void require_finite(std::string_view where, std::string_view what, const at::Ten
          std::to_string(at::logical_not(at::isfinite(t)).sum().item<int64_t>()) + " non-finite");
 }
 
-PreparedHessian prepare_hessian(std::string_view where, const at::Tensor& hessian) {
+PreparedHessian prepare_hessian(std::string_view where, const at::Tensor& hessian, const at::Tensor& order) {
   PreparedHessian p;
   require_finite(where, "Hessian", hessian);
-  // fp32 accumulation leaves H slightly asymmetric; the solvers read one triangle or the other, so make them equal.
-  at::Tensor h = hessian.to(at::kDouble);
-  h = (h + h.t()).mul_(0.5);
+  at::Tensor h = symmetrized_fp64(hessian, order);
   const at::Tensor dead = h.diagonal() == 0;
   p.dead_inputs = dead.sum().item<int64_t>();
   if (p.dead_inputs > 0) {
@@ -181,6 +180,21 @@ at::Tensor spd_inverse(const at::Tensor& h, double* condition_estimate) {
     *condition_estimate = ok ? cholesky_condition_estimate(l) : std::numeric_limits<double>::infinity();
   if (!ok) return at::Tensor();
   return at::cholesky_inverse(l).contiguous();  // row-major for the system gathers
+}
+
+std::pair<at::Tensor, bool> cholesky_factor(const at::Tensor& h) {
+  const bool lapack = h.is_cpu() && h.scalar_type() == at::kDouble && dpotrf_ != nullptr && h.size(0) > 0 &&
+                      h.size(0) <= std::numeric_limits<int>::max();
+  if (!lapack) {
+    auto [l, info] = at::linalg_cholesky_ex(h);
+    return {l, info.item<int64_t>() == 0};
+  }
+  at::Tensor l = h.contiguous().clone();
+  int info = 0;
+  const char uplo = 'U';  // see potrf_row_major_lower
+  const int n = static_cast<int>(l.size(0));
+  dpotrf_(&uplo, &n, l.data_ptr<double>(), &n, &info);
+  return {l.tril_(), info == 0};
 }
 
 double spd_condition_estimate(const at::Tensor& h) {
