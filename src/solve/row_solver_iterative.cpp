@@ -369,15 +369,18 @@ struct ResidualMap {
   at::Tensor matrix, mask;
 };
 
-// The fp64 system behind an fp32 CG, for reliable updates: H, the right-hand side [rows, n] and the active set.
+// The fp64 system behind an fp32 CG, for reliable updates: H, the starting residual [rows, n], the offset [rows, n]
+// whose (H (offset − e))_T is the true residual of e, and the active set. The starting residual may come from an fp32
+// product (solve_chunk): the CG only starts from it and measures it; every residual it replaces or reports is
+// computed from the offset in fp64.
 struct Fp64System {
-  at::Tensor h, rhs, mask;
+  at::Tensor h, rhs, offset, mask;
 };
 
-// What an fp32 CG with reliable updates knows at its end of the fp64 residual rhs − (H e)_T of the e it returns:
-// `residual` [rows, n] holds it for the rows whose `known` is set, those whose last replacement came after their last
-// step (every row a split CG confirmed). The caller need not compute those again: at OPT-125M's fc2 that residual is
-// an fp64 product over all rows, 0.17 s of a 7 s layer.
+// What an fp32 CG with reliable updates knows at its end of the fp64 residual (H (offset − e))_T of the e it returns:
+// `residual` [rows, n] holds it for the rows whose `known` is set, those replaced at least once and whose last
+// replacement came after their last step (every row a split CG confirmed). The caller need not compute those again: at
+// OPT-125M's fc2 that residual is an fp64 product over all rows, 0.17 s of a 7 s layer.
 struct KnownResidual {
   at::Tensor residual, known;
 };
@@ -403,6 +406,8 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
   // The fp64 residual of e64 (that of e64 = 0 to begin with): for the caller (KnownResidual), and for rows that go back
   // to their last replaced point.
   at::Tensor residual64 = fp64 != nullptr ? fp64->rhs.clone() : at::Tensor();
+  // The rows of the batch residual64 holds a computed residual of (fp64 only).
+  at::Tensor replaced = fp64 != nullptr ? at::zeros({rhs.size(0)}, rhs.options().dtype(at::kBool)) : at::Tensor();
   // The rows still iterating (indices into the batch) and their state.
   at::Tensor rows = at::arange(rhs.size(0), rhs.options().dtype(at::kLong));
   // A split preconditioner (masked Cholesky) runs CG on C⁻¹ H_TT C⁻ᵀ: r, p and the targets t are then in its
@@ -439,7 +444,7 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
   const auto replace_residuals = [&](const at::Tensor& due) -> bool {
     const at::Tensor batch_rows = rows.index_select(0, due);
     const at::Tensor old_e = e64.index_select(0, batch_rows);
-    const at::Tensor rhs_due = fp64->rhs.index_select(0, batch_rows);
+    const at::Tensor offset_due = fp64->offset.index_select(0, batch_rows);
     const at::Tensor mask_due = fp64->mask.index_select(0, batch_rows);
     const at::Tensor m_due = m.index_select(0, due);
     // What the recurrence tracks, for a true residual: itself, or C⁻¹ of it (split).
@@ -449,7 +454,7 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
       return split ? prec.to_split(work, mask) : work;
     };
     const at::Tensor candidate = old_e + x.index_select(0, due).to(at::kDouble);
-    at::Tensor true_residual = rhs_due - at::matmul(candidate, fp64->h) * mask_due;
+    at::Tensor true_residual = at::matmul(offset_due - candidate, fp64->h) * mask_due;
     at::Tensor true_norm = at::linalg_vector_norm(true_residual, 2, {1});
     at::Tensor fresh;
     if (split) {
@@ -497,6 +502,7 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
     }
     e64.index_copy_(0, batch_rows, accepted_e);
     residual64.index_copy_(0, batch_rows, true_residual);
+    replaced.index_fill_(0, batch_rows, true);
     x.index_fill_(0, due, 0.0);
     diverged.index_copy_(0, due, worse);
     r.index_copy_(0, due, fresh);
@@ -613,7 +619,7 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
     rz = rz_next;
   }
   e.index_copy_(0, rows, x);
-  if (known != nullptr && residual64.defined()) *known = {residual64, e.eq(0).all(1)};
+  if (known != nullptr && residual64.defined()) *known = {residual64, e.eq(0).all(1).logical_and_(replaced)};
   return fp64 != nullptr ? e64 + e.to(at::kDouble) : e;
 }
 
@@ -673,18 +679,24 @@ class CorrectionSolver {
     return prec_.split() ? IterativePreconditioner::kLowRank : IterativePreconditioner::kAuto;
   }
 
-  // e [rows, n] (kept entries only) for the fp64 residual ρ_T; rows at most `target` get e = 0, the others aim at
-  // max(target, reduction · |ρ|), within `budget` CG iterations. `known`, if given, receives the fp64 residual
-  // ρ − (H e)_T where the CG knows it (undefined where it knows none).
-  at::Tensor correct(const at::Tensor& residual, const at::Tensor& rnorm, const at::Tensor& target, double reduction,
-                     int64_t budget, CgState& state, KnownResidual* known = nullptr) const {
+  // Whether correct() runs reliable updates: an fp32 CG aiming at the tolerance itself against fp64 residuals (a
+  // split preconditioner's CG tracks C⁻¹ r, so it checks the true residual the same way in fp64 too). Only then may
+  // the residual it starts from be inexact (see correct).
+  bool reliable_updates() const { return !pruned_space_ && (work_ == at::kFloat || prec_.split()); }
+
+  // e [rows, n] (kept entries only) for the residual ρ_T = (H offset)_T (offset fp64 [rows, n]); rows at most `target`
+  // get e = 0, the others aim at max(target, reduction · |ρ|), within `budget` CG iterations. ρ is fp64, or, where
+  // reliable_updates(), may come from an fp32 product. `known`, if given, receives the fp64 residual
+  // (H (offset − e))_T where the CG knows it (undefined where it knows none).
+  at::Tensor correct(const at::Tensor& residual, const at::Tensor& offset, const at::Tensor& rnorm,
+                     const at::Tensor& target, double reduction, int64_t budget, CgState& state,
+                     KnownResidual* known = nullptr) const {
     if (known != nullptr) *known = {};
-    if (!pruned_space_ && (work_ == at::kFloat || prec_.split())) {
-      // Reliable updates: the fp32 CG aims at the tolerance itself, against fp64 residuals (a split preconditioner's
-      // CG tracks C⁻¹ r, so it checks the true residual the same way in fp64 too).
-      const at::Tensor ordered = order_.defined() ? residual.index_select(1, order_) : residual;
-      const Fp64System system{h64_, ordered, kept64_};
-      at::Tensor e = pcg(op_, prec_, ordered.to(work_), active_, target.to(work_), budget, state, {}, &system, known);
+    if (reliable_updates()) {
+      const auto ordered = [this](const at::Tensor& t) { return order_.defined() ? t.index_select(1, order_) : t; };
+      const Fp64System system{h64_, ordered(residual), ordered(offset), kept64_};
+      const at::Tensor& start = system.rhs;
+      at::Tensor e = pcg(op_, prec_, start.to(work_), active_, target.to(work_), budget, state, {}, &system, known);
       if (!order_.defined()) return e;
       const at::Tensor inverse = at::argsort(order_);
       if (known != nullptr) known->residual = known->residual.index_select(1, inverse);
@@ -777,9 +789,9 @@ RowSolveResult solve_chunk(const System& system, const at::Tensor& dense_weight,
 
   // Optimality: (H ŵ)_T = (H w)_T with ŵ_S = 0. |(H w)_T| only scales each row's tolerance and the reported residual,
   // which an fp32 product holds to about 1e-6 of themselves at half the cost of an fp64 one (0.075 s at OPT-125M's
-  // fc2); the residuals themselves, (H (w − x))_T, are fp64 products.
-  const at::Tensor hw_t =
-      (at::matmul(dense_weight.to(at::kFloat), h.to(at::kFloat)) * kept.to(at::kFloat)).to(at::kDouble);
+  // fc2); the residuals themselves, (H (w − x))_T, are fp64 products (but the first one, below).
+  const at::Tensor h32 = h.to(at::kFloat), kept32 = kept.to(at::kFloat);
+  const at::Tensor hw_t = (at::matmul(dense_weight.to(at::kFloat), h32) * kept32).to(at::kDouble);
   const at::Tensor hw_t_norm = at::linalg_vector_norm(hw_t, 2, {1});
   const at::Tensor target = hw_t_norm * tolerance;
   // Rows with nothing pruned are solved by w itself; the others start from the given point.
@@ -800,7 +812,13 @@ RowSolveResult solve_chunk(const System& system, const at::Tensor& dense_weight,
   CorrectionSolver corrector(system, pruned, options.preconditioner, work32 ? at::kFloat : at::kDouble, setup_bytes,
                              state);
   double previous = std::numeric_limits<double>::infinity();
-  at::Tensor residual = at::matmul(w - x, h) * kept;
+  // The first residual: an fp32 corrector with reliable updates computes every residual it replaces or reports in
+  // fp64 from the offset w − x, and only starts from this one, which an fp32 product then gives at half the cost (0.1
+  // s of a 7 s layer at OPT-125M's fc2). Until a round has run, `residual` is that estimate. (No such round is undone:
+  // fp32 rounds of the kept space do not hand over, see may_hand_over.)
+  bool residual_exact = !(work32 && corrector.reliable_updates());
+  at::Tensor residual =
+      residual_exact ? at::matmul(w - x, h) * kept : (at::matmul((w - x).to(at::kFloat), h32) * kept32).to(at::kDouble);
   // Before the last round of a formulation that may hand over (CorrectionSolver::handover), which may have to be
   // undone.
   at::Tensor x_before, residual_before;
@@ -853,8 +871,13 @@ RowSolveResult solve_chunk(const System& system, const at::Tensor& dense_weight,
     if (corrector.pruned_space()) ++result.pruned_space_rounds;
     const double reduction = work32 ? kInnerReductionFp32 : kInnerReductionFp64;
     KnownResidual known;
+    if (!residual_exact && !corrector.reliable_updates()) {  // a corrector that takes ρ as it is
+      residual = at::matmul(w - x, h) * kept;
+      residual_exact = true;
+      state.flops += product_flops;
+    }
     const at::Tensor e =
-        corrector.correct(residual, rnorm, target, reduction, max_iterations - state.iterations, state, &known);
+        corrector.correct(residual, w - x, rnorm, target, reduction, max_iterations - state.iterations, state, &known);
     if (state.abandoned) {
       result.abandoned = true;
       result.converged = false;
@@ -864,6 +887,11 @@ RowSolveResult solve_chunk(const System& system, const at::Tensor& dense_weight,
     }
     x = x + e.to(at::kDouble) * kept;
     residual = next_residual(w, x, h, kept, known, state);
+    residual_exact = true;
+  }
+  if (!residual_exact) {  // no round ran: the estimate said every row had converged
+    residual = at::matmul(w - x, h) * kept;
+    state.flops += product_flops;
   }
   result.kkt_residual = solve_detail::relative_residual(residual, hw_t_norm).max().item<double>();
   // A last round that made things worse (the loop ended before it could be undone) is undone here.
