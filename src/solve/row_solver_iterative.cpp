@@ -134,7 +134,8 @@ struct System {
 
 // The masked Cholesky leaves out L_TS L_TSᵀ, and L_TS only holds entries of pruned inputs ordered before kept ones
 // (L is lower triangular): with the inputs pruned in the fewest rows first, less of H_TT is left out. The kept space's
-// system is then solved in that order (CorrectionSolver permutes H, the masks, residuals and corrections). Measured in
+// system is then solved in that order (a layer that plans the masked Cholesky is posed in it from the start, see
+// System; one that turns to it later has CorrectionSolver permute H, the masks, residuals and corrections). Measured in
 // fp64 on the fc2 Hessian of a random OPT-125M-shaped model (SparseGPT masks): 58-59 iterations against 69-70 at
 // 50%, 51-52 against 70 at 2:4; the reverse order gave 68-73. Clustering the rows by their masks, one factor per
 // cluster, gave 57 / 50 / 42 with 4 / 16 / 64 clusters: not worth their factors.
@@ -406,7 +407,7 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
   // The fp64 residual of e64 (that of e64 = 0 to begin with): for the caller (KnownResidual), and for rows that go back
   // to their last replaced point.
   at::Tensor residual64 = fp64 != nullptr ? fp64->rhs.clone() : at::Tensor();
-  // The rows of the batch residual64 holds a computed residual of (fp64 only).
+  // The rows whose residual64 was computed in fp64 (of the others it holds the starting residual as given).
   at::Tensor replaced = fp64 != nullptr ? at::zeros({rhs.size(0)}, rhs.options().dtype(at::kBool)) : at::Tensor();
   // The rows still iterating (indices into the batch) and their state.
   at::Tensor rows = at::arange(rhs.size(0), rhs.options().dtype(at::kLong));
