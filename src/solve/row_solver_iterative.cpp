@@ -817,9 +817,10 @@ RowSolveResult solve_chunk(const System& system, const at::Tensor& dense_weight,
   // fp64 from the offset w − x, and only starts from this one, which an fp32 product then gives at half the cost (0.1
   // s of a 7 s layer at OPT-125M's fc2). Until a round has run, `residual` is that estimate. (No such round is undone:
   // fp32 rounds of the kept space do not hand over, see may_hand_over.)
+  const auto exact_residual = [&] { return at::matmul(w - x, h) * kept; };
   bool residual_exact = !(work32 && corrector.reliable_updates());
   at::Tensor residual =
-      residual_exact ? at::matmul(w - x, h) * kept : (at::matmul((w - x).to(at::kFloat), h32) * kept32).to(at::kDouble);
+      residual_exact ? exact_residual() : (at::matmul((w - x).to(at::kFloat), h32) * kept32).to(at::kDouble);
   // Before the last round of a formulation that may hand over (CorrectionSolver::handover), which may have to be
   // undone.
   at::Tensor x_before, residual_before;
@@ -873,7 +874,7 @@ RowSolveResult solve_chunk(const System& system, const at::Tensor& dense_weight,
     const double reduction = work32 ? kInnerReductionFp32 : kInnerReductionFp64;
     KnownResidual known;
     if (!residual_exact && !corrector.reliable_updates()) {  // a corrector that takes ρ as it is
-      residual = at::matmul(w - x, h) * kept;
+      residual = exact_residual();
       residual_exact = true;
       state.flops += product_flops;
     }
@@ -891,7 +892,7 @@ RowSolveResult solve_chunk(const System& system, const at::Tensor& dense_weight,
     residual_exact = true;
   }
   if (!residual_exact) {  // no round ran: the estimate said every row had converged
-    residual = at::matmul(w - x, h) * kept;
+    residual = exact_residual();
     state.flops += product_flops;
   }
   result.kkt_residual = solve_detail::relative_residual(residual, hw_t_norm).max().item<double>();

@@ -182,21 +182,6 @@ at::Tensor spd_inverse(const at::Tensor& h, double* condition_estimate) {
   return at::cholesky_inverse(l).contiguous();  // row-major for the system gathers
 }
 
-std::pair<at::Tensor, bool> cholesky_factor(const at::Tensor& h) {
-  const bool lapack = h.is_cpu() && h.scalar_type() == at::kDouble && dpotrf_ != nullptr && h.size(0) > 0 &&
-                      h.size(0) <= std::numeric_limits<int>::max();
-  if (!lapack) {
-    auto [l, info] = at::linalg_cholesky_ex(h);
-    return {l, info.item<int64_t>() == 0};
-  }
-  at::Tensor l = h.contiguous().clone();
-  int info = 0;
-  const char uplo = 'U';  // see potrf_row_major_lower
-  const int n = static_cast<int>(l.size(0));
-  dpotrf_(&uplo, &n, l.data_ptr<double>(), &n, &info);
-  return {l.tril_(), info == 0};
-}
-
 double spd_condition_estimate(const at::Tensor& h) {
   std::optional<ThreadCountGuard> single;
   if (h.is_cpu()) single.emplace(1);
@@ -232,6 +217,18 @@ void potrs_row_major_lower(const T* a, int m, T* x) {
 }
 
 }  // namespace
+
+std::pair<at::Tensor, bool> cholesky_factor(const at::Tensor& h) {
+  const bool lapack = h.is_cpu() && h.scalar_type() == at::kDouble && dpotrf_ != nullptr && h.size(0) > 0 &&
+                      h.size(0) <= std::numeric_limits<int>::max();
+  if (!lapack) {
+    auto [l, info] = at::linalg_cholesky_ex(h);
+    return {l, info.item<int64_t>() == 0};
+  }
+  at::Tensor l = h.contiguous().clone();
+  const bool ok = potrf_row_major_lower(l.data_ptr<double>(), static_cast<int>(l.size(0)));
+  return {l.tril_(), ok};
+}
 
 bool BatchedCholesky::uses_lapack_in_place() {
   return spotrf_ != nullptr && dpotrf_ != nullptr && spotrs_ != nullptr && dpotrs_ != nullptr;
