@@ -90,6 +90,18 @@ elseif(NOT OPTIMA_TORCH_CXX11_ABI EQUAL _optima_compiler_abi)
 endif()
 message(STATUS "LibTorch ${Torch_VERSION}: _GLIBCXX_USE_CXX11_ABI=${OPTIMA_TORCH_CXX11_ABI} matches the compiler")
 
+# Some wheels (torch 2.11) export libstdc++'s std::filesystem from their own libraries; CMakeLists.txt links
+# libstdc++ first so that optima never binds to those copies. Said here, so that a crash report can be matched.
+find_library(OPTIMA_TORCH_CPU_LIBRARY torch_cpu PATHS "${TORCH_INSTALL_PREFIX}/lib" NO_DEFAULT_PATH)
+if(OPTIMA_TORCH_CPU_LIBRARY AND OPTIMA_NM)
+  execute_process(COMMAND "${OPTIMA_NM}" -D --defined-only "${OPTIMA_TORCH_CPU_LIBRARY}"
+                  OUTPUT_VARIABLE _optima_torch_cpu_symbols)
+  string(FIND "${_optima_torch_cpu_symbols}" " T _ZNSt10filesystem" _optima_stdfs_pos)
+  if(NOT _optima_stdfs_pos EQUAL -1)
+    message(STATUS "LibTorch ${Torch_VERSION} exports its own std::filesystem: libstdc++ is linked ahead of it")
+  endif()
+endif()
+
 # --- CUDA ----------------------------------------------------------------------------------------------------
 # CAFFE2_USE_CUDA is set by LibTorch's config when it was built with CUDA.
 set(OPTIMA_TORCH_HAS_CUDA OFF)

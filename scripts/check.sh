@@ -4,16 +4,19 @@
 #         (preset asan)
 #   tidy  clang-tidy on optima's sources (scripts/tidy.py; clean units are cached, so only changed ones cost time)
 #   fuzz  a short run of each fuzz target (scripts/fuzz.sh)
+#   gpu   scripts/gpu_check.sh --cpu-only: the GPU check's steps on the CPU (solver tests, the benchmark's quick
+#         paths, opt-small pruned with the exact and the iterative solver and compared), so that the script a GPU
+#         machine runs keeps working, and the two solvers keep agreeing, between the rare runs on a GPU
 # Installs the Debian packages they need when missing.
 #
-# Environment: OPTIMA_CHECKS, the checks to run (default asan,tidy,fuzz; none skips all); OPTIMA_FUZZ_SECONDS
+# Environment: OPTIMA_CHECKS, the checks to run (default asan,tidy,fuzz,gpu; none skips all); OPTIMA_FUZZ_SECONDS
 # (default 15 per target, 0 skips); OPTIMA_ASAN_FILTER, a gtest filter for the sanitizer run (default: all of
 # optima_base_tests); OPTIMA_JOBS (default 2).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export OPTIMA_JOBS=${OPTIMA_JOBS:-2}
 export OPTIMA_ASSETS=${OPTIMA_ASSETS:-$repo/../shared/assets}
-checks=",${OPTIMA_CHECKS:-asan,tidy,fuzz},"
+checks=",${OPTIMA_CHECKS:-asan,tidy,fuzz,gpu},"
 wanted() { [[ $checks == *",$1,"* ]]; }
 log() { printf '[check] %s\n' "$*" >&2; }
 t0=$(date +%s)
@@ -65,5 +68,15 @@ if wanted fuzz && [[ ${OPTIMA_FUZZ_SECONDS:-15} != 0 ]]; then
   t1=$(date +%s)
   "$repo/scripts/fuzz.sh" "${OPTIMA_FUZZ_SECONDS:-15}"
   done_step "$t1" "fuzzing"
+fi
+# --- the GPU check's steps on the CPU ---------------------------------------------------------------------------
+if wanted gpu; then
+  t1=$(date +%s)
+  out=$(mktemp --suffix=.json)
+  # Built here as the suite builds it, then run as a GPU machine runs a build carried to it (--prebuilt).
+  release=$("$repo/scripts/build.sh" release optima optima_tests optima_bench_solver | tail -n 1)
+  OPTIMA_PYTHON="$repo/.venv/bin/python" "$repo/scripts/gpu_check.sh" --cpu-only --prebuilt "$release" --out "$out"
+  rm -f "$out"
+  done_step "$t1" "GPU check on the CPU"
 fi
 log "$(IFS=';'; echo "${summary[*]:-nothing run}" | sed 's/;/, /g'); all checks $(($(date +%s) - t0)) s"

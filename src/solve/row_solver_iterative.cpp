@@ -58,7 +58,10 @@ constexpr int64_t kPrunedSpaceExtraIterations = 50;
 // once it has fallen kReliableUpdateReduction since the row's last replacement (rows due wait for a quarter of the
 // active ones, unless one has fallen kReliableUpdateUrgent or grown kGrowthDue-fold); a row whose true residual is
 // more than kDriftRestart off its recurrence restarts its search direction; one whose true residual did not fall
-// below kStalledProgress of the last one's is one fp32 cannot carry.
+// below kStalledProgress of the last one's is one fp32 cannot carry. A row whose recurrence has not fallen that far
+// in n iterations since its last replacement (CG on at most n unknowns would be done in exact arithmetic) is due too,
+// and is judged stalled the same way: one row of opt-small's q_proj (n = 256) went 1300 fp32 iterations so, alone
+// in the batch, before the rule.
 constexpr double kReliableUpdateReduction = 1e-3;
 constexpr double kReliableUpdateUrgent = 1e-5;
 constexpr double kGrowthDue = 10;
@@ -442,7 +445,12 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
   at::Tensor diverged = fp64 != nullptr ? at::zeros({live}, rows.options().dtype(at::kBool)) : at::Tensor();
   // The fp64 residual of the live rows `due` (local indices) becomes their r: their x moves into e64 and their
   // search directions stay (unless they restart, below). Returns whether the run should stop.
-  const auto replace_residuals = [&](const at::Tensor& due) -> bool {
+  // The iteration of each live row's last replacement (its start to begin with), and the first iteration at which
+  // a row can have gone n iterations since (checked only then, so that rows that keep falling pay nothing).
+  at::Tensor segment_start = fp64 != nullptr ? at::zeros({live}, rows.options()) : at::Tensor();
+  int64_t stale_check_at = rhs.size(1);
+  // `stale` (bool over `due`): the rows due because they went n iterations without their recurrence falling.
+  const auto replace_residuals = [&](const at::Tensor& due, const at::Tensor& stale) -> bool {
     const at::Tensor batch_rows = rows.index_select(0, due);
     const at::Tensor old_e = e64.index_select(0, batch_rows);
     const at::Tensor offset_due = fp64->offset.index_select(0, batch_rows);
@@ -483,15 +491,26 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
     const at::Tensor recurrence = r.index_select(0, due);
     const at::Tensor recurrence_fall = at::linalg_vector_norm(recurrence, 2, {1}).to(at::kDouble) / before;
     const at::Tensor stalled = worse.logical_not() & (tracked_norm > kStalledProgress * before) &
-                               (split ? recurrence_fall <= kReliableUpdateReduction : at::ones_like(worse));
+                               (split ? (recurrence_fall <= kReliableUpdateReduction) | stale : at::ones_like(worse));
     const bool stop = diverged_again.any().item<bool>() || stalled.any().item<bool>();
     const at::Tensor accepted_e = at::where(worse.unsqueeze(1), old_e, candidate);
     if (worse.any().item<bool>()) {
       // Those rows go back to their last replaced point, whose residual is on record.
       const at::Tensor back = worse.nonzero().squeeze(1);
-      const at::Tensor old_residual = residual64.index_select(0, batch_rows.index_select(0, back));
+      const at::Tensor back_rows = batch_rows.index_select(0, back);
+      at::Tensor old_residual = residual64.index_select(0, back_rows);
+      // A row never replaced has only its starting residual on record, which may be an fp32 estimate (solve_chunk):
+      // its true residual at e64 = 0 is computed, or the row would restart from the estimate's error.
+      const at::Tensor unrecorded = replaced.index_select(0, back_rows).logical_not().nonzero().squeeze(1);
+      if (unrecorded.numel() > 0) {
+        const at::Tensor start_rows = back_rows.index_select(0, unrecorded);
+        old_residual.index_copy_(
+            0, unrecorded,
+            at::matmul(fp64->offset.index_select(0, start_rows), fp64->h) * fp64->mask.index_select(0, start_rows));
+        state.flops += 2.0 * fn * fn * static_cast<double>(unrecorded.numel());
+      }
       true_residual.index_copy_(0, back, old_residual);
-      true_norm.index_copy_(0, back, rnorm_replaced.index_select(0, due.index_select(0, back)));
+      true_norm.index_copy_(0, back, at::linalg_vector_norm(old_residual, 2, {1}));
       if (split) {
         fresh.index_copy_(0, back, prec.to_split(old_residual.to(r.scalar_type()), m_due.index_select(0, back)));
         tracked_norm = at::linalg_vector_norm(fresh, 2, {1}).to(at::kDouble);
@@ -546,14 +565,19 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
       // A split CG's rows that look converged by their recurrence are checked on their true residual before they
       // may leave the batch: C⁻¹ r says only roughly how far |r| is from its target.
       const at::Tensor unconfirmed = split ? active.logical_not() & confirmed.logical_not() : at::zeros_like(active);
+      const at::Tensor stale =
+          it >= stale_check_at ? active & (segment_start <= it - rhs.size(1)) : at::zeros_like(active);
       const at::Tensor due_mask = active_count == 0
                                       ? at::ones_like(active)
-                                      : (active & (fallen < kReliableUpdateReduction)) | grown | unconfirmed;
+                                      : (active & (fallen < kReliableUpdateReduction)) | grown | unconfirmed | stale;
       const int64_t due_count = due_mask.sum().item<int64_t>();
-      const bool urgent =
-          (active & ((fallen < kReliableUpdateUrgent) | grown)).any().item<bool>() || unconfirmed.any().item<bool>();
+      const bool urgent = (active & ((fallen < kReliableUpdateUrgent) | grown)).any().item<bool>() ||
+                          unconfirmed.any().item<bool>() || stale.any().item<bool>();
       if (active_count == 0 || (due_count > 0 && (4 * due_count >= active_count || urgent))) {
-        const bool stop = replace_residuals(due_mask.nonzero().squeeze(1));
+        const at::Tensor due = due_mask.nonzero().squeeze(1);
+        const bool stop = replace_residuals(due, stale.index_select(0, due));
+        segment_start.index_fill_(0, due, it);
+        stale_check_at = segment_start.min().item<int64_t>() + rhs.size(1);
         active = residual_norms() > t;
         if (stop) break;
       }
@@ -587,6 +611,7 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
       }
       if (rnorm_start.defined()) rnorm_start = rnorm_start.index_select(0, keep);
       if (diverged.defined()) diverged = diverged.index_select(0, keep);
+      if (segment_start.defined()) segment_start = segment_start.index_select(0, keep);
       p = p.index_select(0, keep);
       rz = rz.index_select(0, keep);
       active = active.index_select(0, keep);
