@@ -11,8 +11,9 @@
 #   --prebuilt DIR  no build: runs optima, optima_bench_solver and tests/optima_tests from DIR, built on another
 #               machine against the same LibTorch version as the torch that this machine's python3 (or $OPTIMA_PYTHON)
 #               imports. Their libraries come from that torch (and its NVIDIA packages), then DIR/lib (for the Debian
-#               libraries this machine may lack: spdlog, fmt, sentencepiece). For a GPU machine without a compiler or
-#               without the Debian packages, and to spend its scarce time on the checks rather than on a build.
+#               libraries this machine may lack: spdlog, fmt, sentencepiece), and DIR/assets unless OPTIMA_ASSETS is
+#               set. scripts/gpu_bundle.sh builds such a folder. For a GPU machine without a compiler or without the
+#               Debian packages, and to spend its scarce time on the checks rather than on a build.
 #
 # Setup: LibTorch comes from the torch virtual environment that scripts/setup.sh keeps in ~/.cache/optima (or
 # $OPTIMA_CACHE). Without network it must already be there; the script then skips the Debian and Python-tool steps
@@ -39,6 +40,9 @@ started=$(date +%s)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 assets=${OPTIMA_ASSETS:-$repo/../shared/assets}
+# A folder from scripts/gpu_bundle.sh carries the assets the check reads.
+[[ -z "${OPTIMA_ASSETS:-}" && -n "$prebuilt" && -d "$prebuilt/assets" ]] && assets="$prebuilt/assets"
+export OPTIMA_ASSETS="$assets"  # the unit tests read it too
 
 # --- the GPU -------------------------------------------------------------------------------------------------------
 gpu="none (--cpu-only)"
@@ -109,7 +113,9 @@ else
   "$build/optima" make-random --config "$assets/configs/opt-125m/config.json" \
     --tokenizer "$assets/tokenizers/opt" --out "$model" >&2 || die "make-random failed"
   runs=("cuda:cuda:auto" "cpu:cpu:auto")
-  nsamples=2 seqlen=512
+  # 4096 tokens: more than fc2's 3072 inputs, so that its H is not singular by construction (with 1024, every fc2
+  # went to the exact solver on a damped H: 243 of 351 s of the CPU prune on 2 cores; with 4096, 108 of 205 s).
+  nsamples=4 seqlen=1024
 fi
 calib="$assets/text/calib/c4.utf8"
 [[ -f "$calib" ]] || die "calibration text missing: $calib (set OPTIMA_ASSETS)"

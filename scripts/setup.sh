@@ -9,7 +9,9 @@
 # The environment is linked at .venv in the repository. Prints the environment's Python path on its last line.
 #
 # Options (environment): OPTIMA_CACHE (default ${XDG_CACHE_HOME:-~/.cache}/optima), OPTIMA_NO_DEV=1 to skip the
-# Python development tools, OPTIMA_SKIP_APT=1 to skip Debian packages (a machine set up by other means).
+# Python development tools, OPTIMA_SKIP_APT=1 to skip Debian packages (a machine set up by other means),
+# OPTIMA_TORCH_VERSION to set up another torch than the pinned one beside it (scripts/gpu_bundle.sh: the version a GPU
+# machine carries; .venv keeps pointing at the pinned one).
 set -euo pipefail
 
 # Pinned versions. torch 2.12.0 is built against CUDA 13.0, the toolkit these machines carry.
@@ -48,8 +50,9 @@ fi
 python_bin=${OPTIMA_BASE_PYTHON:-python3}
 pytag=$("$python_bin" -c 'import sys; print(f"cp{sys.version_info.major}{sys.version_info.minor}")')
 cache=${OPTIMA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/optima}
-venv="$cache/torch-$TORCH_VERSION-$pytag"
-want="torch==$TORCH_VERSION"
+torch_version=${OPTIMA_TORCH_VERSION:-$TORCH_VERSION}
+venv="$cache/torch-$torch_version-$pytag"
+want="torch==$torch_version"
 [[ "${OPTIMA_NO_DEV:-0}" == 1 ]] || want="$want ${DEV_REQUIREMENTS[*]}"
 stamp="$venv/.optima-installed"
 
@@ -68,6 +71,6 @@ if [[ ! -f "$stamp" ]] || ! grep -qxF "$want" "$stamp"; then
   flock -u 9
 fi
 
-ln -sfn "$venv" "$repo/.venv"
-log "LibTorch $TORCH_VERSION ready in $venv"
+[[ "$torch_version" != "$TORCH_VERSION" ]] || ln -sfn "$venv" "$repo/.venv"
+log "LibTorch $torch_version ready in $venv"
 echo "$venv/bin/python"
