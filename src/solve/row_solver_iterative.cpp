@@ -443,18 +443,18 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
   at::Tensor rnorm_start = state.abandon_at > 0 ? at::linalg_vector_norm(r, 2, {1}) : at::Tensor();
   // Rows whose last replacement found them diverged (reliable updates).
   at::Tensor diverged = fp64 != nullptr ? at::zeros({live}, rows.options().dtype(at::kBool)) : at::Tensor();
-  // The fp64 residual of the live rows `due` (local indices) becomes their r: their x moves into e64 and their
-  // search directions stay (unless they restart, below). Returns whether the run should stop.
-  // The iteration of each live row's last replacement (its start to begin with), and the first iteration at which
-  // a row can have gone n iterations since (checked only then, so that rows that keep falling pay nothing).
+  // The iteration of each live row's last replacement (its start to begin with).
   at::Tensor segment_start = fp64 != nullptr ? at::zeros({live}, rows.options()) : at::Tensor();
-  int64_t stale_check_at = rhs.size(1);
-  // `stale` (bool over `due`): the rows due because they went n iterations without their recurrence falling.
+  // The fp64 residual (H (offset − e))_T of the batch's rows `which` at their e [which, n].
+  const auto fp64_residual = [&](const at::Tensor& which, const at::Tensor& e_rows) {
+    return at::matmul(fp64->offset.index_select(0, which) - e_rows, fp64->h) * fp64->mask.index_select(0, which);
+  };
+  // The fp64 residual of the live rows `due` (local indices) becomes their r: their x moves into e64 and their
+  // search directions stay (unless they restart, below). `stale` (bool over `due`): the rows due because they went n
+  // iterations without their recurrence falling. Returns whether the run should stop.
   const auto replace_residuals = [&](const at::Tensor& due, const at::Tensor& stale) -> bool {
     const at::Tensor batch_rows = rows.index_select(0, due);
     const at::Tensor old_e = e64.index_select(0, batch_rows);
-    const at::Tensor offset_due = fp64->offset.index_select(0, batch_rows);
-    const at::Tensor mask_due = fp64->mask.index_select(0, batch_rows);
     const at::Tensor m_due = m.index_select(0, due);
     // What the recurrence tracks, for a true residual: itself, or C⁻¹ of it (split).
     const auto to_tracked = [&](const at::Tensor& residual, const at::Tensor& mask) {
@@ -463,7 +463,7 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
       return split ? prec.to_split(work, mask) : work;
     };
     const at::Tensor candidate = old_e + x.index_select(0, due).to(at::kDouble);
-    at::Tensor true_residual = at::matmul(offset_due - candidate, fp64->h) * mask_due;
+    at::Tensor true_residual = fp64_residual(batch_rows, candidate);
     at::Tensor true_norm = at::linalg_vector_norm(true_residual, 2, {1});
     at::Tensor fresh;
     if (split) {
@@ -500,13 +500,11 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
       const at::Tensor back_rows = batch_rows.index_select(0, back);
       at::Tensor old_residual = residual64.index_select(0, back_rows);
       // A row never replaced has only its starting residual on record, which may be an fp32 estimate (solve_chunk):
-      // its true residual at e64 = 0 is computed, or the row would restart from the estimate's error.
+      // its true residual (at e64, 0) is computed, or the row would restart from the estimate's error.
       const at::Tensor unrecorded = replaced.index_select(0, back_rows).logical_not().nonzero().squeeze(1);
       if (unrecorded.numel() > 0) {
         const at::Tensor start_rows = back_rows.index_select(0, unrecorded);
-        old_residual.index_copy_(
-            0, unrecorded,
-            at::matmul(fp64->offset.index_select(0, start_rows), fp64->h) * fp64->mask.index_select(0, start_rows));
+        old_residual.index_copy_(0, unrecorded, fp64_residual(start_rows, e64.index_select(0, start_rows)));
         state.flops += 2.0 * fn * fn * static_cast<double>(unrecorded.numel());
       }
       true_residual.index_copy_(0, back, old_residual);
@@ -565,19 +563,17 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
       // A split CG's rows that look converged by their recurrence are checked on their true residual before they
       // may leave the batch: C⁻¹ r says only roughly how far |r| is from its target.
       const at::Tensor unconfirmed = split ? active.logical_not() & confirmed.logical_not() : at::zeros_like(active);
-      const at::Tensor stale =
-          it >= stale_check_at ? active & (segment_start <= it - rhs.size(1)) : at::zeros_like(active);
+      const at::Tensor stale = active & (segment_start <= it - rhs.size(1));
       const at::Tensor due_mask = active_count == 0
                                       ? at::ones_like(active)
                                       : (active & (fallen < kReliableUpdateReduction)) | grown | unconfirmed | stale;
       const int64_t due_count = due_mask.sum().item<int64_t>();
-      const bool urgent = (active & ((fallen < kReliableUpdateUrgent) | grown)).any().item<bool>() ||
-                          unconfirmed.any().item<bool>() || stale.any().item<bool>();
+      const bool urgent = (active & ((fallen < kReliableUpdateUrgent) | grown | stale)).any().item<bool>() ||
+                          unconfirmed.any().item<bool>();
       if (active_count == 0 || (due_count > 0 && (4 * due_count >= active_count || urgent))) {
         const at::Tensor due = due_mask.nonzero().squeeze(1);
         const bool stop = replace_residuals(due, stale.index_select(0, due));
         segment_start.index_fill_(0, due, it);
-        stale_check_at = segment_start.min().item<int64_t>() + rhs.size(1);
         active = residual_norms() > t;
         if (stop) break;
       }

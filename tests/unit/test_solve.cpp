@@ -441,6 +441,11 @@ TEST_F(SolveTest, IterativeSolverReachesTheExactSolution) {
   EXPECT_GT(short_run.kkt_residual, 1e-12);
 }
 
+// Every formulation of the iterative solver, for the tests that run each.
+constexpr IterativePreconditioner kEveryPreconditioner[] = {
+    IterativePreconditioner::kAuto, IterativePreconditioner::kPrunedSpace, IterativePreconditioner::kMaskedCholesky,
+    IterativePreconditioner::kLowRank, IterativePreconditioner::kInverseBlock};
+
 // A tolerance ten times below the default, so that the answers can be held to 1e-6 of the closed form (the default's
 // 1e-8 KKT residual leaves up to cond(H_TT) · 1e-8 in the weights: 1.1e-6 measured on one of these Hessians).
 constexpr double kTightTolerance = 1e-9;
@@ -543,10 +548,7 @@ TEST_F(SolveTest, IterativeFormulationsReachTheClosedForm) {
     const at::Tensor h = kind < 2 ? gram : gram * spread.unsqueeze(0) * spread.unsqueeze(1);
     const at::Tensor mask = kind % 2 == 0 ? matrix_threshold_mask(w, 0.5) : n_m_mask(w, 2, 4);
     const at::Tensor exact = reference(w, mask, h);
-    for (IterativePreconditioner formulation :
-         {IterativePreconditioner::kAuto, IterativePreconditioner::kPrunedSpace,
-          IterativePreconditioner::kMaskedCholesky, IterativePreconditioner::kLowRank,
-          IterativePreconditioner::kInverseBlock}) {
+    for (IterativePreconditioner formulation : kEveryPreconditioner) {
       for (SolvePrecision precision : {SolvePrecision::kFloat32Refined, SolvePrecision::kFloat64}) {
         RowSolveOptions options;
         options.precision = precision;
@@ -1156,10 +1158,7 @@ TEST_F(SolveTest, IterativeSolverOnCudaMatchesTheClosedForm) {
     for (int kind = 0; kind < 2; ++kind) {
       const at::Tensor mask = kind == 0 ? matrix_threshold_mask(w, 0.5) : n_m_mask(w, 2, 4);
       const at::Tensor exact = reference(w, mask, h);
-      for (IterativePreconditioner preconditioner :
-           {IterativePreconditioner::kAuto, IterativePreconditioner::kPrunedSpace,
-            IterativePreconditioner::kMaskedCholesky, IterativePreconditioner::kLowRank,
-            IterativePreconditioner::kInverseBlock}) {
+      for (IterativePreconditioner preconditioner : kEveryPreconditioner) {
         for (SolvePrecision precision : {SolvePrecision::kFloat32Refined, SolvePrecision::kFloat64}) {
           SCOPED_TRACE(fmt::format("n={} {} preconditioner {} {}", n, kind == 0 ? "unstructured 50%" : "2:4",
                                    static_cast<int>(preconditioner),
