@@ -15,6 +15,7 @@
 
 #include "masked_cholesky.h"
 #include "optima/core/error.h"
+#include "optima/core/resources.h"
 #include "optima/solve/row_solver.h"
 #include "solve_common.h"
 #include "split_cg.h"
@@ -96,7 +97,10 @@ constexpr uint64_t kLowRankSeed = 0x5eed;
 
 struct CgState {
   int64_t iterations = 0;
+  int64_t row_iterations = 0;  // the rows in the batch, summed over the iterations
   double flops = 0;
+  double cg_seconds = 0, operator_seconds = 0, replacement_seconds = 0;
+  int64_t replaced_rows = 0;
   int64_t abandon_at = 0;  // options.abandon_iterations (0: never)
   bool abandoned = false;
 };
@@ -403,6 +407,7 @@ struct KnownResidual {
 at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, const at::Tensor& kept,
                const at::Tensor& target, int64_t budget, CgState& state, const ResidualMap& map = {},
                const Fp64System* fp64 = nullptr, KnownResidual* known = nullptr) {
+  const SteadyClock::time_point started = SteadyClock::now();
   const int64_t n = rhs.size(1);
   const double fn = static_cast<double>(n);
   at::Tensor e = at::zeros_like(rhs);
@@ -572,7 +577,10 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
                           unconfirmed.any().item<bool>();
       if (active_count == 0 || (due_count > 0 && (4 * due_count >= active_count || urgent))) {
         const at::Tensor due = due_mask.nonzero().squeeze(1);
+        const SteadyClock::time_point replacing = SteadyClock::now();
         const bool stop = replace_residuals(due, stale.index_select(0, due));
+        state.replacement_seconds += seconds_since(replacing);
+        state.replaced_rows += due.size(0);
         segment_start.index_fill_(0, due, it);
         active = residual_norms() > t;
         if (stop) break;
@@ -617,7 +625,10 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
     if (split) {
       // The passes, then the rest of the iteration in one sweep per row (split_cg.h): as separate passes over
       // [rows, n] it took about a tenth of an iteration at OPT-125M's fc2.
+      const SteadyClock::time_point applying = SteadyClock::now();
       const auto [f, y] = prec.split_passes(p, m);
+      state.operator_seconds += seconds_since(applying);
+      state.row_iterations += live;
       solve_detail::SplitCgState cg{p, r, x, rz};
       solve_detail::split_cg_step(cg, f, y, m, active);
       rz = cg.rz;
@@ -626,13 +637,18 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
       continue;
     }
     // In place where the state allows: each pass over [rows, n] costs about 1% of the product at OPT-125M's fc2.
+    const SteadyClock::time_point applying = SteadyClock::now();
     at::Tensor q = at::matmul(p, h);
     q.mul_(m);
+    state.operator_seconds += seconds_since(applying);
+    state.row_iterations += live;
     const at::Tensor pq = at::linalg_vecdot(p, q);
     const at::Tensor alpha = at::where(active & (pq > 0), rz / pq, at::zeros_like(pq)).unsqueeze(1);
     x.addcmul_(p, alpha);
     r.addcmul_(q, alpha, -1.0);
+    const SteadyClock::time_point preconditioning = SteadyClock::now();
     z = prec.apply(r, m);
+    state.operator_seconds += seconds_since(preconditioning);
     state.flops += 2.0 * fn * fn * static_cast<double>(live) + prec.flops(live, n);
     ++state.iterations;
     const at::Tensor rz_next = at::linalg_vecdot(r, z);
@@ -642,6 +658,7 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
   }
   e.index_copy_(0, rows, x);
   if (known != nullptr && residual64.defined()) *known = {residual64, e.eq(0).all(1).logical_and_(replaced)};
+  state.cg_seconds += seconds_since(started);
   return fp64 != nullptr ? e64 + e.to(at::kDouble) : e;
 }
 
@@ -797,6 +814,17 @@ at::Tensor next_residual(const at::Tensor& w, const at::Tensor& x, const at::Ten
   return residual;
 }
 
+// The CG's counts and timings into a chunk's result.
+void copy_work(const CgState& state, RowSolveResult& result) {
+  result.iterations = state.iterations;
+  result.flops = state.flops;
+  result.row_iterations = state.row_iterations;
+  result.cg_seconds = state.cg_seconds;
+  result.operator_seconds = state.operator_seconds;
+  result.replacement_seconds = state.replacement_seconds;
+  result.replaced_rows = state.replaced_rows;
+}
+
 // One chunk of rows of solve_rows_iterative, against the layer's System: the fields of the result that depend on the
 // rows (weight, residuals, iterations, rounds, flops past the Cholesky of H).
 RowSolveResult solve_chunk(const System& system, const at::Tensor& dense_weight, const at::Tensor& pruned,
@@ -904,8 +932,7 @@ RowSolveResult solve_chunk(const System& system, const at::Tensor& dense_weight,
     if (state.abandoned) {
       result.abandoned = true;
       result.converged = false;
-      result.iterations = state.iterations;
-      result.flops = state.flops;
+      copy_work(state, result);
       return result;
     }
     x = x + e.to(at::kDouble) * kept;
@@ -932,8 +959,7 @@ RowSolveResult solve_chunk(const System& system, const at::Tensor& dense_weight,
     result.kkt_residual_undamped = solve_detail::relative_residual(rho0, hw0_norm).max().item<double>();
   }
   result.converged = result.kkt_residual <= tolerance;
-  result.iterations = state.iterations;
-  result.flops = state.flops;
+  copy_work(state, result);
   result.weight = x.masked_fill(pruned, 0.0).to(dense_weight.scalar_type());
   return result;
 }
@@ -998,6 +1024,11 @@ RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Te
     begin += count;
     ++result.chunks;
     result.flops += part.flops;
+    result.row_iterations += part.row_iterations;
+    result.cg_seconds += part.cg_seconds;
+    result.operator_seconds += part.operator_seconds;
+    result.replacement_seconds += part.replacement_seconds;
+    result.replaced_rows += part.replaced_rows;
     result.iterations = std::max(result.iterations, part.iterations);
     if (part.abandoned) {
       result.abandoned = true;

@@ -607,6 +607,50 @@ TEST_F(SolveTest, MaskedCholeskyNeedsFewerIterationsThanLowRank) {
   }
 }
 
+// The iterative solver's account of its work: row_iterations counts the rows in the batch at each iteration, so
+// copies of one row converge together (copies x iterations) and a row with nothing pruned, solved by w itself, never
+// counts; an fp32 CG replaces every row's residual by its fp64 one at least once (before it stops), an fp64 CG none;
+// and the timed parts lie within the CG's time. (The low rank: the masked Cholesky would order the inputs of a layer
+// whose rows share one mask kept-first, and solve it in an iteration.)
+TEST_F(SolveTest, IterativeSolverAccountsForItsWork) {
+  const int64_t n = 192, copies = 6;
+  const at::Tensor h = gram_hessian(n, n + n / 4);
+  const auto run = [&](const at::Tensor& w, const at::Tensor& mask, SolvePrecision precision) {
+    RowSolveOptions options;
+    options.precision = precision;
+    options.preconditioner = IterativePreconditioner::kLowRank;
+    const RowSolveResult r = solve_rows_iterative(w, mask, h, w.masked_fill(mask, 0), 1e-10, 5000, options);
+    EXPECT_TRUE(r.converged);
+    expect_closed_form_answer(r, w, mask, h, reference(w, mask, h), 1e-9);
+    EXPECT_GT(r.operator_seconds, 0);
+    EXPECT_LE(r.operator_seconds + r.replacement_seconds, r.cg_seconds);
+    return r;
+  };
+  for (SolvePrecision precision : {SolvePrecision::kFloat32Refined, SolvePrecision::kFloat64}) {
+    const bool fp32 = precision == SolvePrecision::kFloat32Refined;
+    const at::Tensor row = at::randn({1, n}, kF64);
+    const at::Tensor row_mask = at::rand({1, n}, kF64) < 0.5;
+    const RowSolveResult same =
+        run(row.expand({copies, n}).contiguous(), row_mask.expand({copies, n}).contiguous(), precision);
+    EXPECT_GT(same.iterations, 4);
+    // The copies' round-off may differ by the products' kernels for different rows: one may leave an iteration early.
+    EXPECT_LE(same.row_iterations, copies * same.iterations);
+    EXPECT_GT(same.row_iterations, copies * (same.iterations - 2));
+    if (fp32) {
+      EXPECT_GE(same.replaced_rows, copies);
+      EXPECT_GT(same.replacement_seconds, 0);
+    } else {
+      EXPECT_EQ(same.replaced_rows, 0);
+      EXPECT_EQ(same.replacement_seconds, 0);
+    }
+    // Two rows with masks of their own and one with nothing pruned.
+    const at::Tensor mixed_mask = at::cat({at::rand({2, n}, kF64) < 0.5, at::zeros({1, n}, row_mask.options())});
+    const RowSolveResult mixed = run(at::randn({3, n}, kF64), mixed_mask, precision);
+    EXPECT_GT(mixed.row_iterations, mixed.iterations) << mixed.iterations << " iterations";
+    EXPECT_LE(mixed.row_iterations, 2 * mixed.iterations);
+  }
+}
+
 // The masked Cholesky solves in an order of its own, the inputs pruned in the fewest rows first, as what it leaves
 // out of H_TT, L_TS L_TSᵀ, only holds pruned inputs ordered before kept ones: given the inputs most-pruned first (the
 // order that leaves the most out), it needs about as many iterations as given them fewest-pruned first.

@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""Row-level study of the masked-Cholesky split CG (src/solve/row_solver_iterative.cpp) on a saved Hessian.
+
+A development tool, not part of the product: it needs torch and safetensors (the set-up's virtual environment) and
+answers, for a sample of one layer's rows, how many iterations the split CG needs to a relative KKT residual of 1e-8
+under variants that the C++ solver does not run:
+
+  precision   the operator in fp64, fp64 over the factor rounded to fp32, fp32 throughout, fp32 with fp64 vectors
+              (reliable updates at every 1e-3 fall of the recurrence, as the solver does)
+  deflate K   fp64, the split operator I + B Bᵀ (B = L_TT⁻¹ L_TS) preconditioned by I + B_E B_Eᵀ for K of the row's
+              pruned inputs E (its first K in the solver's order, or the K largest columns of B): each such column
+              costs the solver one masked forward pass per row, about half a product
+
+Masks and start points are SparseGPT's (50% or 2:4, as in ../shared/docs/algorithms.md), the inputs in the solver's
+order (pruned in the fewest rows first). Iterations are counted to the first iterate whose true residual meets the
+tolerance, checked every iteration in fp64 (the solver checks less often).
+
+  python scripts/study_split_cg.py HESSIANS.safetensors SITE MODEL.safetensors WEIGHT [--pattern 2:4] [--rows 12]
+      [--study precision|deflate] [--deflate 8,16,32] [--choice first|largest]
+e.g. SITE model.decoder.layers.3.mlp_hidden, WEIGHT model.decoder.layers.3.fc2.weight (`optima prune
+--save-hessians DIR` saves DIR/hessians-block-0003.safetensors).
+"""
+import argparse
+
+import torch
+from safetensors.torch import load_file
+
+TOLERANCE = 1e-8
+RELIABLE_UPDATE_FALL = 1e-3
+
+
+def sparsegpt(w, h, pattern):
+    """SparseGPT's mask and updated weights (blocks of 128, 1% damping), in fp64."""
+    n = h.shape[0]
+    w, h = w.clone(), h.clone()
+    h += 0.01 * h.diag().mean() * torch.eye(n, dtype=h.dtype)
+    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    mask = torch.zeros_like(w, dtype=torch.bool)
+    for a in range(0, n, 128):
+        b = min(a + 128, n)
+        w1, u1 = w[:, a:b].clone(), u[a:b, a:b]
+        q1, err1, m1 = torch.zeros_like(w1), torch.zeros_like(w1), torch.zeros_like(w1, dtype=torch.bool)
+        if pattern == "unstructured50":
+            score = w1**2 / u1.diag() ** 2
+            m1 = score <= torch.sort(score.flatten())[0][int(score.numel() * 0.5)]
+        for j in range(b - a):
+            if pattern == "2:4" and j % 4 == 0:
+                score = w1[:, j : j + 4] ** 2 / u1.diag()[j : j + 4] ** 2
+                m1.scatter_(1, j + torch.topk(score, 2, dim=1, largest=False)[1], True)
+            q = w1[:, j].clone()
+            q[m1[:, j]] = 0
+            q1[:, j] = q
+            err = (w1[:, j] - q) / u1[j, j]
+            w1[:, j:] -= err.unsqueeze(1) * u1[j, j:].unsqueeze(0)
+            err1[:, j] = err
+        w[:, a:b], mask[:, a:b] = q1, m1
+        w[:, b:] -= err1 @ u[a:b, b:]
+    return mask, w
+
+
+class Layer:
+    def __init__(self, h, w, pattern):
+        dead = h.diag() == 0  # as the solver: a dead input decouples
+        h[dead], h[:, dead] = 0, 0
+        h[dead, dead] = 1
+        pruned, start = sparsegpt(w, h, pattern)
+        order = torch.argsort(pruned.sum(0), stable=True)
+        self.h = h[order][:, order]
+        self.l = torch.linalg.cholesky(self.h)
+        self.pruned, self.w, self.start = pruned[:, order], w[:, order], start[:, order]
+
+    def row(self, i, l=None):
+        """The row's kept-set system: L_TT, L_TS (of l, L by default), H_TT, b = H_TS w_S, the start, the scale."""
+        l = self.l if l is None else l
+        t, s = (~self.pruned[i]).nonzero().squeeze(1), self.pruned[i].nonzero().squeeze(1)
+        b = self.h[t][:, s] @ self.w[i, s]
+        scale = (self.h[t] @ self.w[i]).norm()
+        return l[t][:, t], l[t][:, s], self.h[t][:, t], b, self.start[i, t] - self.w[i, t], scale
+
+
+def solve_lower(a, v, upper=False):
+    return torch.linalg.solve_triangular(a, v.unsqueeze(1), upper=upper).squeeze(1)
+
+
+def solve_lower_matrix(a, m):
+    return torch.linalg.solve_triangular(a, m, upper=False)
+
+
+def precision_iterations(layer, i, op_dtype, vec_dtype, round_factor, max_it=400):
+    """Split CG with reliable updates; the operator's passes in op_dtype over L (rounded to fp32 or not)."""
+    l = layer.l.float().double() if round_factor else layer.l
+    ltt, lts, htt, b, e, scale = layer.row(i, l)
+    ltt, lts = ltt.to(op_dtype), lts.to(op_dtype)
+
+    def true_residual(e):
+        return b - htt @ e
+
+    def operator(v):
+        y = solve_lower(ltt.T, v.to(op_dtype), upper=True)
+        return (v.to(op_dtype) + solve_lower(ltt, lts @ (lts.T @ y))).to(vec_dtype), y.to(vec_dtype)
+
+    def tracked(residual):
+        return solve_lower(ltt, residual.to(op_dtype)).to(vec_dtype)
+
+    if true_residual(e).norm() / scale <= TOLERANCE:
+        return 0
+    r = tracked(true_residual(e))
+    x, p, rz = torch.zeros_like(r), r.clone(), r @ r
+    last = rz.sqrt()
+    for it in range(1, max_it + 1):
+        q, y = operator(p)
+        alpha = rz / (p @ q)
+        x, r = x + alpha * y, r - alpha * q
+        rz_next = r @ r
+        if rz_next.sqrt() < RELIABLE_UPDATE_FALL * last:
+            e, x = e + x.double(), torch.zeros_like(x)
+            r = tracked(true_residual(e))
+            rz_next = r @ r
+            last = rz_next.sqrt()
+        if true_residual(e + x.double()).norm() / scale <= TOLERANCE:
+            return it
+        p, rz = r + rz_next / rz * p, rz_next
+    return max_it
+
+
+def deflated_iterations(layer, i, k, choice, max_it=400):
+    """fp64 split CG on I + B Bᵀ with the preconditioner I + B_E B_Eᵀ (Woodbury) for k pruned inputs E."""
+    ltt, lts, htt, b, e, scale = layer.row(i)
+    if k > 0:
+        if choice == "first":
+            chosen = torch.arange(k)
+        else:
+            chosen = torch.topk(solve_lower_matrix(ltt, lts).norm(dim=0), k)[1]
+        b_e = torch.linalg.solve_triangular(ltt, lts[:, chosen], upper=False)
+        core = torch.linalg.inv(torch.eye(k, dtype=b_e.dtype) + b_e.T @ b_e)
+
+        def precondition(v):
+            return v - b_e @ (core @ (b_e.T @ v))
+
+    else:
+
+        def precondition(v):
+            return v
+
+    def operator(v):
+        return v + solve_lower(ltt, lts @ (lts.T @ solve_lower(ltt.T, v, upper=True)))
+
+    if (b - htt @ e).norm() / scale <= TOLERANCE:
+        return 0
+    r = solve_lower(ltt, b - htt @ e)
+    x = torch.zeros_like(r)
+    z = precondition(r)
+    p, rz = z.clone(), r @ z
+    for it in range(1, max_it + 1):
+        q = operator(p)
+        alpha = rz / (p @ q)
+        x, r = x + alpha * p, r - alpha * q
+        if (b - htt @ (e + solve_lower(ltt.T, x, upper=True))).norm() / scale <= TOLERANCE:
+            return it
+        z = precondition(r)
+        rz_next = r @ z
+        p, rz = z + rz_next / rz * p, rz_next
+    return max_it
+
+
+def summary(name, its):
+    print(f"{name}: mean {sum(its) / len(its):.2f}, max {max(its)}, rows {its}", flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("hessians")
+    parser.add_argument("site")
+    parser.add_argument("model")
+    parser.add_argument("weight")
+    parser.add_argument("--pattern", choices=["unstructured50", "2:4"], default="unstructured50")
+    parser.add_argument("--rows", type=int, default=12, help="rows spread evenly over the layer")
+    parser.add_argument("--study", choices=["precision", "deflate"], default="precision")
+    parser.add_argument("--deflate", default="0,8,16,32", help="the K to try (--study deflate)")
+    parser.add_argument("--choice", choices=["first", "largest"], default="first")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    layer = Layer(load_file(args.hessians)[args.site].double(), load_file(args.model)[args.weight].double(), args.pattern)
+    rows = torch.linspace(0, layer.w.shape[0] - 1, args.rows).long().tolist()
+    if args.study == "precision":
+        variants = {
+            "fp64": (torch.float64, torch.float64, False),
+            "fp64 over the fp32-rounded factor": (torch.float64, torch.float64, True),
+            "fp32": (torch.float32, torch.float32, True),
+            "fp32 passes, fp64 vectors": (torch.float32, torch.float64, True),
+        }
+        for name, variant in variants.items():
+            summary(name, [precision_iterations(layer, i, *variant) for i in rows])
+    else:
+        for k in (int(k) for k in args.deflate.split(",")):
+            summary(f"deflate {k} ({args.choice})", [deflated_iterations(layer, i, k, args.choice) for i in rows])
+
+
+if __name__ == "__main__":
+    main()
