@@ -153,10 +153,11 @@ struct RowSolveResult {
   bool converged = true;             // iterative solver: reached `tolerance`
   bool abandoned = false;            // iterative solver: gave up at options.abandon_iterations; `weight` undefined
   int64_t abandoned_iterations = 0;  // solve_rows_auto: iterations of a CG given up for the exact solver
-  // Iterative solver: where its work and time went, for benchmarks (host wall time; on CUDA each iteration
-  // synchronizes on its convergence test, so the split holds there too). row_iterations sums, over the iterations,
-  // the rows still in the batch: the CG's work in row-products, whatever the machine's load (at most rows x
-  // iterations; OPT-125M's fc2 at 50%: about 41 per row where the slowest takes 60).
+  // Iterative solver: where its work and time went, for benchmarks. The seconds are host wall time: on the CPU each
+  // part's own; on CUDA, whose kernels run asynchronously, an operator's time shows where the next convergence test
+  // synchronizes, and only cg_seconds stands as measured. row_iterations sums, over the iterations, the rows still in
+  // the batch: the CG's work in row-products, whatever the machine's load (at most rows x iterations; OPT-125M's fc2
+  // at 50%: about 41 per row where the slowest takes 60).
   int64_t row_iterations = 0;
   double cg_seconds = 0;           // inside the CG (the rest: H's preparation and factor, first residuals, checks)
   double operator_seconds = 0;     // of which the products with H or the masked Cholesky's passes, per iteration
