@@ -97,10 +97,8 @@ constexpr uint64_t kLowRankSeed = 0x5eed;
 
 struct CgState {
   int64_t iterations = 0;
-  int64_t row_iterations = 0;  // the rows in the batch, summed over the iterations
   double flops = 0;
-  double cg_seconds = 0, operator_seconds = 0, replacement_seconds = 0;
-  int64_t replaced_rows = 0;
+  IterativeWork work;
   int64_t abandon_at = 0;  // options.abandon_iterations (0: never)
   bool abandoned = false;
 };
@@ -579,8 +577,8 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
         const at::Tensor due = due_mask.nonzero().squeeze(1);
         const SteadyClock::time_point replacing = SteadyClock::now();
         const bool stop = replace_residuals(due, stale.index_select(0, due));
-        state.replacement_seconds += seconds_since(replacing);
-        state.replaced_rows += due.size(0);
+        state.work.replacement_seconds += seconds_since(replacing);
+        state.work.replaced_rows += due.size(0);
         segment_start.index_fill_(0, due, it);
         active = residual_norms() > t;
         if (stop) break;
@@ -627,8 +625,8 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
       // [rows, n] it took about a tenth of an iteration at OPT-125M's fc2.
       const SteadyClock::time_point applying = SteadyClock::now();
       const auto [f, y] = prec.split_passes(p, m);
-      state.operator_seconds += seconds_since(applying);
-      state.row_iterations += live;
+      state.work.operator_seconds += seconds_since(applying);
+      state.work.row_iterations += live;
       solve_detail::SplitCgState cg{p, r, x, rz};
       solve_detail::split_cg_step(cg, f, y, m, active);
       rz = cg.rz;
@@ -640,15 +638,15 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
     const SteadyClock::time_point applying = SteadyClock::now();
     at::Tensor q = at::matmul(p, h);
     q.mul_(m);
-    state.operator_seconds += seconds_since(applying);
-    state.row_iterations += live;
+    state.work.operator_seconds += seconds_since(applying);
+    state.work.row_iterations += live;
     const at::Tensor pq = at::linalg_vecdot(p, q);
     const at::Tensor alpha = at::where(active & (pq > 0), rz / pq, at::zeros_like(pq)).unsqueeze(1);
     x.addcmul_(p, alpha);
     r.addcmul_(q, alpha, -1.0);
     const SteadyClock::time_point preconditioning = SteadyClock::now();
     z = prec.apply(r, m);
-    state.operator_seconds += seconds_since(preconditioning);
+    state.work.operator_seconds += seconds_since(preconditioning);
     state.flops += 2.0 * fn * fn * static_cast<double>(live) + prec.flops(live, n);
     ++state.iterations;
     const at::Tensor rz_next = at::linalg_vecdot(r, z);
@@ -658,7 +656,7 @@ at::Tensor pcg(const at::Tensor& h, Preconditioner prec, const at::Tensor& rhs, 
   }
   e.index_copy_(0, rows, x);
   if (known != nullptr && residual64.defined()) *known = {residual64, e.eq(0).all(1).logical_and_(replaced)};
-  state.cg_seconds += seconds_since(started);
+  state.work.cg_seconds += seconds_since(started);
   return fp64 != nullptr ? e64 + e.to(at::kDouble) : e;
 }
 
@@ -818,11 +816,7 @@ at::Tensor next_residual(const at::Tensor& w, const at::Tensor& x, const at::Ten
 void copy_work(const CgState& state, RowSolveResult& result) {
   result.iterations = state.iterations;
   result.flops = state.flops;
-  result.row_iterations = state.row_iterations;
-  result.cg_seconds = state.cg_seconds;
-  result.operator_seconds = state.operator_seconds;
-  result.replacement_seconds = state.replacement_seconds;
-  result.replaced_rows = state.replaced_rows;
+  result.work = state.work;
 }
 
 // One chunk of rows of solve_rows_iterative, against the layer's System: the fields of the result that depend on the
@@ -1024,11 +1018,7 @@ RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Te
     begin += count;
     ++result.chunks;
     result.flops += part.flops;
-    result.row_iterations += part.row_iterations;
-    result.cg_seconds += part.cg_seconds;
-    result.operator_seconds += part.operator_seconds;
-    result.replacement_seconds += part.replacement_seconds;
-    result.replaced_rows += part.replaced_rows;
+    result.work += part.work;
     result.iterations = std::max(result.iterations, part.iterations);
     if (part.abandoned) {
       result.abandoned = true;

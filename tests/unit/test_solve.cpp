@@ -622,8 +622,8 @@ TEST_F(SolveTest, IterativeSolverAccountsForItsWork) {
     const RowSolveResult r = solve_rows_iterative(w, mask, h, w.masked_fill(mask, 0), 1e-10, 5000, options);
     EXPECT_TRUE(r.converged);
     expect_closed_form_answer(r, w, mask, h, reference(w, mask, h), 1e-9);
-    EXPECT_GT(r.operator_seconds, 0);
-    EXPECT_LE(r.operator_seconds + r.replacement_seconds, r.cg_seconds);
+    EXPECT_GT(r.work.operator_seconds, 0);
+    EXPECT_LE(r.work.operator_seconds + r.work.replacement_seconds, r.work.cg_seconds);
     return r;
   };
   for (SolvePrecision precision : {SolvePrecision::kFloat32Refined, SolvePrecision::kFloat64}) {
@@ -634,20 +634,20 @@ TEST_F(SolveTest, IterativeSolverAccountsForItsWork) {
         run(row.expand({copies, n}).contiguous(), row_mask.expand({copies, n}).contiguous(), precision);
     EXPECT_GT(same.iterations, 4);
     // The copies' round-off may differ by the products' kernels for different rows: one may leave an iteration early.
-    EXPECT_LE(same.row_iterations, copies * same.iterations);
-    EXPECT_GT(same.row_iterations, copies * (same.iterations - 2));
+    EXPECT_LE(same.work.row_iterations, copies * same.iterations);
+    EXPECT_GT(same.work.row_iterations, copies * (same.iterations - 2));
     if (fp32) {
-      EXPECT_GE(same.replaced_rows, copies);
-      EXPECT_GT(same.replacement_seconds, 0);
+      EXPECT_GE(same.work.replaced_rows, copies);
+      EXPECT_GT(same.work.replacement_seconds, 0);
     } else {
-      EXPECT_EQ(same.replaced_rows, 0);
-      EXPECT_EQ(same.replacement_seconds, 0);
+      EXPECT_EQ(same.work.replaced_rows, 0);
+      EXPECT_EQ(same.work.replacement_seconds, 0);
     }
     // Two rows with masks of their own and one with nothing pruned.
     const at::Tensor mixed_mask = at::cat({at::rand({2, n}, kF64) < 0.5, at::zeros({1, n}, row_mask.options())});
     const RowSolveResult mixed = run(at::randn({3, n}, kF64), mixed_mask, precision);
-    EXPECT_GT(mixed.row_iterations, mixed.iterations) << mixed.iterations << " iterations";
-    EXPECT_LE(mixed.row_iterations, 2 * mixed.iterations);
+    EXPECT_GT(mixed.work.row_iterations, mixed.iterations) << mixed.iterations << " iterations";
+    EXPECT_LE(mixed.work.row_iterations, 2 * mixed.iterations);
   }
 }
 

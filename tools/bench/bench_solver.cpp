@@ -501,11 +501,11 @@ json solver_real(const std::vector<std::string>& args) {
                       {"condition_estimate", r.condition_estimate},
                       {"fp64_predicted", r.fp64_predicted},
                       {"fp64_fallback_rows", r.fp64_fallback_rows},
-                      {"row_iterations", r.row_iterations},
-                      {"cg_seconds", r.cg_seconds},
-                      {"operator_seconds", r.operator_seconds},
-                      {"replacement_seconds", r.replacement_seconds},
-                      {"replaced_rows", r.replaced_rows},
+                      {"row_iterations", r.work.row_iterations},
+                      {"cg_seconds", r.work.cg_seconds},
+                      {"operator_seconds", r.work.operator_seconds},
+                      {"replacement_seconds", r.work.replacement_seconds},
+                      {"replaced_rows", r.work.replaced_rows},
                       {"extrapolated", timed != rows}};
         };
         struct Variant {

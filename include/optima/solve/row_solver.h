@@ -119,6 +119,29 @@ struct RowSolveOptions {
   int64_t abandon_iterations = 0;
 };
 
+// Where an iterative solve's work and time went, for benchmarks. The seconds are host wall time: on the CPU each part's
+// own; on CUDA, whose kernels run asynchronously, an operator's time shows where the next convergence test
+// synchronizes, and only cg_seconds stands as measured. row_iterations sums, over the iterations, the rows still in
+// the batch: the CG's work in row-products, whatever the machine's load (at most rows x iterations; OPT-125M's fc2 at
+// 50%: about 41 per row where the slowest takes 60).
+struct IterativeWork {
+  int64_t row_iterations = 0;
+  double cg_seconds = 0;           // inside the CG (the rest: H's preparation and factor, first residuals, checks)
+  double operator_seconds = 0;     // of which the products with H or the masked Cholesky's passes, per iteration
+  double replacement_seconds = 0;  // of which the fp32 CG's fp64 residual replacements (reliable updates)
+  int64_t replaced_rows = 0;       // rows those replacements took, summed over the replacements
+
+  // Row chunks' work adds up to the layer's.
+  IterativeWork& operator+=(const IterativeWork& other) {
+    row_iterations += other.row_iterations;
+    cg_seconds += other.cg_seconds;
+    operator_seconds += other.operator_seconds;
+    replacement_seconds += other.replacement_seconds;
+    replaced_rows += other.replaced_rows;
+    return *this;
+  }
+};
+
 struct RowSolveResult {
   // [out, in] in the dense weight's dtype and device; pruned entries are exactly 0. Computed in fp64 (both
   // precisions) and cast at the end, so a half-precision weight carries that dtype's rounding.
@@ -153,16 +176,7 @@ struct RowSolveResult {
   bool converged = true;             // iterative solver: reached `tolerance`
   bool abandoned = false;            // iterative solver: gave up at options.abandon_iterations; `weight` undefined
   int64_t abandoned_iterations = 0;  // solve_rows_auto: iterations of a CG given up for the exact solver
-  // Iterative solver: where its work and time went, for benchmarks. The seconds are host wall time: on the CPU each
-  // part's own; on CUDA, whose kernels run asynchronously, an operator's time shows where the next convergence test
-  // synchronizes, and only cg_seconds stands as measured. row_iterations sums, over the iterations, the rows still in
-  // the batch: the CG's work in row-products, whatever the machine's load (at most rows x iterations; OPT-125M's fc2
-  // at 50%: about 41 per row where the slowest takes 60).
-  int64_t row_iterations = 0;
-  double cg_seconds = 0;           // inside the CG (the rest: H's preparation and factor, first residuals, checks)
-  double operator_seconds = 0;     // of which the products with H or the masked Cholesky's passes, per iteration
-  double replacement_seconds = 0;  // of which the fp32 CG's fp64 residual replacements (reliable updates)
-  int64_t replaced_rows = 0;       // rows those replacements took, summed over the replacements
+  IterativeWork work;                // iterative solver: where its work and time went
 };
 
 // The exact solver. dense_weight [out, in] (floating point), pruned bool [out, in] (true where ŵ must be 0),
