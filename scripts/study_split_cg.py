@@ -10,13 +10,19 @@ under variants that the C++ solver does not run:
   deflate K   fp64, the split operator I + B Bᵀ (B = L_TT⁻¹ L_TS) preconditioned by I + B_E B_Eᵀ for K of the row's
               pruned inputs E (its first K in the solver's order, or the K largest columns of B): each such column
               costs the solver one masked forward pass per row, about half a product
+  start       fp64, from four start points: SparseGPT's weights (the solver's), the masked weights (no update),
+              M⁻¹ b (one application of the preconditioner M = L_TT L_TTᵀ), and OBS with the fixed mask in the
+              reverse of the solver's order (e_T = L_TT⁻ᵀ L_STᵀ w_S: one backward pass, exact where the row's kept
+              inputs all come first); also the start's relative residual
+  tail        no CG: how much of a pass lies past each row's last kept input in the solver's order (inputs the
+              passes could skip), and the spread of how often each input is pruned
 
 Masks and start points are SparseGPT's (50% or 2:4, as in ../shared/docs/algorithms.md), the inputs in the solver's
 order (pruned in the fewest rows first). Iterations are counted to the first iterate whose true residual meets the
 tolerance, checked every iteration in fp64 (the solver checks less often).
 
   python scripts/study_split_cg.py HESSIANS.safetensors SITE MODEL.safetensors WEIGHT [--pattern 2:4] [--rows 12]
-      [--study precision|deflate] [--deflate 8,16,32] [--choice first|largest]
+      [--study precision|deflate|start|tail] [--deflate 8,16,32] [--choice first|largest]
 e.g. SITE model.decoder.layers.3.mlp_hidden, WEIGHT model.decoder.layers.3.fc2.weight (`optima prune
 --save-hessians DIR` saves DIR/hessians-block-0003.safetensors).
 """
@@ -163,6 +169,55 @@ def deflated_iterations(layer, i, k, choice, max_it=400):
     return max_it
 
 
+def start_iterations(layer, i, max_it=400):
+    """fp64 split CG from each start point: {name: (iterations, the start's relative residual)}."""
+    ltt, lts, htt, b, e_sparsegpt, scale = layer.row(i)
+    t, s = (~layer.pruned[i]).nonzero().squeeze(1), layer.pruned[i].nonzero().squeeze(1)
+    starts = {
+        "SparseGPT": e_sparsegpt,
+        "masked weights": torch.zeros_like(e_sparsegpt),
+        "M^-1 b": solve_lower(ltt.T, solve_lower(ltt, b), upper=True),
+        "reverse-order OBS": solve_lower(ltt.T, layer.l[s][:, t].T @ layer.w[i, s], upper=True),
+    }
+    out = {}
+    for name, e in starts.items():
+        start_residual = ((b - htt @ e).norm() / scale).item()
+        if start_residual <= TOLERANCE:
+            out[name] = (0, start_residual)
+            continue
+        r = solve_lower(ltt, b - htt @ e)
+        x, p, rz = torch.zeros_like(r), r.clone(), r @ r
+        its = max_it
+        for it in range(1, max_it + 1):
+            y = solve_lower(ltt.T, p, upper=True)
+            q = p + solve_lower(ltt, lts @ (lts.T @ y))
+            alpha = rz / (p @ q)
+            x, r = x + alpha * p, r - alpha * q
+            if (b - htt @ (e + solve_lower(ltt.T, x, upper=True))).norm() / scale <= TOLERANCE:
+                its = it
+                break
+            rz_next = r @ r
+            p, rz = r + rz_next / rz * p, rz_next
+        out[name] = (its, start_residual)
+    return out
+
+
+def tail_statistics(layer, block=128):
+    """How much of a pass lies past each row's last kept input (solver's order), and how often inputs are pruned."""
+    kept = ~layer.pruned
+    n = kept.shape[1]
+    positions = torch.arange(n).expand_as(kept)
+    last_kept = torch.where(kept, positions, torch.full_like(positions, -1)).max(1).values
+    past = (n - 1 - last_kept).double()
+    pruned_fraction = layer.pruned.double().mean(0)
+    quantiles = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], dtype=torch.double)
+    print(f"inputs past the last kept one: {past.mean().item() / n:.4f} of a pass on average, whole blocks of "
+          f"{block}: {(past // block * block).mean().item() / n:.4f}")
+    print("fraction of rows pruning an input, 5/25/50/75/95%: "
+          + " / ".join(f"{q:.3f}" for q in torch.quantile(pruned_fraction, quantiles).tolist())
+          + f"; inputs pruned in at least 95% of rows: {int((pruned_fraction >= 0.95).sum())}")
+
+
 def summary(name, its):
     print(f"{name}: mean {sum(its) / len(its):.2f}, max {max(its)}, rows {its}", flush=True)
 
@@ -175,7 +230,7 @@ def main():
     parser.add_argument("weight")
     parser.add_argument("--pattern", choices=["unstructured50", "2:4"], default="unstructured50")
     parser.add_argument("--rows", type=int, default=12, help="rows spread evenly over the layer")
-    parser.add_argument("--study", choices=["precision", "deflate"], default="precision")
+    parser.add_argument("--study", choices=["precision", "deflate", "start", "tail"], default="precision")
     parser.add_argument("--deflate", default="0,8,16,32", help="the K to try (--study deflate)")
     parser.add_argument("--choice", choices=["first", "largest"], default="first")
     args = parser.parse_args()
@@ -191,6 +246,14 @@ def main():
         }
         for name, variant in variants.items():
             summary(name, [precision_iterations(layer, i, *variant) for i in rows])
+    elif args.study == "start":
+        results = [start_iterations(layer, i) for i in rows]
+        for name in results[0]:
+            summary(name, [r[name][0] for r in results])
+            residuals = sorted(r[name][1] for r in results)
+            print(f"  start residual: median {residuals[len(residuals) // 2]:.2e}")
+    elif args.study == "tail":
+        tail_statistics(layer)
     else:
         for k in (int(k) for k in args.deflate.split(",")):
             summary(f"deflate {k} ({args.choice})", [deflated_iterations(layer, i, k, args.choice) for i in rows])
