@@ -93,6 +93,30 @@ def solver(sol):
     return "\n".join(out)
 
 
+def fc2_blocks(sol):
+    """fc2 of every block against its target (bench/solver_cpu.json "fc2_blocks", scripts/bench_solver --fc2-blocks)."""
+    section = sol.get("fc2_blocks")
+    if not section:
+        return ""
+    by_block = {}
+    for r in section["blocks"]:
+        by_block.setdefault(r["block"], {})[r["pattern"]] = r
+    out = [f"| block | condition estimate | 50%: GEMM-equivalents | row-iterations a row | 2:4: GEMM-equivalents | "
+           f"row-iterations a row |", "|---|---|---|---|---|---|"]
+    for block in sorted(by_block):
+        cells = []
+        for pattern in ("unstructured50", "2:4"):
+            r = by_block[block].get(pattern)
+            cells += [f"{r['gemm_equivalents']:.1f}", f"{r['row_iterations'] / r['rows']:.1f}"] if r else ["-", "-"]
+        first = next(iter(by_block[block].values()))
+        out.append(f"| {block} | {first['condition_estimate']:.0e} | " + " | ".join(cells) + " |")
+    summary = section["summary"]
+    out.append("| median | | " + " | ".join(
+        f"**{summary[p]['gemm_equivalents_median']:.1f}** | {summary[p]['row_iterations_per_row_mean']:.1f} (mean)"
+        if p in summary else "- | -" for p in ("unstructured50", "2:4")) + " |")
+    return "\n".join(out)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prune", default=os.path.join(REPO, "bench", "prune_cpu.json"))
@@ -102,7 +126,7 @@ def main():
         prune = json.load(f)
     with open(args.solver) as f:
         sol = json.load(f)
-    print(quality(prune) + "\n\n" + opt_speed(prune) + "\n\n" + solver(sol))
+    print(quality(prune) + "\n\n" + opt_speed(prune) + "\n\n" + solver(sol) + "\n\n" + fc2_blocks(sol))
 
 
 if __name__ == "__main__":
