@@ -129,24 +129,9 @@ def precision_iterations(layer, i, op_dtype, vec_dtype, round_factor, max_it=400
     return max_it
 
 
-def deflated_iterations(layer, i, k, choice, max_it=400):
-    """fp64 split CG on I + B Bᵀ with the preconditioner I + B_E B_Eᵀ (Woodbury) for k pruned inputs E."""
-    ltt, lts, htt, b, e, scale = layer.row(i)
-    if k > 0:
-        if choice == "first":
-            chosen = torch.arange(k)
-        else:
-            chosen = torch.topk(solve_lower_matrix(ltt, lts).norm(dim=0), k)[1]
-        b_e = torch.linalg.solve_triangular(ltt, lts[:, chosen], upper=False)
-        core = torch.linalg.inv(torch.eye(k, dtype=b_e.dtype) + b_e.T @ b_e)
-
-        def precondition(v):
-            return v - b_e @ (core @ (b_e.T @ v))
-
-    else:
-
-        def precondition(v):
-            return v
+def split_cg_iterations(ltt, lts, htt, b, e, scale, precondition=lambda v: v, max_it=400):
+    """fp64 split CG on I + B Bᵀ (B = L_TT⁻¹ L_TS) from the start e, preconditioned by `precondition`: iterations to
+    the first iterate whose true relative residual meets the tolerance, checked every iteration."""
 
     def operator(v):
         return v + solve_lower(ltt, lts @ (lts.T @ solve_lower(ltt.T, v, upper=True)))
@@ -169,7 +154,21 @@ def deflated_iterations(layer, i, k, choice, max_it=400):
     return max_it
 
 
-def start_iterations(layer, i, max_it=400):
+def deflated_iterations(layer, i, k, choice):
+    """fp64 split CG with the preconditioner I + B_E B_Eᵀ (Woodbury) for k pruned inputs E."""
+    ltt, lts, htt, b, e, scale = layer.row(i)
+    if k == 0:
+        return split_cg_iterations(ltt, lts, htt, b, e, scale)
+    if choice == "first":
+        chosen = torch.arange(k)
+    else:
+        chosen = torch.topk(solve_lower_matrix(ltt, lts).norm(dim=0), k)[1]
+    b_e = torch.linalg.solve_triangular(ltt, lts[:, chosen], upper=False)
+    core = torch.linalg.inv(torch.eye(k, dtype=b_e.dtype) + b_e.T @ b_e)
+    return split_cg_iterations(ltt, lts, htt, b, e, scale, lambda v: v - b_e @ (core @ (b_e.T @ v)))
+
+
+def start_iterations(layer, i):
     """fp64 split CG from each start point: {name: (iterations, the start's relative residual)}."""
     ltt, lts, htt, b, e_sparsegpt, scale = layer.row(i)
     t, s = (~layer.pruned[i]).nonzero().squeeze(1), layer.pruned[i].nonzero().squeeze(1)
@@ -179,27 +178,8 @@ def start_iterations(layer, i, max_it=400):
         "M^-1 b": solve_lower(ltt.T, solve_lower(ltt, b), upper=True),
         "reverse-order OBS": solve_lower(ltt.T, layer.l[s][:, t].T @ layer.w[i, s], upper=True),
     }
-    out = {}
-    for name, e in starts.items():
-        start_residual = ((b - htt @ e).norm() / scale).item()
-        if start_residual <= TOLERANCE:
-            out[name] = (0, start_residual)
-            continue
-        r = solve_lower(ltt, b - htt @ e)
-        x, p, rz = torch.zeros_like(r), r.clone(), r @ r
-        its = max_it
-        for it in range(1, max_it + 1):
-            y = solve_lower(ltt.T, p, upper=True)
-            q = p + solve_lower(ltt, lts @ (lts.T @ y))
-            alpha = rz / (p @ q)
-            x, r = x + alpha * p, r - alpha * q
-            if (b - htt @ (e + solve_lower(ltt.T, x, upper=True))).norm() / scale <= TOLERANCE:
-                its = it
-                break
-            rz_next = r @ r
-            p, rz = r + rz_next / rz * p, rz_next
-        out[name] = (its, start_residual)
-    return out
+    return {name: (split_cg_iterations(ltt, lts, htt, b, e, scale), ((b - htt @ e).norm() / scale).item())
+            for name, e in starts.items()}
 
 
 def tail_statistics(layer, block=128):
