@@ -16,13 +16,17 @@ under variants that the C++ solver does not run:
               inputs all come first); also the start's relative residual
   tail        no CG: how much of a pass lies past each row's last kept input in the solver's order (inputs the
               passes could skip), and the spread of how often each input is pruned
+  order       fp64, the inputs in each of these orders: by p_j (the share of rows pruning input j), by p_j c_j^a
+              (c_j = Σ_t H_tj² / (H_jj H_tt) − 1, input j's squared correlations with the others; a = 1 is the
+              solver's order) for a = 0.5, 1, 2, and greedily by p_j c_j recomputed on the Schur complement after
+              every 128 inputs placed
 
 Masks and start points are SparseGPT's (50% or 2:4, as in ../shared/docs/algorithms.md), the inputs in the solver's
-order (pruned in the fewest rows first). Iterations are counted to the first iterate whose true residual meets the
+order (increasing p_j c_j, see masked_cholesky_order). Iterations are counted to the first iterate whose true residual meets the
 tolerance, checked every iteration in fp64 (the solver checks less often).
 
   python scripts/study_split_cg.py HESSIANS.safetensors SITE MODEL.safetensors WEIGHT [--pattern 2:4] [--rows 12]
-      [--study precision|deflate|start|tail] [--deflate 8,16,32] [--choice first|largest]
+      [--study precision|deflate|start|tail|order] [--deflate 8,16,32] [--choice first|largest]
 e.g. SITE model.decoder.layers.3.mlp_hidden, WEIGHT model.decoder.layers.3.fc2.weight (`optima prune
 --save-hessians DIR` saves DIR/hessians-block-0003.safetensors).
 """
@@ -64,13 +68,45 @@ def sparsegpt(w, h, pattern):
     return mask, w
 
 
+def correlation_weights(h):
+    """c_j = Σ_t H_tj² / (H_jj H_tt) − 1, zero for a dead input (as masked_cholesky_order)."""
+    d = h.diag()
+    inverse = torch.where(d > 0, 1 / d, torch.zeros_like(d))
+    return ((h**2) @ inverse * inverse - 1).clamp_min(0)
+
+
+def solver_order(h, pruned, power=1.0):
+    """Increasing p_j c_j^power: the solver's order for power 1 (masked_cholesky_order)."""
+    return torch.argsort(pruned.double().mean(0) * correlation_weights(h) ** power, stable=True)
+
+
+def pruned_share_order(h, pruned):
+    """Increasing p_j, the share of rows pruning input j (the solver's order before p_j c_j)."""
+    return torch.argsort(pruned.sum(0), stable=True)
+
+
+def greedy_order(h, pruned, block=128):
+    """p_j c_j with c_j recomputed on the Schur complement of the inputs placed so far, `block` inputs at a time."""
+    share, schur = pruned.double().mean(0), h.clone()
+    left, placed = torch.arange(h.shape[0]), []
+    while left.numel() > 0:
+        pick = torch.topk(share[left] * correlation_weights(schur), min(block, left.numel()), largest=False).indices
+        rest = torch.ones(left.numel(), dtype=torch.bool)
+        rest[pick] = False
+        placed.append(left[pick])
+        cross = schur[rest][:, pick]
+        schur = schur[rest][:, rest] - cross @ torch.linalg.solve(schur[pick][:, pick], cross.T)
+        left = left[rest]
+    return torch.cat(placed)
+
+
 class Layer:
-    def __init__(self, h, w, pattern):
+    def __init__(self, h, w, pattern, order_by=solver_order):
         dead = h.diag() == 0  # as the solver: a dead input decouples
         h[dead], h[:, dead] = 0, 0
         h[dead, dead] = 1
         pruned, start = sparsegpt(w, h, pattern)
-        order = torch.argsort(pruned.sum(0), stable=True)
+        order = order_by(h, pruned)
         self.h = h[order][:, order]
         self.l = torch.linalg.cholesky(self.h)
         self.pruned, self.w, self.start = pruned[:, order], w[:, order], start[:, order]
@@ -210,13 +246,26 @@ def main():
     parser.add_argument("weight")
     parser.add_argument("--pattern", choices=["unstructured50", "2:4"], default="unstructured50")
     parser.add_argument("--rows", type=int, default=12, help="rows spread evenly over the layer")
-    parser.add_argument("--study", choices=["precision", "deflate", "start", "tail"], default="precision")
+    parser.add_argument("--study", choices=["precision", "deflate", "start", "tail", "order"], default="precision")
     parser.add_argument("--deflate", default="0,8,16,32", help="the K to try (--study deflate)")
     parser.add_argument("--choice", choices=["first", "largest"], default="first")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    layer = Layer(load_file(args.hessians)[args.site].double(), load_file(args.model)[args.weight].double(), args.pattern)
-    rows = torch.linspace(0, layer.w.shape[0] - 1, args.rows).long().tolist()
+    h, w = load_file(args.hessians)[args.site].double(), load_file(args.model)[args.weight].double()
+    rows = torch.linspace(0, w.shape[0] - 1, args.rows).long().tolist()
+    if args.study == "order":
+        orders = {
+            "p_j": pruned_share_order,
+            "p_j c_j^0.5": lambda h, pruned: solver_order(h, pruned, 0.5),
+            "p_j c_j (the solver's)": solver_order,
+            "p_j c_j^2": lambda h, pruned: solver_order(h, pruned, 2.0),
+            "greedy p_j c_j, Schur complement every 128": greedy_order,
+        }
+        for name, order_by in orders.items():
+            layer = Layer(h.clone(), w.clone(), args.pattern, order_by)
+            summary(name, [split_cg_iterations(*layer.row(i)) for i in rows])
+        return
+    layer = Layer(h, w, args.pattern)
     if args.study == "precision":
         variants = {
             "fp64": (torch.float64, torch.float64, False),

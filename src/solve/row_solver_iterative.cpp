@@ -138,14 +138,25 @@ struct System {
 };
 
 // The masked Cholesky leaves out L_TS L_TSᵀ, and L_TS only holds entries of pruned inputs ordered before kept ones
-// (L is lower triangular): with the inputs pruned in the fewest rows first, less of H_TT is left out. The kept space's
-// system is then solved in that order (a layer that plans the masked Cholesky is posed in it from the start, see
-// System; one that turns to it later has CorrectionSolver permute H, the masks, residuals and corrections). Measured in
-// fp64 on the fc2 Hessian of a random OPT-125M-shaped model (SparseGPT masks): 58-59 iterations against 69-70 at
-// 50%, 51-52 against 70 at 2:4; the reverse order gave 68-73. Clustering the rows by their masks, one factor per
-// cluster, gave 57 / 50 / 42 with 4 / 16 / 64 clusters: not worth their factors.
-at::Tensor masked_cholesky_order(const at::Tensor& pruned) {
-  return at::argsort(pruned.to(at::kFloat).sum(0), /*stable=*/true);
+// (L is lower triangular). What an early pruned input j leaves out grows with how often it is pruned (p_j, the share
+// of rows) and with how much of the later inputs it explains: its column of L is H_:j / √H_jj before the Schur
+// updates, so its weight is about c_j = Σ_t H_tj² / (H_jj H_tt) − 1, its squared correlations with the other inputs.
+// The inputs go in increasing p_j c_j: often-kept or nearly independent ones first, often-pruned and correlated ones
+// last. The kept space's system is then solved in that order (a layer that plans the masked Cholesky is posed in it
+// from the start, see System; one that turns to it later has CorrectionSolver permute H, the masks, residuals and
+// corrections). Measured with fp64 split CG on 16 rows of fc2 of a random OPT-125M-shaped model at 128 x 2048 C4
+// tokens (SparseGPT's masks and start, scripts/study_split_cg.py --study order): blocks 3 / 9 at 50% 25.4 / 26.5
+// iterations against 35.3 / 38.6 ordered by p_j alone, block 3 at 2:4 24.9 against 32.5. Ordering by p_j alone had
+// taken 58-59 iterations against 69-70 for the given order on an earlier Hessian (the reverse 68-73); p_j c_j^0.5 or
+// c_j² scored alike, and a greedy order that recomputes c_j on the Schur complement after every 32-128 inputs no better.
+at::Tensor masked_cholesky_order(const at::Tensor& pruned, const at::Tensor& hessian) {
+  const at::Tensor h = hessian.scalar_type() == at::kDouble ? hessian : hessian.to(at::kFloat);
+  const at::Tensor diagonal = h.diagonal();
+  // A dead input (H_jj = 0, a zero row and column) explains nothing: c_j = 0.
+  const at::Tensor inverse = at::where(diagonal > 0, diagonal.reciprocal(), at::zeros_like(diagonal));
+  const at::Tensor correlation = (at::mv(h.square(), inverse) * inverse - 1).clamp_min(0);
+  const at::Tensor pruned_share = pruned.to(correlation.scalar_type()).mean(0);
+  return at::argsort(pruned_share * correlation, /*stable=*/true);
 }
 
 // H with its rows and columns in the given order, in one gather: selecting the rows and then the columns took twice as
@@ -190,7 +201,7 @@ System prepare_system(const at::Tensor& hessian, const at::Tensor& pruned, const
     s.dead_inputs = prepared.dead_inputs;
   };
   if (plans_masked_cholesky(options, hessian.size(0))) {
-    at::Tensor order = masked_cholesky_order(pruned);
+    at::Tensor order = masked_cholesky_order(pruned, hessian);
     take(solve_detail::prepare_hessian(kWhere, hessian, order));
     std::tie(s.l, s.condition) = factor_with_condition(s.h);
     if (s.condition <= kSingularCondition) {
@@ -769,7 +780,7 @@ class CorrectionSolver {
   // and kept64_ permuted; correct() maps residuals and corrections).
   at::Tensor masked_factor(const System& system, const at::Tensor& pruned, CgState& state) {
     if (system.order.defined()) return system.l;
-    const at::Tensor order = masked_cholesky_order(pruned);
+    const at::Tensor order = masked_cholesky_order(pruned, h64_);
     at::Tensor h = permute_symmetric(h64_, order);
     auto [l, ok] = solve_detail::cholesky_factor(h);
     // Definite as given, definite permuted, up to round-off: where that fails, the given order.
