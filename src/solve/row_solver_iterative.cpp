@@ -145,10 +145,10 @@ struct System {
 // last. The kept space's system is then solved in that order (a layer that plans the masked Cholesky is posed in it
 // from the start, see System; one that turns to it later has CorrectionSolver permute H, the masks, residuals and
 // corrections). Measured with fp64 split CG on 16 rows of fc2 of a random OPT-125M-shaped model at 128 x 2048 C4
-// tokens (SparseGPT's masks and start, scripts/study_split_cg.py --study order): blocks 3 / 9 at 50% 25.4 / 26.5
-// iterations against 35.3 / 38.6 ordered by p_j alone, block 3 at 2:4 24.9 against 32.5. Ordering by p_j alone had
-// taken 58-59 iterations against 69-70 for the given order on an earlier Hessian (the reverse 68-73); p_j c_j^0.5 or
-// c_j² scored alike, and a greedy order that recomputes c_j on the Schur complement after every 32-128 inputs no better.
+// tokens (SparseGPT's masks and start; scripts/study_split_cg.py --study order): blocks 3 / 9 at 50% 25.4 / 26.5
+// iterations against 35.3 / 38.6 ordered by p_j alone, block 3 at 2:4 24.9 against 32.5; p_j c_j² alike (25.2 / 25.8
+// / 24.9), and a greedy order recomputing c_j on the Schur complement every 128 inputs no better (25.7 / 26.4 / 25.0).
+// Ordering by p_j alone had taken 58-59 iterations against 69-70 in the given order on an earlier Hessian.
 at::Tensor masked_cholesky_order(const at::Tensor& pruned, const at::Tensor& hessian) {
   const at::Tensor h = hessian.scalar_type() == at::kDouble ? hessian : hessian.to(at::kFloat);
   const at::Tensor diagonal = h.diagonal();

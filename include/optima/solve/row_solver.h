@@ -78,7 +78,8 @@ enum class SolvePrecision {
 // 163).
 //
 // kMaskedCholesky: the kept-set system with L_TT L_TTᵀ as split preconditioner, L = chol(H) restricted to the
-// row's kept set (solve/masked_cholesky.h), the inputs ordered so that those pruned in the fewest rows come first. H_TT
+// row's kept set (solve/masked_cholesky.h), the inputs ordered by how often each is pruned times how strongly it
+// correlates with the others, least first (masked_cholesky_order in row_solver_iterative.cpp). H_TT
 // = L_TT L_TTᵀ + L_TS L_TSᵀ, so CG runs on I + B Bᵀ (B = L_TT⁻¹ L_TS), whose spectrum starts at 1, and an iteration is
 // two masked triangular passes over L (about one product's flops) with no product with H; L_TS only holds pruned inputs
 // ordered before kept ones, hence the order. It needs the fewest iterations of all in fp64 (random OPT-125M fc2: 59-69,
