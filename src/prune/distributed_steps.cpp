@@ -77,6 +77,8 @@ RowSolveResult solve_rows_shared(const Distributed& dist, const RowSolver& solve
   all.flops = sums[4];
   all.factor_flops = sums[5];
   all.damped_rows = static_cast<int64_t>(sums[6]);
+  // Each process's probe picks the order for its own rows (choose_masked_order); the report shows this one's.
+  all.input_order = r.input_order;
   return all;
 }
 

@@ -89,6 +89,7 @@ LayerResult LayerPruner::prune(const at::Tensor& dense, const LayerStats& stats,
     report.kkt_residual_undamped = r.kkt_residual_undamped;
     report.qp_fp64_predicted = r.fp64_predicted;
     report.qp_condition_estimate = r.condition_estimate;
+    report.qp_input_order = r.input_order;
     report.reconstruct_damping = r.damping;
     final_weight = r.weight;
   }

@@ -28,6 +28,7 @@ nlohmann::json LayerReport::to_json() const {
     j["qp_solver"] = qp_solver;
     j["qp_fp64_predicted"] = qp_fp64_predicted;
     j["qp_condition_estimate"] = qp_condition_estimate;
+    if (!qp_input_order.empty()) j["qp_input_order"] = qp_input_order;
     j["qp_predicted_exact_units"] = qp_predicted_exact_units;
     j["qp_predicted_iterative_units"] = qp_predicted_iterative_units;
     j["reconstruct_damping"] = reconstruct_damping;
@@ -63,6 +64,7 @@ LayerReport LayerReport::from_json(const nlohmann::json& j) {
     l.qp_solver = j.value("qp_solver", std::string());
     l.qp_fp64_predicted = j.value("qp_fp64_predicted", false);
     l.qp_condition_estimate = j.value("qp_condition_estimate", 0.0);
+    l.qp_input_order = j.value("qp_input_order", std::string());
     l.qp_predicted_exact_units = j.value("qp_predicted_exact_units", 0.0);
     l.qp_predicted_iterative_units = j.value("qp_predicted_iterative_units", 0.0);
     l.reconstruct_damping = j.at("reconstruct_damping");

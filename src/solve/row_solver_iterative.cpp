@@ -53,6 +53,11 @@ constexpr double kMaskedCholeskyConditionMax = kSingularCondition;
 // reached before, after giving the low rank's CG up); at 3072 inputs about 1.5. On the 768-input layers of the
 // OPT-125M-shaped model (q_proj and fc1, estimate 2e3; out_proj, 2e5) it cost 1.5-2x more than the low rank.
 constexpr int64_t kMaskedCholeskyMinInputs = 2048;
+// choose_masked_order's probe: the rows it samples (spread over the layer; its passes took 0.10 s for 32 rows and
+// 0.07 s for 8 at n = 3072, as they stream L whatever the rows) and the fp32 split-CG iterations it runs on them in
+// each order (an fp64 probe misranked the orders of one of six layers after 5 iterations, of none after 10).
+constexpr int64_t kOrderProbeRows = 16;
+constexpr int kOrderProbeIterations = 10;
 // A pruned-space round stops after 2 n + this many iterations (see CorrectionSolver::correct).
 constexpr int64_t kPrunedSpaceExtraIterations = 50;
 // Reliable updates of an fp32 kept-space CG (see pcg): a row's recurrence residual is replaced by its fp64 residual
@@ -124,7 +129,7 @@ bool should_abandon(const CgState& state, int64_t it, const at::Tensor& r, const
 }
 
 // The matrix the rows solve with, in the inputs' order `order`: a layer that runs the masked Cholesky is solved with
-// its inputs in that preconditioner's order (masked_cholesky_order) from start to end, its weights and masks permuted
+// its inputs in that preconditioner's order (choose_masked_order) from start to end, its weights and masks permuted
 // on the way in and out (solve_rows_iterative), so that H is prepared and factored once, in that order.
 struct System {
   at::Tensor h;      // fp64: undamped H unless it is singular
@@ -135,21 +140,30 @@ struct System {
   int64_t retries = 0;
   double mean_diag = 0;  // of the prepared H (solve_detail::PreparedHessian)
   int64_t dead_inputs = 0;
+  bool order_by_pruned_share = false;  // choose_masked_order kept by_pruned_share's order
+  double extra_factor_flops = 0;       // choose_masked_order's second factorization
+  double probe_flops = 0;              // and its probe's passes and products
 };
 
 // The masked Cholesky leaves out L_TS L_TSᵀ, and L_TS only holds entries of pruned inputs ordered before kept ones
-// (L is lower triangular). What an early pruned input j leaves out grows with how often it is pruned (p_j, the share
-// of rows) and with how much of the later inputs it explains: its column of L is H_:j / √H_jj before the Schur
-// updates, so its weight is about c_j = Σ_t H_tj² / (H_jj H_tt) − 1, its squared correlations with the other inputs.
-// The inputs go in increasing p_j c_j: often-kept or nearly independent ones first, often-pruned and correlated ones
-// last. The kept space's system is then solved in that order (a layer that plans the masked Cholesky is posed in it
-// from the start, see System; one that turns to it later has CorrectionSolver permute H, the masks, residuals and
-// corrections). Measured with fp64 split CG on 16 rows of fc2 of a random OPT-125M-shaped model at 128 x 2048 C4
-// tokens (SparseGPT's masks and start; scripts/study_split_cg.py --study order): blocks 3 / 9 at 50% 25.4 / 26.5
-// iterations against 35.3 / 38.6 ordered by p_j alone, block 3 at 2:4 24.9 against 32.5; p_j c_j² alike (25.2 / 25.8
-// / 24.9), and a greedy order recomputing c_j on the Schur complement every 128 inputs no better (25.7 / 26.4 / 25.0).
-// Ordering by p_j alone had taken 58-59 iterations against 69-70 in the given order on an earlier Hessian.
-at::Tensor masked_cholesky_order(const at::Tensor& pruned, const at::Tensor& hessian) {
+// (L is lower triangular), so the order of the inputs decides how good a preconditioner L_TT L_TTᵀ is. One order
+// serves every row. Two are candidates, and choose_masked_order keeps whichever a probe finds converging faster:
+// - by_pruned_share: increasing p_j, the share of rows pruning input j (inputs pruned in the fewest rows first);
+// - by_correlation: increasing p_j c_j, where c_j = Σ_t H_tj² / (H_jj H_tt) − 1, input j's squared correlations with
+//   the others. An early pruned input j leaves out its column of L, H_:j / √H_jj before the Schur updates: how much
+//   grows with how often it is pruned and how much of the other inputs it explains. Often-kept or nearly independent
+//   inputs go first, often-pruned and correlated ones last.
+// Neither wins everywhere (fp64 split CG on 16 rows, SparseGPT's masks and start, scripts/study_split_cg.py --study
+// order): on fc2 of a random OPT-125M-shaped model at 128 x 2048 C4 tokens by_correlation took 25.4 / 26.5 iterations
+// on blocks 3 / 9 against 35.3 / 38.6 (2:4, block 3: 24.9 against 32.5); on the trained opt-small it took more, 49.7
+// against 41.3 on fc2 of block 3 and 12-15% more on block 1's q_proj, out_proj and fc1. The kept space's system is
+// solved in the chosen order (a layer that plans the masked Cholesky is posed in it from the start, see System; one
+// that turns to it later has CorrectionSolver permute H, the masks, residuals and corrections, by_correlation).
+at::Tensor by_pruned_share(const at::Tensor& pruned) {
+  return at::argsort(pruned.to(at::kFloat).sum(0), /*stable=*/true);
+}
+
+at::Tensor by_correlation(const at::Tensor& pruned, const at::Tensor& hessian) {
   const at::Tensor h = hessian.scalar_type() == at::kDouble ? hessian : hessian.to(at::kFloat);
   const at::Tensor diagonal = h.diagonal();
   // A dead input (H_jj = 0, a zero row and column) explains nothing: c_j = 0.
@@ -189,7 +203,7 @@ bool plans_masked_cholesky(const RowSolveOptions& options, int64_t inputs) {
 
 // H prepared (solve_detail::prepare_hessian), its Cholesky factor and condition estimate, damped where H is singular.
 // A layer that will run the masked Cholesky is prepared and factored in that preconditioner's input order
-// (masked_cholesky_order of `pruned` [rows, n]) straight away, and its condition estimated from that factor: preparing
+// (by_correlation, then choose_masked_order) straight away, and its condition estimated from that factor: preparing
 // H in the given order, then reordering and factoring it, took 0.45-0.51 s a layer at OPT-125M's fc2 (n = 3072), this
 // 0.28-0.33 s. The estimate is a lower bound on cond(H) in either order. A singular H (or one the reordered
 // factorization finds so) takes the given order, as before.
@@ -201,7 +215,7 @@ System prepare_system(const at::Tensor& hessian, const at::Tensor& pruned, const
     s.dead_inputs = prepared.dead_inputs;
   };
   if (plans_masked_cholesky(options, hessian.size(0))) {
-    at::Tensor order = masked_cholesky_order(pruned, hessian);
+    at::Tensor order = by_correlation(pruned, hessian);
     take(solve_detail::prepare_hessian(kWhere, hessian, order));
     std::tie(s.l, s.condition) = factor_with_condition(s.h);
     if (s.condition <= kSingularCondition) {
@@ -316,6 +330,81 @@ class Preconditioner {
   // The low-rank model: U, S Δ⁻¹ and S² Δ⁻¹ (S = diag(H)^(-1/2)), and every row's K⁻¹.
   at::Tensor u_, scaled_inv_delta_, outer_scale_, k_inv_;
 };
+
+// The rows choose_masked_order probes, in the inputs' own order: their weights, masks and starts, and the fp64
+// residuals (H (w − start))_T and norms |(H w)_T| the probes measure against (the same whatever the order).
+struct ProbeRows {
+  at::Tensor weight, pruned, start, residual, scale;
+};
+
+// How far kOrderProbeIterations of the fp32 split CG take the probe rows on the system (h, l) whose inputs are in
+// `order`: the mean log of their relative fp64 residuals afterwards, lower being better. The solver's own passes and
+// step, so the probe sees what fp32 does with the order.
+double probe_masked_order(const at::Tensor& h, const at::Tensor& l, const at::Tensor& order, const ProbeRows& rows) {
+  const at::Tensor kept64 = rows.pruned.index_select(1, order).logical_not().to(at::kDouble);
+  const at::Tensor kept32 = kept64.to(at::kFloat);
+  const at::Tensor residual = rows.residual.index_select(1, order);
+  const Preconditioner prec = Preconditioner::masked_cholesky(l.to(at::kFloat).contiguous());
+  solve_detail::SplitCgState cg;
+  cg.r = prec.to_split(residual.to(at::kFloat), kept32).contiguous();
+  cg.x = at::zeros_like(cg.r);
+  cg.p = cg.r.clone();
+  cg.rz = at::linalg_vecdot(cg.r, cg.r);
+  const at::Tensor active = at::ones({cg.r.size(0)}, kept64.options().dtype(at::kBool));
+  for (int it = 0; it < kOrderProbeIterations; ++it) {
+    const auto [f, y] = prec.split_passes(cg.p, kept32);
+    solve_detail::split_cg_step(cg, f, y, kept32, active);
+  }
+  const at::Tensor left = residual - at::matmul(cg.x.to(at::kDouble) * kept64, h) * kept64;
+  // A row the probe solves exactly (or with nothing to solve) counts as e^-690, not −∞.
+  return at::log(at::linalg_vector_norm(left, 2, {1}) / rows.scale).clamp_min(-690.0).mean().item<double>();
+}
+
+// The masked Cholesky's input order for a system prepare_system posed in by_correlation's: by_pruned_share's instead
+// where a probe of kOrderProbeRows rows converges further in it (see by_pruned_share). An fp64 version of the probe
+// (8 rows) ranked the two orders as their whole solves do after 10 iterations on the six 50% layers of that
+// comment (OPT fc2 of blocks 3 and 9, the four opt-small layers); after 5 it misranked fc2 of block 9. Cost, on fc2 of
+// the 128-window Hessians of the random OPT-125M-shaped model (768 x 3072, block 9): 0.05 s to reorder H, 0.14 s for
+// the second factor, 0.15 s for each probe (its passes stream L whatever the rows), 0.48 s in all, about 6.5 products
+// [768, 3072] x [3072, 3072], and relatively less on layers with more rows; it kept by_correlation there (mean log
+// residual −10.5 against −9.2 by_pruned_share).
+void choose_masked_order(System& system, const at::Tensor& weight, const at::Tensor& pruned, const at::Tensor& start) {
+  const at::Tensor other = by_pruned_share(pruned);
+  if (at::equal(other, system.order)) return;
+  const int64_t rows = weight.size(0);
+  // Spread over the layer; at least one apart, so distinct.
+  const at::Tensor sample = at::linspace(0, static_cast<double>(rows - 1), std::min(rows, kOrderProbeRows),
+                                         weight.options().dtype(at::kDouble))
+                                .round()
+                                .to(at::kLong);
+  ProbeRows probe{weight.index_select(0, sample).to(at::kDouble), pruned.index_select(0, sample),
+                  start.index_select(0, sample).to(at::kDouble)};
+  // The residuals and norms in the system's order (its H), then back to the inputs' own.
+  const at::Tensor back = at::argsort(system.order);
+  const at::Tensor w_ordered = probe.weight.index_select(1, system.order);
+  const at::Tensor kept_ordered = probe.pruned.index_select(1, system.order).logical_not().to(at::kDouble);
+  const at::Tensor start_ordered = probe.start.index_select(1, system.order) * kept_ordered;
+  probe.scale = at::linalg_vector_norm(at::matmul(w_ordered, system.h) * kept_ordered, 2, {1}).clamp_min(1e-300);
+  probe.residual = (at::matmul(w_ordered - start_ordered, system.h) * kept_ordered).index_select(1, back);
+  // H in the other order, from the prepared one: position in system.order of each input of `other`.
+  at::Tensor h = permute_symmetric(system.h, back.index_select(0, other));
+  auto [l, ok] = solve_detail::cholesky_factor(h);
+  const double n = static_cast<double>(h.size(0));
+  system.extra_factor_flops = n * n * n / 3;
+  if (!ok) return;
+  const double condition = cholesky_condition_estimate(l);
+  // Two products with H of the probe rows for their residuals and norms, one per order at the end, and the passes.
+  system.probe_flops =
+      (4 * 2.0 * n * n + 2 * (2 * kOrderProbeIterations + 1) * n * n) * static_cast<double>(probe.weight.size(0));
+  if (!(condition <= kSingularCondition)) return;
+  if (probe_masked_order(h, l, other, probe) < probe_masked_order(system.h, system.l, system.order, probe)) {
+    system.h = std::move(h);
+    system.l = std::move(l);
+    system.order = other;
+    system.condition = condition;
+    system.order_by_pruned_share = true;
+  }
+}
 
 // The rank of the low-rank model: enough to capture the few strongly correlated directions of an LLM layer's
 // inputs (outlier features, shared factors), small enough that its per-row setup, K_r [k, k], costs a fraction of
@@ -780,7 +869,7 @@ class CorrectionSolver {
   // and kept64_ permuted; correct() maps residuals and corrections).
   at::Tensor masked_factor(const System& system, const at::Tensor& pruned, CgState& state) {
     if (system.order.defined()) return system.l;
-    const at::Tensor order = masked_cholesky_order(pruned, h64_);
+    const at::Tensor order = by_correlation(pruned, h64_);
     at::Tensor h = permute_symmetric(h64_, order);
     auto [l, ok] = solve_detail::cholesky_factor(h);
     // Definite as given, definite permuted, up to round-off: where that fails, the given order.
@@ -997,7 +1086,8 @@ RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Te
   solve_detail::validate_options(kWhere, options.damp, options.memory_budget_bytes);
   solve_detail::require_finite(kWhere, "weight", dense_weight);
   solve_detail::require_finite(kWhere, "start", start);
-  const System system = prepare_system(hessian, pruned, options);
+  System system = prepare_system(hessian, pruned, options);
+  if (system.order.defined()) choose_masked_order(system, dense_weight, pruned, start);
   const int64_t rows = dense_weight.size(0), n = dense_weight.size(1);
   const double fn = static_cast<double>(n);
   // The rows' inputs in the system's order.
@@ -1014,8 +1104,9 @@ RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Te
   result.factor_damping = system.damping;
   result.damping_retries = system.retries;
   result.condition_estimate = system.condition;
-  result.factor_flops = fn * fn * fn / 3;
-  result.flops = result.factor_flops;  // the Cholesky of H
+  result.factor_flops = fn * fn * fn / 3 + system.extra_factor_flops;
+  result.flops = result.factor_flops + system.probe_flops;  // the Cholesky of H (and choose_masked_order's work)
+  if (system.order.defined()) result.input_order = system.order_by_pruned_share ? "by_pruned_share" : "by_correlation";
   // Row chunks within --qp-memory: each is solved on its own against the shared H.
   const int64_t per_chunk =
       std::max<int64_t>(1, std::min(rows, options.memory_budget_bytes / iterative_bytes_per_row(n)));

@@ -677,6 +677,35 @@ TEST_F(SolveTest, MaskedCholeskyOrdersInputsByHowOftenTheyArePruned) {
   EXPECT_LE(pruned_first, kept_first + kept_first / 4) << kept_first << " iterations given the inputs kept-first";
 }
 
+// The masked Cholesky solves in the input order its probe keeps (choose_masked_order: by_correlation or
+// by_pruned_share) and says which; the answer is the closed form either way, and the same solve twice keeps the same
+// order in as many iterations. A layer solved without it (the low rank) is solved in the inputs' own order and names
+// none.
+TEST_F(SolveTest, MaskedCholeskyReportsTheInputOrderItKept) {
+  const int64_t out = 40, n = 160;
+  const at::Tensor h = gram_hessian(n, n + n / 2);
+  const at::Tensor w = at::randn({out, n}, kF64);
+  const at::Tensor mask = at::rand({out, n}, kF64) < at::linspace(0.1, 0.9, n, kF64).unsqueeze(0);
+  const auto run = [&](IterativePreconditioner kind, SolvePrecision precision) {
+    RowSolveOptions options;
+    options.precision = precision;
+    options.preconditioner = kind;
+    return solve_rows_iterative(w, mask, h, w.masked_fill(mask, 0), 1e-10, 5000, options);
+  };
+  const at::Tensor ref = reference(w, mask, h);
+  for (SolvePrecision precision : {SolvePrecision::kFloat32Refined, SolvePrecision::kFloat64}) {
+    const RowSolveResult first = run(IterativePreconditioner::kMaskedCholesky, precision);
+    const RowSolveResult again = run(IterativePreconditioner::kMaskedCholesky, precision);
+    EXPECT_TRUE(first.input_order == "by_correlation" || first.input_order == "by_pruned_share") << first.input_order;
+    EXPECT_EQ(again.input_order, first.input_order);
+    EXPECT_EQ(again.iterations, first.iterations);
+    expect_closed_form_answer(first, w, mask, h, ref, 1e-9);
+  }
+  const RowSolveResult low_rank = run(IterativePreconditioner::kLowRank, SolvePrecision::kFloat32Refined);
+  EXPECT_EQ(low_rank.input_order, "");
+  expect_closed_form_answer(low_rank, w, mask, h, ref, 1e-9);
+}
+
 // kAuto's fp32 rounds run the masked Cholesky where H's condition estimate is high but fp32 still holds: here H is a
 // well-conditioned correlation matrix between inputs whose scales span 3.5 decades (estimate about 1e7), and kAuto
 // takes the same iterations as the masked Cholesky asked for by name, to the closed form.

@@ -376,6 +376,7 @@ json solver_paths() {
                         {"damping", r.damping},
                         {"fp64_predicted", r.fp64_predicted},
                         {"condition_estimate", r.condition_estimate},
+                        {"input_order", r.input_order},
                         {"extrapolated", rows != s.full_rows}};
       if (s.exact_rows > 0) {
         const at::Tensor we = w.narrow(0, 0, s.exact_rows), pe = sel.pruned.narrow(0, 0, s.exact_rows);
@@ -545,6 +546,7 @@ json solver_real(const std::vector<std::string>& args) {
                       {"operator_seconds", r.work.operator_seconds},
                       {"replacement_seconds", r.work.replacement_seconds},
                       {"replaced_rows", r.work.replaced_rows},
+                      {"input_order", r.input_order},
                       {"extrapolated", timed != rows}};
         };
         struct Variant {

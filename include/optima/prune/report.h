@@ -32,6 +32,8 @@ struct LayerReport {
   bool qp_fp64_predicted = false;           // fp32 asked, but H's condition estimate sent the layer to fp64 directly
   double qp_condition_estimate = 0;         // (max/min diagonal of the Cholesky factor of the damped H)², of
                                             // H's inputs in the masked Cholesky's order where that runs
+  std::string qp_input_order;               // iterative solver: that order, "by_correlation" or "by_pruned_share"
+                                            // (empty: the inputs' own)
   double qp_predicted_exact_units = 0;      // --qp-solver auto: predicted cost of each solver, in products
   double qp_predicted_iterative_units = 0;  // [rows, n] x [n, n] (0 when not predicted)
   int64_t qp_chunks = 0;                    // exact solver: batches of gathered systems

@@ -40,6 +40,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <string>
 
 #include "optima/core/defaults.h"
 
@@ -178,6 +179,9 @@ struct RowSolveResult {
   bool abandoned = false;            // iterative solver: gave up at options.abandon_iterations; `weight` undefined
   int64_t abandoned_iterations = 0;  // solve_rows_auto: iterations of a CG given up for the exact solver
   IterativeWork work;                // iterative solver: where its work and time went
+  // Iterative solver: the input order its masked Cholesky factored H in, "by_correlation" or "by_pruned_share" (see
+  // choose_masked_order in row_solver_iterative.cpp); empty where the layer was solved in the inputs' own order.
+  std::string input_order;
 };
 
 // The exact solver. dense_weight [out, in] (floating point), pruned bool [out, in] (true where ŵ must be 0),
