@@ -102,18 +102,19 @@ def fc2_blocks(sol):
     for r in section["blocks"]:
         by_block.setdefault(r["block"], {})[r["pattern"]] = r
     out = [f"| block | condition estimate | 50%: GEMM-equivalents | row-iterations a row | 2:4: GEMM-equivalents | "
-           f"row-iterations a row |", "|---|---|---|---|---|---|"]
+           f"row-iterations a row | input order (50% / 2:4) |", "|---|---|---|---|---|---|---|"]
     for block in sorted(by_block):
         cells = []
         for pattern in ("unstructured50", "2:4"):
             r = by_block[block].get(pattern)
             cells += [f"{r['gemm_equivalents']:.1f}", f"{r['row_iterations'] / r['rows']:.1f}"] if r else ["-", "-"]
         first = next(iter(by_block[block].values()))
-        out.append(f"| {block} | {first['condition_estimate']:.0e} | " + " | ".join(cells) + " |")
+        orders = " / ".join(by_block[block].get(p, {}).get("input_order", "") or "-" for p in ("unstructured50", "2:4"))
+        out.append(f"| {block} | {first['condition_estimate']:.0e} | " + " | ".join(cells) + f" | {orders} |")
     summary = section["summary"]
     out.append("| median | | " + " | ".join(
         f"**{summary[p]['gemm_equivalents_median']:.1f}** | {summary[p]['row_iterations_per_row_mean']:.1f} (mean)"
-        if p in summary else "- | -" for p in ("unstructured50", "2:4")) + " |")
+        if p in summary else "- | -" for p in ("unstructured50", "2:4")) + " | |")
     return "\n".join(out)
 
 

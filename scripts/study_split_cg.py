@@ -16,13 +16,14 @@ under variants that the C++ solver does not run:
               inputs all come first); also the start's relative residual
   tail        no CG: how much of a pass lies past each row's last kept input in the solver's order (inputs the
               passes could skip), and the spread of how often each input is pruned
-  order       fp64, the inputs in each of these orders: by p_j (the share of rows pruning input j), by p_j c_j^a
-              (c_j = Σ_t H_tj² / (H_jj H_tt) − 1, input j's squared correlations with the others; a = 1 is the
-              solver's order) for a = 0.5, 1, 2, and greedily by p_j c_j recomputed on the Schur complement after
-              every 128 inputs placed
+  order       fp64, the inputs in each of these orders: by p_j (the share of rows pruning input j; the solver's
+              by_pruned_share), by p_j c_j^a (c_j = Σ_t H_tj² / (H_jj H_tt) − 1, input j's squared correlations with
+              the others; a = 1 is the solver's by_correlation) for a = 0.5, 1, 2, and greedily by p_j c_j
+              recomputed on the Schur complement after every 128 inputs placed (the solver keeps whichever of its two
+              a probe finds faster on the layer, see choose_masked_order)
 
 Masks and start points are SparseGPT's (50% or 2:4, as in ../shared/docs/algorithms.md), the inputs in the solver's
-order (increasing p_j c_j, see masked_cholesky_order). Iterations are counted to the first iterate whose true residual meets the
+order by_correlation (increasing p_j c_j, one of the solver's two; --study order compares them). Iterations are counted to the first iterate whose true residual meets the
 tolerance, checked every iteration in fp64 (the solver checks less often).
 
   python scripts/study_split_cg.py HESSIANS.safetensors SITE MODEL.safetensors WEIGHT [--pattern 2:4] [--rows 12]
@@ -69,19 +70,19 @@ def sparsegpt(w, h, pattern):
 
 
 def correlation_weights(h):
-    """c_j = Σ_t H_tj² / (H_jj H_tt) − 1, zero for a dead input (as masked_cholesky_order)."""
+    """c_j = Σ_t H_tj² / (H_jj H_tt) − 1, zero for a dead input (as the solver's by_correlation)."""
     d = h.diag()
     inverse = torch.where(d > 0, 1 / d, torch.zeros_like(d))
     return ((h**2) @ inverse * inverse - 1).clamp_min(0)
 
 
 def solver_order(h, pruned, power=1.0):
-    """Increasing p_j c_j^power: the solver's order for power 1 (masked_cholesky_order)."""
+    """Increasing p_j c_j^power: the solver's by_correlation for power 1."""
     return torch.argsort(pruned.double().mean(0) * correlation_weights(h) ** power, stable=True)
 
 
 def pruned_share_order(h, pruned):
-    """Increasing p_j, the share of rows pruning input j (the solver's order before p_j c_j)."""
+    """Increasing p_j, the share of rows pruning input j (the solver's by_pruned_share)."""
     return torch.argsort(pruned.sum(0), stable=True)
 
 

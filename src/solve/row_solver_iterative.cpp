@@ -1087,7 +1087,9 @@ RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Te
   solve_detail::require_finite(kWhere, "weight", dense_weight);
   solve_detail::require_finite(kWhere, "start", start);
   System system = prepare_system(hessian, pruned, options);
+  const SteadyClock::time_point probing = SteadyClock::now();
   if (system.order.defined()) choose_masked_order(system, dense_weight, pruned, start);
+  const double order_probe_seconds = seconds_since(probing);
   const int64_t rows = dense_weight.size(0), n = dense_weight.size(1);
   const double fn = static_cast<double>(n);
   // The rows' inputs in the system's order.
@@ -1107,6 +1109,7 @@ RowSolveResult solve_rows_iterative(const at::Tensor& dense_weight, const at::Te
   result.factor_flops = fn * fn * fn / 3 + system.extra_factor_flops;
   result.flops = result.factor_flops + system.probe_flops;  // the Cholesky of H (and choose_masked_order's work)
   if (system.order.defined()) result.input_order = system.order_by_pruned_share ? "by_pruned_share" : "by_correlation";
+  result.order_probe_seconds = order_probe_seconds;
   // Row chunks within --qp-memory: each is solved on its own against the shared H.
   const int64_t per_chunk =
       std::max<int64_t>(1, std::min(rows, options.memory_budget_bytes / iterative_bytes_per_row(n)));

@@ -358,7 +358,9 @@ json solver_paths() {
                                          optima::kDefaultQpMaxIterations, options);
         done(r.weight);
       });
-      const double layer = rows == s.full_rows ? t : t_cholesky + std::max(0.0, t - t_cholesky) * s.full_rows / rows;
+      // H's factor and the masked Cholesky's order probe are paid once a layer; the rest scales with the rows.
+      const double fixed = t_cholesky + r.order_probe_seconds;
+      const double layer = rows == s.full_rows ? t : fixed + std::max(0.0, t - fixed) * s.full_rows / rows;
       e["iterative"] = {{"rows_timed", rows},
                         {"converged", r.converged},
                         {"flops", r.flops},
@@ -377,6 +379,7 @@ json solver_paths() {
                         {"fp64_predicted", r.fp64_predicted},
                         {"condition_estimate", r.condition_estimate},
                         {"input_order", r.input_order},
+                        {"order_probe_seconds", r.order_probe_seconds},
                         {"extrapolated", rows != s.full_rows}};
       if (s.exact_rows > 0) {
         const at::Tensor we = w.narrow(0, 0, s.exact_rows), pe = sel.pruned.narrow(0, 0, s.exact_rows);
@@ -547,6 +550,7 @@ json solver_real(const std::vector<std::string>& args) {
                       {"replacement_seconds", r.work.replacement_seconds},
                       {"replaced_rows", r.work.replaced_rows},
                       {"input_order", r.input_order},
+                      {"order_probe_seconds", r.order_probe_seconds},
                       {"extrapolated", timed != rows}};
         };
         struct Variant {

@@ -79,8 +79,9 @@ enum class SolvePrecision {
 // 163).
 //
 // kMaskedCholesky: the kept-set system with L_TT L_TTᵀ as split preconditioner, L = chol(H) restricted to the
-// row's kept set (solve/masked_cholesky.h), the inputs ordered by how often each is pruned times how strongly it
-// correlates with the others, least first (masked_cholesky_order in row_solver_iterative.cpp). H_TT
+// row's kept set (solve/masked_cholesky.h), the inputs in whichever of two orders a probe of a few rows finds faster:
+// by how often each is pruned, or by that times how strongly it correlates with the others, least first
+// (choose_masked_order in row_solver_iterative.cpp; RowSolveResult::input_order says which). H_TT
 // = L_TT L_TTᵀ + L_TS L_TSᵀ, so CG runs on I + B Bᵀ (B = L_TT⁻¹ L_TS), whose spectrum starts at 1, and an iteration is
 // two masked triangular passes over L (about one product's flops) with no product with H; L_TS only holds pruned inputs
 // ordered before kept ones, hence the order. It needs the fewest iterations of all in fp64 (random OPT-125M fc2: 59-69,
@@ -182,6 +183,7 @@ struct RowSolveResult {
   // Iterative solver: the input order its masked Cholesky factored H in, "by_correlation" or "by_pruned_share" (see
   // choose_masked_order in row_solver_iterative.cpp); empty where the layer was solved in the inputs' own order.
   std::string input_order;
+  double order_probe_seconds = 0;  // iterative solver: choose_masked_order's time, paid once a layer
 };
 
 // The exact solver. dense_weight [out, in] (floating point), pruned bool [out, in] (true where ŵ must be 0),
