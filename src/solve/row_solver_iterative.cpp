@@ -369,16 +369,18 @@ double probe_masked_order(const at::Tensor& h, const at::Tensor& l, const at::Te
 // [768, 3072] x [3072, 3072], and relatively less on layers with more rows; it kept by_correlation there (mean log
 // residual −10.5 against −9.2 by_pruned_share).
 void choose_masked_order(System& system, const at::Tensor& weight, const at::Tensor& pruned, const at::Tensor& start) {
-  const at::Tensor other = by_pruned_share(pruned);
-  if (at::equal(other, system.order)) return;
   const int64_t rows = weight.size(0);
+  const at::Tensor other = by_pruned_share(pruned);
+  if (rows == 0 || at::equal(other, system.order)) return;
   // Spread over the layer; at least one apart, so distinct.
   const at::Tensor sample = at::linspace(0, static_cast<double>(rows - 1), std::min(rows, kOrderProbeRows),
                                          weight.options().dtype(at::kDouble))
                                 .round()
                                 .to(at::kLong);
-  ProbeRows probe{weight.index_select(0, sample).to(at::kDouble), pruned.index_select(0, sample),
-                  start.index_select(0, sample).to(at::kDouble)};
+  ProbeRows probe;
+  probe.weight = weight.index_select(0, sample).to(at::kDouble);
+  probe.pruned = pruned.index_select(0, sample);
+  probe.start = start.index_select(0, sample).to(at::kDouble);
   // The residuals and norms in the system's order (its H), then back to the inputs' own.
   const at::Tensor back = at::argsort(system.order);
   const at::Tensor w_ordered = probe.weight.index_select(1, system.order);
