@@ -331,10 +331,10 @@ class Preconditioner {
   at::Tensor u_, scaled_inv_delta_, outer_scale_, k_inv_;
 };
 
-// The rows choose_masked_order probes, in the inputs' own order: their weights, masks and starts, and the fp64
-// residuals (H (w − start))_T and norms |(H w)_T| the probes measure against (the same whatever the order).
+// The rows choose_masked_order probes, in the inputs' own order: their masks, and the fp64 residuals
+// (H (w − start))_T and norms |(H w)_T| the probes measure against (the same whatever the order).
 struct ProbeRows {
-  at::Tensor weight, pruned, start, residual, scale;
+  at::Tensor pruned, residual, scale;
 };
 
 // How far kOrderProbeIterations of the fp32 split CG take the probe rows on the system (h, l) whose inputs are in
@@ -372,33 +372,30 @@ void choose_masked_order(System& system, const at::Tensor& weight, const at::Ten
   const int64_t rows = weight.size(0);
   const at::Tensor other = by_pruned_share(pruned);
   if (rows == 0 || at::equal(other, system.order)) return;
+  // H in the other order, from the prepared one: position in system.order of each input of `other`.
+  const at::Tensor back = at::argsort(system.order);
+  at::Tensor h = permute_symmetric(system.h, back.index_select(0, other));
+  auto [l, condition] = factor_with_condition(h);
+  const double n = static_cast<double>(h.size(0));
+  system.extra_factor_flops = n * n * n / 3;
+  if (!(condition <= kSingularCondition)) return;  // not definite in that order (infinite), or nearly singular
   // Spread over the layer; at least one apart, so distinct.
   const at::Tensor sample = at::linspace(0, static_cast<double>(rows - 1), std::min(rows, kOrderProbeRows),
                                          weight.options().dtype(at::kDouble))
                                 .round()
                                 .to(at::kLong);
   ProbeRows probe;
-  probe.weight = weight.index_select(0, sample).to(at::kDouble);
   probe.pruned = pruned.index_select(0, sample);
-  probe.start = start.index_select(0, sample).to(at::kDouble);
   // The residuals and norms in the system's order (its H), then back to the inputs' own.
-  const at::Tensor back = at::argsort(system.order);
-  const at::Tensor w_ordered = probe.weight.index_select(1, system.order);
+  const at::Tensor w_ordered = weight.index_select(0, sample).index_select(1, system.order).to(at::kDouble);
   const at::Tensor kept_ordered = probe.pruned.index_select(1, system.order).logical_not().to(at::kDouble);
-  const at::Tensor start_ordered = probe.start.index_select(1, system.order) * kept_ordered;
+  const at::Tensor start_ordered =
+      start.index_select(0, sample).index_select(1, system.order).to(at::kDouble) * kept_ordered;
   probe.scale = at::linalg_vector_norm(at::matmul(w_ordered, system.h) * kept_ordered, 2, {1}).clamp_min(1e-300);
   probe.residual = (at::matmul(w_ordered - start_ordered, system.h) * kept_ordered).index_select(1, back);
-  // H in the other order, from the prepared one: position in system.order of each input of `other`.
-  at::Tensor h = permute_symmetric(system.h, back.index_select(0, other));
-  auto [l, ok] = solve_detail::cholesky_factor(h);
-  const double n = static_cast<double>(h.size(0));
-  system.extra_factor_flops = n * n * n / 3;
-  if (!ok) return;
-  const double condition = cholesky_condition_estimate(l);
   // Two products with H of the probe rows for their residuals and norms, one per order at the end, and the passes.
   system.probe_flops =
-      (4 * 2.0 * n * n + 2 * (2 * kOrderProbeIterations + 1) * n * n) * static_cast<double>(probe.weight.size(0));
-  if (!(condition <= kSingularCondition)) return;
+      (4 * 2.0 * n * n + 2 * (2 * kOrderProbeIterations + 1) * n * n) * static_cast<double>(sample.size(0));
   if (probe_masked_order(h, l, other, probe) < probe_masked_order(system.h, system.l, system.order, probe)) {
     system.h = std::move(h);
     system.l = std::move(l);
